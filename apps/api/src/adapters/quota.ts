@@ -1,0 +1,119 @@
+/**
+ * Admission against a tenant's limits, in one atomic script on the tenant's slot (see @ppsd/contract
+ * quota.ts): Idempotency-Key lookup, unfinished-job limit, token quota reservation.
+ */
+import {
+  encodeUsage,
+  keys,
+  progressKeys,
+  QUOTA_RELEASE_LUA,
+  QUOTA_RESERVE_LUA,
+  releaseReservation,
+  USAGE_GUARD_TTL_SECONDS,
+  type UsageRecord,
+} from '@ppsd/contract';
+import type { Redis } from 'ioredis';
+
+export type Reservation =
+  | { kind: 'ok'; jobId: string }
+  | { kind: 'idem'; jobId: string }
+  | { kind: 'queue'; retryAfterMs: number }
+  | { kind: 'quota'; retryAfterMs: number };
+
+export interface ReserveInput {
+  tenant: string;
+  jobId: string;
+  tokens: number;
+  idempotencyKey?: string;
+  now: number;
+}
+
+export interface QuotaLimits {
+  tenantTokenQuota: number;
+  quotaPeriodSeconds: number;
+  tenantMaxJobs: number;
+  jobTtlSeconds: number;
+}
+
+const RECORD_END_LUA = `
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  redis.call('XADD', KEYS[1], '*', 'u', ARGV[1])
+end
+${QUOTA_RELEASE_LUA.replaceAll('KEYS[1]', 'KEYS[3]').replaceAll('KEYS[2]', 'KEYS[4]').replaceAll('ARGV[1]', 'ARGV[3]')}
+`;
+
+export function createQuota(redis: Redis, limits: QuotaLimits) {
+  return {
+    async reserve(input: ReserveInput): Promise<Reservation> {
+      const idem = input.idempotencyKey
+        ? keys.idempotency(input.tenant, input.idempotencyKey)
+        : keys.idempotency(input.tenant, '-');
+      const out = (await redis.eval(
+        QUOTA_RESERVE_LUA,
+        4,
+        keys.tenantQuota(input.tenant),
+        keys.tenantReservations(input.tenant),
+        idem,
+        keys.tenantUsage(input.tenant),
+        input.jobId,
+        input.tokens,
+        limits.tenantTokenQuota,
+        limits.quotaPeriodSeconds * 1000,
+        input.now,
+        limits.tenantMaxJobs,
+        limits.jobTtlSeconds,
+        input.idempotencyKey ? '1' : '0',
+      )) as [string, string];
+      const [kind, value] = out;
+      if (kind === 'ok' || kind === 'idem') return { kind, jobId: value };
+      if (kind === 'queue' || kind === 'quota') return { kind, retryAfterMs: Number(value) };
+      throw new Error(`unexpected quota script answer ${JSON.stringify(out)}`);
+    },
+
+    /** Undoes a reservation whose job was never enqueued (and its Idempotency-Key mapping). */
+    async release(tenant: string, jobId: string, idempotencyKey?: string): Promise<void> {
+      await releaseReservation(redis, tenant, jobId);
+      if (idempotencyKey) {
+        const k = keys.idempotency(tenant, idempotencyKey);
+        if ((await redis.get(k)) === jobId) await redis.del(k);
+      }
+    },
+
+    releaseOnly: (tenant: string, jobId: string) => releaseReservation(redis, tenant, jobId),
+
+    /**
+     * A job the API ended itself (cancelled before any worker ran it): one usage record for the attempt
+     * (once, same guard key as the worker's) and the reservation released, atomically on the tenant slot.
+     */
+    async recordEnd(usage: UsageRecord): Promise<void> {
+      await redis.eval(
+        RECORD_END_LUA,
+        4,
+        keys.tenantUsage(usage.tenant),
+        progressKeys.usageWritten(usage.tenant, usage.jobId, usage.attempt),
+        keys.tenantQuota(usage.tenant),
+        keys.tenantReservations(usage.tenant),
+        encodeUsage(usage)[1],
+        USAGE_GUARD_TTL_SECONDS,
+        usage.jobId,
+      );
+    },
+
+    async state(tenant: string) {
+      const [q, jobs] = await Promise.all([
+        redis.hgetall(keys.tenantQuota(tenant)),
+        redis.hlen(keys.tenantReservations(tenant)),
+      ]);
+      return {
+        limit: q.limit !== undefined ? Number(q.limit) : limits.tenantTokenQuota,
+        reserved: Number(q.reserved ?? 0),
+        used: Number(q.used ?? 0),
+        periodStart: Number(q.period_start ?? 0),
+        periodMs: Number(q.period_ms ?? limits.quotaPeriodSeconds * 1000),
+        unfinishedJobs: jobs,
+      };
+    },
+  };
+}
+
+export type Quota = ReturnType<typeof createQuota>;

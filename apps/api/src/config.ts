@@ -1,0 +1,149 @@
+/**
+ * API configuration from environment variables, validated once at start. Every problem is reported at
+ * once, naming the variable, what it must be and what it was (ConfigError).
+ */
+
+export interface ModelSource {
+  id: string;
+  /** Local model package directory (manifest.json + tokenizer), when given as `id=dir`. */
+  dir?: string;
+}
+
+export interface BootstrapKey {
+  tenant: string;
+  key: string;
+}
+
+export interface ApiConfig {
+  redisUrl: string;
+  host: string;
+  port: number;
+  models: ModelSource[];
+  /** Directory holding one package folder per model id (used for models given without `=dir`). */
+  modelDir: string;
+  /** S3 bucket of model packages (the registry fetches manifest + tokenizer when no local copy exists). */
+  bucket?: string;
+  bootstrapKeys: BootstrapKey[];
+  /** 0 = only the model's context limits the prompt. */
+  maxPromptTokens: number;
+  /** max_tokens when a chat/summarize request gives none (capped by the context left). */
+  defaultMaxTokens: number;
+  /** Admitted, unfinished jobs per tenant (0 = unlimited). */
+  tenantMaxJobs: number;
+  /** Tokens (prompt + max_tokens reserved, actual charged) per tenant per period (0 = unlimited). */
+  tenantTokenQuota: number;
+  quotaPeriodSeconds: number;
+  /** Waiting jobs in one model's queue above which admission answers 503 overloaded (0 = unlimited). */
+  queueMaxWaiting: number;
+  jobAttempts: number;
+  retryAfterSeconds: number;
+  /** How long job metadata and Idempotency-Key mappings are kept. */
+  jobTtlSeconds: number;
+  /** Safety-net re-read interval of a followed job stream (pub/sub wakes it earlier). */
+  pollMs: number;
+  /** SSE comment sent on an idle stream so proxies keep it open. */
+  keepAliveMs: number;
+  /** Upper bound of any single Redis/BullMQ call on the request path. */
+  redisTimeoutMs: number;
+  /** Seconds a draining server waits for open requests on SIGTERM. */
+  shutdownGraceSeconds: number;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+type Env = Record<string, string | undefined>;
+
+export function loadConfig(env: Env = process.env): ApiConfig {
+  const problems: string[] = [];
+  const str = (name: string) => {
+    const v = env[name]?.trim();
+    return v === '' ? undefined : v;
+  };
+  const int = (name: string, def: number, min = 0, max = Number.MAX_SAFE_INTEGER): number => {
+    const raw = str(name);
+    if (raw === undefined) return def;
+    if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max) {
+      problems.push(`${name} must be an integer between ${min} and ${max}, got '${raw}'`);
+      return def;
+    }
+    return Number(raw);
+  };
+
+  const redisUrl = str('PPSD_REDIS_URL') ?? 'redis://127.0.0.1:6379';
+  try {
+    const u = new URL(redisUrl);
+    if (u.protocol !== 'redis:' && u.protocol !== 'rediss:') throw new Error('protocol');
+  } catch {
+    problems.push(`PPSD_REDIS_URL must be a redis:// or rediss:// URL, got '${redisUrl}'`);
+  }
+
+  const models: ModelSource[] = [];
+  const modelsRaw = str('PPSD_MODELS') ?? str('PPSD_MODEL');
+  if (!modelsRaw) {
+    problems.push(
+      "PPSD_MODELS is required: comma-separated model ids, each optionally 'id=/path/to/package' (e.g. 'stories260K')",
+    );
+  } else {
+    for (const part of modelsRaw.split(',').map((p) => p.trim())) {
+      if (!part) continue;
+      const eq = part.indexOf('=');
+      const id = (eq < 0 ? part : part.slice(0, eq)).trim();
+      const dir = eq < 0 ? undefined : part.slice(eq + 1).trim();
+      if (!/^[A-Za-z0-9._-]+$/.test(id)) {
+        problems.push(`PPSD_MODELS: model id '${id}' may only contain letters, digits, '.', '_' and '-'`);
+      } else if (eq >= 0 && !dir) {
+        problems.push(`PPSD_MODELS: model '${id}' has an empty package directory after '='`);
+      } else if (models.some((m) => m.id === id)) {
+        problems.push(`PPSD_MODELS: model '${id}' is listed twice`);
+      } else models.push({ id, dir });
+    }
+  }
+
+  const bootstrapKeys: BootstrapKey[] = [];
+  for (const part of (str('PPSD_BOOTSTRAP_KEYS') ?? '').split(',').map((p) => p.trim())) {
+    if (!part) continue;
+    const colon = part.indexOf(':');
+    const tenant = part.slice(0, colon).trim();
+    const key = part.slice(colon + 1).trim();
+    if (colon < 0 || !/^[A-Za-z0-9._-]+$/.test(tenant) || key.length < 8 || /\s/.test(key)) {
+      problems.push(
+        `PPSD_BOOTSTRAP_KEYS entries are 'tenant:key' (tenant letters/digits/._-, key at least 8 characters without spaces); bad entry '${part.replace(/:.*/, ':…')}'`,
+      );
+    } else bootstrapKeys.push({ tenant, key });
+  }
+
+  const cfg: ApiConfig = {
+    redisUrl,
+    host: str('HOST') ?? '0.0.0.0',
+    port: int('PORT', 8080, 0, 65535),
+    models,
+    modelDir: str('PPSD_MODEL_DIR') ?? '.data/models',
+    bucket: str('PPSD_BUCKET'),
+    bootstrapKeys,
+    maxPromptTokens: int('PPSD_MAX_PROMPT_TOKENS', 0),
+    defaultMaxTokens: int('PPSD_DEFAULT_MAX_TOKENS', 256, 1),
+    tenantMaxJobs: int('PPSD_TENANT_MAX_JOBS', 64),
+    tenantTokenQuota: int('PPSD_TENANT_TOKEN_QUOTA', 0),
+    quotaPeriodSeconds: int('PPSD_QUOTA_PERIOD_SECONDS', 86_400, 1),
+    queueMaxWaiting: int('PPSD_QUEUE_MAX_WAITING', 0),
+    jobAttempts: int('PPSD_JOB_ATTEMPTS', 3, 1, 100),
+    retryAfterSeconds: int('PPSD_RETRY_AFTER_SECONDS', 2, 1),
+    jobTtlSeconds: int('PPSD_JOB_TTL_SECONDS', 86_400, 60),
+    pollMs: int('PPSD_STREAM_POLL_MS', 2_000, 10),
+    keepAliveMs: int('PPSD_SSE_KEEPALIVE_MS', 15_000, 100),
+    redisTimeoutMs: int('PPSD_REDIS_TIMEOUT_MS', 3_000, 10),
+    shutdownGraceSeconds: int('PPSD_SHUTDOWN_GRACE_SECONDS', 25, 0),
+  };
+  if (problems.length) throw new ConfigError(problems);
+  return cfg;
+}
+
+/** Defaults for tests and embedding: everything `loadConfig` would pick, with overrides. */
+export function defaultConfig(over: Partial<ApiConfig> = {}): ApiConfig {
+  return { ...loadConfig({ PPSD_MODELS: 'default' }), models: [], ...over };
+}

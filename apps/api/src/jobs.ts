@@ -1,0 +1,381 @@
+/**
+ * The job lifecycle as the API sees it: admission (model, prompt tokens, tenant limits, idempotency,
+ * enqueue), the job's public view (built from its event stream, BullMQ state as a fallback), and cancel.
+ */
+import { randomBytes, randomInt } from 'node:crypto';
+import {
+  type DecoderName,
+  EVENTS_TTL_SECONDS,
+  type FinishReason,
+  type GenerationJob,
+  isTerminal,
+  type JobKind,
+  keys,
+  type Speculation,
+  type SpeculationSummary,
+  type StreamEvent,
+  type TokenUsage,
+} from '@ppsd/contract';
+import type { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Quota } from './adapters/quota';
+import type { JobEvents, StreamEntry } from './adapters/redis-events';
+import type { ApiConfig } from './config';
+import { invalid, isRedisUnavailable, notFound, tooLong, tooMany, unavailable, withTimeout } from './errors';
+import type { ModelInfo, ModelRegistry } from './models';
+
+export type JobStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
+
+/** What the API keeps about a job (the BullMQ payload lives in its queue; this is for lookups by id). */
+export interface JobMeta {
+  id: string;
+  tenant: string;
+  model: string;
+  kind: JobKind;
+  createdAt: number;
+  promptTokens: number;
+  maxTokens: number;
+  reservedTokens: number;
+  speculation: Speculation;
+  idempotencyKey?: string;
+}
+
+/** Job metadata key; shares the job's hash tag with its events. */
+export const jobMetaKey = (jobId: string) => `ppsd:{job:${jobId}}:meta`;
+
+export const newJobId = () => `job_${randomBytes(12).toString('base64url').replace(/[-_]/g, 'x')}`;
+
+export interface AdmitInput {
+  tenant: string;
+  model?: string;
+  kind: JobKind;
+  /** The rendered prompt text the engine completes. */
+  prompt: string;
+  maxTokens?: number;
+  temperature?: number;
+  topP?: number;
+  seed?: number;
+  stop?: string[];
+  speculation?: Speculation;
+  idempotencyKey?: string;
+}
+
+export interface Admitted {
+  meta: JobMeta;
+  model: ModelInfo;
+  /** False when an Idempotency-Key returned an existing job. */
+  created: boolean;
+}
+
+export interface JobView {
+  id: string;
+  object: 'job';
+  status: JobStatus;
+  model: string;
+  kind: JobKind;
+  created: number;
+  attempt: number;
+  text: string;
+  finish_reason: FinishReason | null;
+  usage: TokenUsage;
+  speculation: SpeculationSummary | null;
+  error: { message: string; code: string } | null;
+  last_event_id: string | null;
+}
+
+export interface JobServiceDeps {
+  redis: Redis;
+  queues: (model: string) => Queue;
+  models: ModelRegistry;
+  config: ApiConfig;
+  events: JobEvents;
+  quota: Quota;
+  clock: () => number;
+}
+
+/** Text and token count from a job's entries, each token index counted once (retries never duplicate). */
+export function accumulate(entries: StreamEntry[]) {
+  let text = '';
+  let next = 0;
+  let attempt = 0;
+  let started = false;
+  let terminal: StreamEvent | undefined;
+  for (const { event } of entries) {
+    attempt = Math.max(attempt, event.attempt);
+    if (event.type === 'start') started = true;
+    else if (event.type === 'tokens') {
+      if (event.index + event.ids.length <= next) continue;
+      text += event.text;
+      next = event.index + event.ids.length;
+    } else terminal = event;
+  }
+  return { text, completionTokens: next, attempt, started, terminal };
+}
+
+export function statusOf(terminal: StreamEvent | undefined): JobStatus | undefined {
+  if (!terminal) return undefined;
+  if (terminal.type === 'done')
+    return terminal.result.finishReason === 'cancelled' ? 'cancelled' : 'completed';
+  if (terminal.type === 'error') return terminal.finishReason === 'cancelled' ? 'cancelled' : 'failed';
+  return undefined;
+}
+
+const decoderOf = (s: Speculation): DecoderName => (typeof s === 'object' ? s.decoder : 'ar');
+
+export function createJobService(d: JobServiceDeps) {
+  const { redis, config } = d;
+  const t = <T>(p: Promise<T>, what: string) => withTimeout(p, config.redisTimeoutMs, what);
+
+  async function getMeta(tenant: string, jobId: string): Promise<JobMeta> {
+    if (!/^[A-Za-z0-9_-]{1,64}$/.test(jobId))
+      throw notFound(`No job found with id '${jobId}'.`, 'job_not_found', 'id');
+    const raw = await redis.get(jobMetaKey(jobId));
+    const meta = raw ? (JSON.parse(raw) as JobMeta) : undefined;
+    // Another tenant's job answers exactly like a missing one.
+    if (!meta || meta.tenant !== tenant)
+      throw notFound(`No job found with id '${jobId}'.`, 'job_not_found', 'id');
+    return meta;
+  }
+
+  function resolveModel(id: string | undefined): ModelInfo {
+    const list = d.models.list();
+    const model = id === undefined ? list[0] : d.models.get(id);
+    if (!model) {
+      throw notFound(
+        id === undefined ? 'No model is served.' : `The model '${id}' does not exist.`,
+        'model_not_found',
+        'model',
+      );
+    }
+    return model;
+  }
+
+  async function admit(input: AdmitInput): Promise<Admitted> {
+    const model = resolveModel(input.model);
+    const promptTokens = model.countPromptTokens(input.prompt);
+    if (config.maxPromptTokens > 0 && promptTokens > config.maxPromptTokens) {
+      throw tooLong(
+        `The prompt has ${promptTokens} tokens; this service accepts at most ${config.maxPromptTokens}.`,
+      );
+    }
+    const room = model.maxContext - promptTokens;
+    if (room < 1) {
+      throw tooLong(
+        `This model's maximum context length is ${model.maxContext} tokens; the prompt has ${promptTokens}.`,
+      );
+    }
+    const maxTokens =
+      input.maxTokens ??
+      (input.kind === 'completion' ? Math.min(16, room) : Math.min(config.defaultMaxTokens, room));
+    if (promptTokens + maxTokens > model.maxContext) {
+      throw tooLong(
+        `This model's maximum context length is ${model.maxContext} tokens. However, you requested ${promptTokens + maxTokens} tokens (${promptTokens} in the prompt, ${maxTokens} for the completion). Please reduce the prompt or max_tokens.`,
+        'max_tokens',
+      );
+    }
+    if (input.stop?.some((s) => s.length === 0)) throw invalid('stop strings must not be empty', 'stop');
+
+    const queue = d.queues(model.id);
+    if (config.queueMaxWaiting > 0) {
+      const waiting = await t(queue.getWaitingCount(), 'queue length');
+      if (waiting >= config.queueMaxWaiting) {
+        throw unavailable(
+          `The model '${model.id}' is overloaded; retry later.`,
+          'overloaded',
+          config.retryAfterSeconds,
+        );
+      }
+    }
+
+    const now = d.clock();
+    const jobId = newJobId();
+    const reservedTokens = promptTokens + maxTokens;
+    const r = await t(
+      d.quota.reserve({
+        tenant: input.tenant,
+        jobId,
+        tokens: reservedTokens,
+        idempotencyKey: input.idempotencyKey,
+        now,
+      }),
+      'quota',
+    );
+    if (r.kind === 'idem') {
+      const raw = await redis.get(jobMetaKey(r.jobId));
+      if (raw) return { meta: JSON.parse(raw) as JobMeta, model, created: false };
+      // The mapping outlived its job: drop it and admit afresh.
+      await redis.del(keys.idempotency(input.tenant, input.idempotencyKey!));
+      return admit(input);
+    }
+    if (r.kind === 'queue') {
+      throw tooMany(
+        `Too many unfinished jobs for this tenant (limit ${config.tenantMaxJobs}); retry when some have finished.`,
+        'tenant_queue_limit',
+        config.retryAfterSeconds,
+      );
+    }
+    if (r.kind === 'quota') {
+      throw tooMany(
+        'Token quota exceeded for this tenant in the current period.',
+        'quota_exceeded',
+        r.retryAfterMs > 0 ? r.retryAfterMs / 1000 : config.retryAfterSeconds,
+      );
+    }
+
+    const speculation = input.speculation ?? 'auto';
+    const meta: JobMeta = {
+      id: jobId,
+      tenant: input.tenant,
+      model: model.id,
+      kind: input.kind,
+      createdAt: now,
+      promptTokens,
+      maxTokens,
+      reservedTokens,
+      speculation,
+      ...(input.idempotencyKey ? { idempotencyKey: input.idempotencyKey } : {}),
+    };
+    const job: GenerationJob = {
+      id: jobId,
+      tenant: input.tenant,
+      model: model.id,
+      kind: input.kind,
+      prompt: input.prompt,
+      promptTokens,
+      params: {
+        maxTokens,
+        temperature: input.temperature ?? 1,
+        topP: input.topP ?? 1,
+        seed: input.seed ?? randomInt(0, 2 ** 31 - 1),
+        stop: input.stop ?? [],
+      },
+      speculation,
+      reservedTokens,
+      enqueuedAt: now,
+    };
+    try {
+      await t(redis.set(jobMetaKey(jobId), JSON.stringify(meta), 'EX', config.jobTtlSeconds), 'job meta');
+      await t(
+        queue.add('generate', job, {
+          jobId,
+          attempts: config.jobAttempts,
+          backoff: { type: 'fixed', delay: 500 },
+          removeOnComplete: { age: EVENTS_TTL_SECONDS },
+          removeOnFail: { age: EVENTS_TTL_SECONDS },
+        }),
+        'enqueue',
+      );
+    } catch (err) {
+      await d.quota.release(input.tenant, jobId, input.idempotencyKey).catch(() => undefined);
+      await redis.del(jobMetaKey(jobId)).catch(() => undefined);
+      if (isRedisUnavailable(err)) throw unavailable('The job queue is unavailable; retry later.');
+      throw err;
+    }
+    return { meta, model, created: true };
+  }
+
+  /** Terminal entry for a job BullMQ no longer holds as waiting/active but whose stream never ended. */
+  async function lostEnd(meta: JobMeta): Promise<StreamEntry | undefined> {
+    const state = await d.queues(meta.model).getJobState(meta.id);
+    if (state !== 'failed' && state !== 'unknown' && state !== 'completed') return undefined;
+    const cancelled = (await redis.exists(keys.jobCancelled(meta.id))) === 1;
+    const entries = await d.events.read(meta.id);
+    const acc = accumulate(entries);
+    if (acc.terminal) return entries[entries.length - 1];
+    return d.events.end(meta.id, {
+      type: 'error',
+      attempt: acc.attempt,
+      message: cancelled ? 'The job was cancelled.' : 'The job ended without a result (its worker was lost).',
+      code: cancelled ? 'cancelled' : 'worker_lost',
+      finishReason: cancelled ? 'cancelled' : 'error',
+    });
+  }
+
+  async function view(meta: JobMeta): Promise<JobView> {
+    const entries = await t(d.events.read(meta.id), 'job events');
+    const acc = accumulate(entries);
+    let status = statusOf(acc.terminal);
+    if (!status) {
+      const state = await t(d.queues(meta.model).getJobState(meta.id), 'job state');
+      if (state === 'active') status = 'running';
+      else if (state === 'failed') status = 'failed';
+      else if (state === 'completed') status = 'completed';
+      else if (state === 'unknown') {
+        status = (await redis.exists(keys.jobCancelled(meta.id))) ? 'cancelled' : 'failed';
+      } else status = 'queued'; // waiting, delayed (a retry after a lost attempt), prioritized
+    }
+    const term = acc.terminal;
+    const result = term?.type === 'done' ? term.result : undefined;
+    const completion = result?.usage.completion_tokens ?? acc.completionTokens;
+    const prompt = result?.usage.prompt_tokens ?? meta.promptTokens;
+    return {
+      id: meta.id,
+      object: 'job',
+      status,
+      model: meta.model,
+      kind: meta.kind,
+      created: Math.floor(meta.createdAt / 1000),
+      attempt: acc.attempt,
+      text: result?.text ?? acc.text,
+      finish_reason: result?.finishReason ?? (term?.type === 'error' ? term.finishReason : null),
+      usage: { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion },
+      speculation: result?.speculation ?? null,
+      error: term?.type === 'error' ? { message: term.message, code: term.code } : null,
+      last_event_id: entries.length ? entries[entries.length - 1].id : null,
+    };
+  }
+
+  /**
+   * Cancels a job: sets the durable flag and broadcasts on keys.cancelChannel (the owning worker stops
+   * within one decoding step and ends the stream). A job still waiting in its queue is removed and ended
+   * here: terminal event, one usage record, reservation released.
+   */
+  async function cancel(meta: JobMeta): Promise<void> {
+    await t(
+      redis
+        .multi()
+        .set(keys.jobCancelled(meta.id), '1', 'EX', EVENTS_TTL_SECONDS)
+        .publish(keys.cancelChannel, meta.id)
+        .exec(),
+      'cancel',
+    );
+    const queue = d.queues(meta.model);
+    const state = await t(queue.getJobState(meta.id), 'job state');
+    if (state !== 'waiting' && state !== 'delayed' && state !== 'prioritized' && state !== 'waiting-children')
+      return;
+    const job = await queue.getJob(meta.id);
+    if ((await queue.remove(meta.id)) !== 1) return; // a worker took it meanwhile: it ends the job
+    const entries = await d.events.read(meta.id);
+    const acc = accumulate(entries);
+    if (acc.terminal) return;
+    const attempt = job?.attemptsStarted ?? acc.attempt;
+    const now = d.clock();
+    await d.quota.recordEnd({
+      tenant: meta.tenant,
+      jobId: meta.id,
+      attempt,
+      model: meta.model,
+      status: 'cancelled',
+      finishReason: 'cancelled',
+      promptTokens: 0,
+      completionTokens: 0,
+      draftTokensProposed: 0,
+      draftTokensAccepted: 0,
+      decoder: decoderOf(meta.speculation),
+      wallMs: 0,
+      deviceSeconds: 0,
+      endedAt: now,
+    });
+    await d.events.end(meta.id, {
+      type: 'error',
+      attempt,
+      message: 'The job was cancelled before it started.',
+      code: 'cancelled',
+      finishReason: 'cancelled',
+    });
+  }
+
+  return { admit, getMeta, view, cancel, lostEnd, resolveModel, isTerminal };
+}
+
+export type JobService = ReturnType<typeof createJobService>;

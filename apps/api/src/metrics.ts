@@ -1,0 +1,197 @@
+/**
+ * Prometheus metrics with the contract's (vLLM-style) names. Latency histograms are observed by the API
+ * for the requests it relays, from the stream entry ids (each id is the ms time the worker wrote it), so
+ * they measure the worker's timing, not the client's connection. Queue gauges come from BullMQ job counts
+ * at scrape time; speculative-decoding and pipeline counters are the worker-maintained Redis hash
+ * `keys.metrics(model)`, rendered here under the contract names.
+ */
+import { keys, type StreamEvent } from '@ppsd/contract';
+import type { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { StreamEntry } from './adapters/redis-events';
+import type { ModelRegistry } from './models';
+
+const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320, 640];
+const ITL_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1, 2.5, 5];
+
+/** Counters the worker keeps in `keys.metrics(model)` (HINCRBY/HINCRBYFLOAT), exposed as counters. */
+export const WORKER_COUNTERS: { field: string; name: string; help: string }[] = [
+  {
+    field: 'spec_decode_num_drafts_total',
+    name: 'ppsd:spec_decode_num_drafts_total',
+    help: 'Speculative drafts (verification steps with a draft).',
+  },
+  {
+    field: 'spec_decode_num_draft_tokens_total',
+    name: 'ppsd:spec_decode_num_draft_tokens_total',
+    help: 'Draft tokens proposed.',
+  },
+  {
+    field: 'spec_decode_num_accepted_tokens_total',
+    name: 'ppsd:spec_decode_num_accepted_tokens_total',
+    help: 'Draft tokens accepted.',
+  },
+  { field: 'prompt_tokens_total', name: 'ppsd:prompt_tokens_total', help: 'Prompt tokens processed.' },
+  {
+    field: 'generation_tokens_total',
+    name: 'ppsd:generation_tokens_total',
+    help: 'Verified tokens generated.',
+  },
+  { field: 'request_success_total', name: 'ppsd:request_success_total', help: 'Jobs completed.' },
+  { field: 'request_failure_total', name: 'ppsd:request_failure_total', help: 'Jobs failed.' },
+  { field: 'request_cancelled_total', name: 'ppsd:request_cancelled_total', help: 'Jobs cancelled.' },
+  { field: 'device_seconds_total', name: 'ppsd:device_seconds_total', help: 'Device seconds held by jobs.' },
+];
+
+/** Per-stage fields `stage_busy_seconds_total:<stage>` / `stage_idle_seconds_total:<stage>`. */
+export const STAGE_COUNTERS: { prefix: string; name: string; help: string }[] = [
+  {
+    prefix: 'stage_busy_seconds_total:',
+    name: 'ppsd:pipeline_stage_busy_seconds_total',
+    help: 'Seconds each pipeline stage spent computing.',
+  },
+  {
+    prefix: 'stage_idle_seconds_total:',
+    name: 'ppsd:pipeline_stage_idle_seconds_total',
+    help: 'Seconds each pipeline stage sat idle (pipeline bubble) while a job ran.',
+  },
+];
+
+const esc = (v: string) => v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"');
+
+export function createMetrics(
+  reg: Registry,
+  deps: { queues: (model: string) => Queue; models: ModelRegistry },
+) {
+  const labelNames = ['model_name'] as const;
+  const ttft = new Histogram({
+    name: 'ppsd:time_to_first_token_seconds',
+    help: 'Time from enqueue to the first verified token.',
+    labelNames,
+    buckets: LATENCY_BUCKETS,
+    registers: [reg],
+  });
+  const itl = new Histogram({
+    name: 'ppsd:inter_token_latency_seconds',
+    help: 'Time between verified tokens.',
+    labelNames,
+    buckets: ITL_BUCKETS,
+    registers: [reg],
+  });
+  const e2e = new Histogram({
+    name: 'ppsd:e2e_request_latency_seconds',
+    help: 'Time from enqueue to the end of the job.',
+    labelNames,
+    buckets: LATENCY_BUCKETS,
+    registers: [reg],
+  });
+  const queueTime = new Histogram({
+    name: 'ppsd:request_queue_time_seconds',
+    help: 'Time from enqueue to a worker starting the job.',
+    labelNames,
+    buckets: LATENCY_BUCKETS,
+    registers: [reg],
+  });
+  const counts = async (model: string) =>
+    deps.queues(model).getJobCounts('waiting', 'active', 'prioritized', 'delayed');
+  new Gauge({
+    name: 'ppsd:num_requests_waiting',
+    help: 'Jobs waiting in the model queue.',
+    labelNames,
+    registers: [reg],
+    async collect() {
+      for (const m of deps.models.list()) {
+        const c = await counts(m.id).catch(() => undefined);
+        if (c) this.set({ model_name: m.id }, (c.waiting ?? 0) + (c.prioritized ?? 0) + (c.delayed ?? 0));
+      }
+    },
+  });
+  new Gauge({
+    name: 'ppsd:num_requests_running',
+    help: 'Jobs a worker is running.',
+    labelNames,
+    registers: [reg],
+    async collect() {
+      for (const m of deps.models.list()) {
+        const c = await counts(m.id).catch(() => undefined);
+        if (c) this.set({ model_name: m.id }, c.active ?? 0);
+      }
+    },
+  });
+  const http = new Counter({
+    name: 'ppsd_http_requests_total',
+    help: 'HTTP requests by route and status.',
+    labelNames: ['method', 'route', 'status'] as const,
+    registers: [reg],
+  });
+  const httpTime = new Histogram({
+    name: 'ppsd_http_request_duration_seconds',
+    help: 'Time to the response headers, by route.',
+    labelNames: ['method', 'route'] as const,
+    buckets: LATENCY_BUCKETS,
+    registers: [reg],
+  });
+
+  return {
+    http,
+    httpTime,
+    /** Returns an observer for one relayed job, fed every entry as it is seen live. */
+    jobObserver(model: string, enqueuedAt: number) {
+      const labels = { model_name: model };
+      const ms = (id: string) => Number(id.slice(0, id.indexOf('-')));
+      let lastTokenMs: number | undefined;
+      let done = false;
+      return (entry: StreamEntry) => {
+        if (done) return;
+        const at = ms(entry.id);
+        const ev: StreamEvent = entry.event;
+        if (ev.type === 'start')
+          queueTime.observe(labels, Math.max(0, ev.queuedMs ?? at - enqueuedAt) / 1000);
+        else if (ev.type === 'tokens' && ev.ids.length > 0) {
+          if (lastTokenMs === undefined) {
+            ttft.observe(labels, Math.max(0, at - enqueuedAt) / 1000);
+            for (let i = 1; i < ev.ids.length; i++) itl.observe(labels, 0);
+          } else {
+            const per = Math.max(0, at - lastTokenMs) / 1000 / ev.ids.length;
+            for (let i = 0; i < ev.ids.length; i++) itl.observe(labels, per);
+          }
+          lastTokenMs = at;
+        } else if (ev.type === 'done' || ev.type === 'error') {
+          e2e.observe(labels, Math.max(0, at - enqueuedAt) / 1000);
+          done = true;
+        }
+      };
+    },
+
+    /** Prometheus text: the registry plus the worker-maintained counters from Redis. */
+    async render(redis: Redis): Promise<string> {
+      const base = await reg.metrics();
+      const models = deps.models.list().map((m) => m.id);
+      const hashes = await Promise.all(
+        models.map((m) => redis.hgetall(keys.metrics(m)).catch(() => ({}) as Record<string, string>)),
+      );
+      let out = '';
+      for (const c of WORKER_COUNTERS) {
+        out += `# HELP ${c.name} ${c.help}\n# TYPE ${c.name} counter\n`;
+        models.forEach((m, i) => {
+          out += `${c.name}{model_name="${esc(m)}"} ${Number(hashes[i][c.field] ?? 0)}\n`;
+        });
+      }
+      for (const c of STAGE_COUNTERS) {
+        out += `# HELP ${c.name} ${c.help}\n# TYPE ${c.name} counter\n`;
+        models.forEach((m, i) => {
+          for (const [field, value] of Object.entries(hashes[i])) {
+            if (!field.startsWith(c.prefix)) continue;
+            const stage = field.slice(c.prefix.length);
+            out += `${c.name}{model_name="${esc(m)}",stage="${esc(stage)}"} ${Number(value)}\n`;
+          }
+        });
+      }
+      return `${base.trimEnd()}\n${out}`;
+    },
+    contentType: reg.contentType,
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

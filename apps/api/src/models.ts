@@ -1,0 +1,108 @@
+/**
+ * What the API knows about each served model: its context size and how many tokens a prompt occupies
+ * (admission counts prompt tokens before anything is enqueued). Production builds it from each model
+ * package's manifest + tokenizer; tests build it from a tokenizer directly.
+ */
+import { existsSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { ApiConfig } from './config';
+
+export interface ModelInfo {
+  id: string;
+  /** Prompt + completion tokens the model can hold. */
+  maxContext: number;
+  /** Tokens the prompt occupies in the engine (BOS included), exactly as the worker will count them. */
+  countPromptTokens(text: string): number;
+  /** Seconds since epoch (OpenAI's `created`). */
+  created: number;
+}
+
+export interface ModelRegistry {
+  list(): ModelInfo[];
+  get(id: string): ModelInfo | undefined;
+}
+
+export function staticRegistry(models: ModelInfo[]): ModelRegistry {
+  const byId = new Map(models.map((m) => [m.id, m]));
+  return { list: () => [...byId.values()], get: (id) => byId.get(id) };
+}
+
+/** The engine tokenizer shape the registry needs (`encode` without BOS; the engine prepends BOS). */
+export interface PromptTokenizer {
+  readonly bosId: number;
+  encode(text: string): number[];
+}
+
+export type TokenizerLoader = (file: string) => Promise<PromptTokenizer>;
+
+/** What a model package's manifest.json tells the API (see @ppsd/engine's PackageManifest). */
+interface ManifestSlice {
+  name?: string;
+  createdAt?: string;
+  config?: { maxSeqLen?: number };
+  tokenizer?: { file?: string };
+}
+
+/** ModelInfo counting exactly as the engine does: BOS + the tokenizer's ids. */
+export function modelInfoFromTokenizer(
+  id: string,
+  tokenizer: PromptTokenizer,
+  maxContext: number,
+  createdMs = Date.now(),
+): ModelInfo {
+  return {
+    id,
+    maxContext,
+    countPromptTokens: (text) => 1 + tokenizer.encode(text).length,
+    created: Math.floor(createdMs / 1000),
+  };
+}
+
+/** `loadTokenizer` of `@ppsd/engine`, loaded lazily (the API never needs the inference runtime). */
+export async function engineTokenizerLoader(): Promise<TokenizerLoader> {
+  const engine = (await import('@ppsd/engine')) as unknown as { loadTokenizer?: TokenizerLoader };
+  if (typeof engine.loadTokenizer !== 'function') {
+    throw new Error('@ppsd/engine does not export loadTokenizer: cannot count prompt tokens');
+  }
+  return engine.loadTokenizer;
+}
+
+/** ModelInfo from a model package folder: manifest.json (context size) + its tokenizer file. */
+export async function modelInfoFromPackage(id: string, dir: string, loadTokenizer: TokenizerLoader) {
+  const manifestFile = join(dir, 'manifest.json');
+  const manifest = JSON.parse(await readFile(manifestFile, 'utf8')) as ManifestSlice;
+  const maxContext = manifest.config?.maxSeqLen;
+  if (!maxContext) throw new Error(`model ${id}: ${manifestFile} gives no config.maxSeqLen`);
+  if (!manifest.tokenizer?.file) throw new Error(`model ${id}: ${manifestFile} names no tokenizer file`);
+  const tokenizer = await loadTokenizer(join(dir, manifest.tokenizer.file));
+  const created =
+    (manifest.createdAt && Date.parse(manifest.createdAt)) || (await stat(manifestFile)).mtimeMs;
+  return modelInfoFromTokenizer(id, tokenizer, maxContext, created);
+}
+
+/**
+ * Production registry: every model of PPSD_MODELS from its local package folder (`id=dir`, or
+ * `PPSD_MODEL_DIR/<id>`). Only manifest.json and the tokenizer are read. `fetchPackage` (e.g. a pull of
+ * manifest + tokenizer from the bucket) supplies a folder when there is no local copy.
+ */
+export async function loadModelRegistry(
+  config: Pick<ApiConfig, 'models' | 'modelDir'>,
+  opts: { fetchPackage?: (modelId: string) => Promise<string>; loadTokenizer?: TokenizerLoader } = {},
+): Promise<ModelRegistry> {
+  const loadTokenizer = opts.loadTokenizer ?? (await engineTokenizerLoader());
+  const out: ModelInfo[] = [];
+  for (const m of config.models) {
+    let dir = resolve(m.dir ?? join(config.modelDir, m.id));
+    if (!existsSync(join(dir, 'manifest.json'))) {
+      if (!opts.fetchPackage) {
+        throw new Error(
+          `model ${m.id}: no package at ${dir} (manifest.json missing); set PPSD_MODELS=${m.id}=/path/to/package or PPSD_MODEL_DIR`,
+        );
+      }
+      dir = await opts.fetchPackage(m.id);
+    }
+    out.push(await modelInfoFromPackage(m.id, dir, loadTokenizer));
+  }
+  return staticRegistry(out);
+}

@@ -1,0 +1,119 @@
+/**
+ * Job events -> OpenAI objects: non-stream responses and streaming chunks for text completions
+ * (`text_completion`, also used by /v1/summarize) and chat (`chat.completion` / `chat.completion.chunk`).
+ */
+import type { FinishReason, TokenUsage } from '@ppsd/contract';
+import type { StreamEntry } from './adapters/redis-events';
+import { ApiError } from './errors';
+import { accumulate, type JobMeta } from './jobs';
+
+export type OpenAIFinish = 'stop' | 'length';
+
+/** OpenAI has no 'cancelled': a cancelled generation simply stopped. */
+export const openaiFinish = (r: FinishReason): OpenAIFinish => (r === 'length' ? 'length' : 'stop');
+
+export interface Outcome {
+  text: string;
+  finishReason: FinishReason;
+  usage: TokenUsage;
+}
+
+/** The final outcome of a job from its entries (the last must be terminal); throws for a failed job. */
+export function outcomeOf(meta: JobMeta, entries: StreamEntry[]): Outcome {
+  const acc = accumulate(entries);
+  const term = acc.terminal;
+  if (term?.type === 'done') {
+    return { text: term.result.text, finishReason: term.result.finishReason, usage: term.result.usage };
+  }
+  if (term?.type === 'error' && term.finishReason !== 'cancelled') {
+    throw new ApiError(500, `The job failed: ${term.message}`, 'server_error', term.code);
+  }
+  const usage = {
+    prompt_tokens: meta.promptTokens,
+    completion_tokens: acc.completionTokens,
+    total_tokens: meta.promptTokens + acc.completionTokens,
+  };
+  return { text: acc.text, finishReason: 'cancelled', usage };
+}
+
+export function completionObject(meta: JobMeta, out: Outcome) {
+  return {
+    id: meta.id,
+    object: 'text_completion' as const,
+    created: Math.floor(meta.createdAt / 1000),
+    model: meta.model,
+    choices: [{ text: out.text, index: 0, logprobs: null, finish_reason: openaiFinish(out.finishReason) }],
+    usage: out.usage,
+  };
+}
+
+export function chatObject(meta: JobMeta, out: Outcome) {
+  return {
+    id: meta.id,
+    object: 'chat.completion' as const,
+    created: Math.floor(meta.createdAt / 1000),
+    model: meta.model,
+    choices: [
+      {
+        index: 0,
+        message: { role: 'assistant' as const, content: out.text, refusal: null },
+        logprobs: null,
+        finish_reason: openaiFinish(out.finishReason),
+      },
+    ],
+    usage: out.usage,
+  };
+}
+
+/** Builds the chunk JSON strings of one stream (`usage: null` on each when include_usage is on). */
+export function chunker(meta: JobMeta, chat: boolean, includeUsage: boolean) {
+  const base = { id: meta.id, created: Math.floor(meta.createdAt / 1000), model: meta.model };
+  const withUsage = (o: object) => JSON.stringify(includeUsage ? { ...o, usage: null } : o);
+  return {
+    first(): string | undefined {
+      if (!chat) return undefined;
+      return withUsage({
+        ...base,
+        object: 'chat.completion.chunk',
+        choices: [
+          { index: 0, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null },
+        ],
+      });
+    },
+    text(text: string): string {
+      return chat
+        ? withUsage({
+            ...base,
+            object: 'chat.completion.chunk',
+            choices: [{ index: 0, delta: { content: text }, logprobs: null, finish_reason: null }],
+          })
+        : withUsage({
+            ...base,
+            object: 'text_completion',
+            choices: [{ text, index: 0, logprobs: null, finish_reason: null }],
+          });
+    },
+    finish(reason: FinishReason): string {
+      const finish_reason = openaiFinish(reason);
+      return chat
+        ? withUsage({
+            ...base,
+            object: 'chat.completion.chunk',
+            choices: [{ index: 0, delta: {}, logprobs: null, finish_reason }],
+          })
+        : withUsage({
+            ...base,
+            object: 'text_completion',
+            choices: [{ text: '', index: 0, logprobs: null, finish_reason }],
+          });
+    },
+    usage(usage: TokenUsage): string {
+      return JSON.stringify({
+        ...base,
+        object: chat ? 'chat.completion.chunk' : 'text_completion',
+        choices: [],
+        usage,
+      });
+    },
+  };
+}

@@ -1,0 +1,106 @@
+/**
+ * Answering an OpenAI-style request once its job is admitted: wait for the end (non-stream) or relay
+ * the job's events as OpenAI SSE chunks (stream). A client that goes away leaves the job running unless
+ * the request set `cancel_on_disconnect: true`.
+ */
+import type { StreamEntry } from './adapters/redis-events';
+import type { AppContext } from './context';
+import type { JobMeta } from './jobs';
+import { chunker, outcomeOf } from './openai';
+import { sseResponse } from './sse';
+
+export interface RelayOptions {
+  chat: boolean;
+  includeUsage: boolean;
+  cancelOnDisconnect: boolean;
+}
+
+/** onIdle for followers: at most every 10 s after 5 s of silence, ask BullMQ whether the job is lost. */
+export function lostJobCheck(ctx: AppContext, meta: JobMeta) {
+  let last = 0;
+  return async (idleMs: number): Promise<StreamEntry | undefined> => {
+    const now = Date.now();
+    if (idleMs < 5_000 || now - last < 10_000) return undefined;
+    last = now;
+    return ctx.jobs.lostEnd(meta).catch(() => undefined);
+  };
+}
+
+async function cancelQuietly(ctx: AppContext, meta: JobMeta) {
+  await ctx.jobs.cancel(meta).catch(() => undefined);
+}
+
+/** Follows the job to its end; returns all entries (the last is terminal), or undefined if aborted. */
+export async function waitForEnd(
+  ctx: AppContext,
+  meta: JobMeta,
+  signal: AbortSignal | undefined,
+  cancelOnDisconnect: boolean,
+): Promise<StreamEntry[] | undefined> {
+  const observe = ctx.metrics.jobObserver(meta.model, meta.createdAt);
+  const entries: StreamEntry[] = [];
+  let ended = false;
+  for await (const e of ctx.events.follow(meta.id, { signal, onIdle: lostJobCheck(ctx, meta) })) {
+    observe(e);
+    entries.push(e);
+    if (e.event.type === 'done' || e.event.type === 'error') ended = true;
+  }
+  if (!ended) {
+    if (cancelOnDisconnect) await cancelQuietly(ctx, meta);
+    return undefined;
+  }
+  return entries;
+}
+
+export function relayStream(
+  ctx: AppContext,
+  meta: JobMeta,
+  requestSignal: AbortSignal | undefined,
+  o: RelayOptions,
+) {
+  const chunks = chunker(meta, o.chat, o.includeUsage);
+  return sseResponse(
+    async (w) => {
+      const first = chunks.first();
+      if (first) w.send(first);
+      const observe = ctx.metrics.jobObserver(meta.model, meta.createdAt);
+      const entries: StreamEntry[] = [];
+      let next = 0;
+      let ended = false;
+      for await (const e of ctx.events.follow(meta.id, {
+        signal: w.signal,
+        onIdle: lostJobCheck(ctx, meta),
+      })) {
+        observe(e);
+        entries.push(e);
+        const ev = e.event;
+        if (ev.type === 'tokens') {
+          if (ev.index + ev.ids.length <= next) continue; // a retried attempt's repeat
+          next = ev.index + ev.ids.length;
+          if (ev.text) w.send(chunks.text(ev.text));
+        } else if (ev.type === 'done' || ev.type === 'error') {
+          ended = true;
+          if (ev.type === 'error' && ev.finishReason !== 'cancelled') {
+            w.send(
+              JSON.stringify({
+                error: {
+                  message: `The job failed: ${ev.message}`,
+                  type: 'server_error',
+                  code: ev.code,
+                  param: null,
+                },
+              }),
+            );
+          } else {
+            const out = outcomeOf(meta, entries);
+            w.send(chunks.finish(out.finishReason));
+            if (o.includeUsage) w.send(chunks.usage(out.usage));
+          }
+          w.send('[DONE]');
+        }
+      }
+      if (!ended && o.cancelOnDisconnect) await cancelQuietly(ctx, meta);
+    },
+    { keepAliveMs: ctx.config.keepAliveMs, requestSignal },
+  );
+}

@@ -1,0 +1,71 @@
+/**
+ * Seeding the local stack: the embedded stories260K checkpoint (../shared/models/stories260K) imported
+ * into a model package with the engine's own library calls (what `ppsd import` does), then published to
+ * the local bucket unless the bucket already holds the same manifest.
+ */
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { readLlama2c } from '../../workers/engine/src/formats/llama2c';
+import { verifyPackage, writePackage } from '../../workers/engine/src/package';
+import { publishPackage } from '../../workers/gpu-worker/src/publish';
+import type { S3Location } from '../../workers/gpu-worker/src/s3';
+
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
+export const SHARED_MODELS = resolve(REPO_ROOT, '../shared/models');
+export const STORIES_DIR = join(SHARED_MODELS, 'stories260K');
+
+/** Imports stories260K into `dir` unless a package that verifies is already there. */
+export async function ensureStoriesPackage(
+  dir: string,
+  log: (m: string) => void = () => {},
+): Promise<string> {
+  if (existsSync(join(dir, 'manifest.json'))) {
+    try {
+      await verifyPackage(dir);
+      return dir;
+    } catch (err) {
+      throw new Error(
+        `${dir} holds a package that does not verify (${(err as Error).message}); remove it to re-import`,
+      );
+    }
+  }
+  const checkpoint = join(STORIES_DIR, 'stories260K.bin');
+  const tokenizer = join(STORIES_DIR, 'tok512.bin');
+  if (!existsSync(checkpoint)) throw new Error(`embedded model missing: ${checkpoint}`);
+  log(`importing ${checkpoint} into ${dir}`);
+  const model = await readLlama2c(checkpoint);
+  await writePackage(dir, model, tokenizer, { name: 'stories260K', source: checkpoint });
+  return dir;
+}
+
+/** Publishes `dir` to `dest` unless the bucket already holds a byte-identical manifest. */
+export async function publishIfChanged(
+  client: S3Client,
+  dir: string,
+  dest: S3Location,
+  log: (m: string) => void = () => {},
+): Promise<boolean> {
+  const local = await readFile(join(dir, 'manifest.json'));
+  try {
+    const res = await client.send(
+      new GetObjectCommand({
+        Bucket: dest.bucket,
+        Key: dest.prefix ? `${dest.prefix}/manifest.json` : 'manifest.json',
+      }),
+    );
+    const remote = Buffer.from((await res.Body?.transformToByteArray()) ?? []);
+    if (remote.equals(local)) return false;
+  } catch {
+    // not there yet
+  }
+  log(`publishing ${dir} to s3://${dest.bucket}/${dest.prefix}`);
+  await publishPackage(client, dir, dest, {
+    verify: async (d) => {
+      await verifyPackage(d);
+    },
+  });
+  return true;
+}

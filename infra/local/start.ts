@@ -1,0 +1,256 @@
+/**
+ * `npm start`: the whole local stack in the foreground on the embedded defaults.
+ *
+ *   redis-server (Debian's; installed if missing)  127.0.0.1:6379, AOF on, noeviction, data .data/redis
+ *   s3rver (S3 protocol)                            127.0.0.1:4569, data .data/s3, bucket ppsd-models
+ *   the stories260K package                         .data/packages/stories260K -> s3://ppsd-models/stories260K
+ *   the API                                         $HOST:$PORT (default 127.0.0.1:8080)
+ *   one GPU worker (on CPU here)                    package cache .data/cache
+ *
+ * Ctrl-C (or SIGTERM) stops it all cleanly: the worker drains first and the API closes, then Redis shuts
+ * down (AOF flushed) and s3rver closes. Children run in their own process groups so the terminal's
+ * Ctrl-C reaches only this script, which stops them in that order.
+ *
+ * Environment: PORT, HOST, PPSD_BOOTSTRAP_KEYS ("acme:KEY1,globex:KEY2"; none: one key is created,
+ * kept in .data/bootstrap-key and printed), PPSD_REDIS_PORT, PPSD_S3_PORT, PPSD_DATA_DIR.
+ */
+import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { join, resolve } from 'node:path';
+import { CreateBucketCommand, HeadBucketCommand } from '@aws-sdk/client-s3';
+import S3rver from 's3rver';
+import { makeS3Client } from '../../workers/gpu-worker/src/s3';
+import { ensureStoriesPackage, publishIfChanged, REPO_ROOT } from './seed';
+
+const MODEL = 'stories260K';
+const BUCKET = 'ppsd-models';
+const DATA = resolve(REPO_ROOT, process.env.PPSD_DATA_DIR ?? '.data');
+const PORT = Number(process.env.PORT ?? 8080);
+const HOST = process.env.HOST ?? '127.0.0.1';
+const REDIS_PORT = Number(process.env.PPSD_REDIS_PORT ?? 6379);
+const S3_PORT = Number(process.env.PPSD_S3_PORT ?? 4569);
+
+const log = (msg: string) => console.error(`[local] ${msg}`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function portInUse(port: number): Promise<boolean> {
+  return new Promise((res) => {
+    const s = connect({ port, host: '127.0.0.1' });
+    s.once('connect', () => {
+      s.destroy();
+      res(true);
+    });
+    s.once('error', () => res(false));
+  });
+}
+
+function haveRedisServer(): boolean {
+  return spawnSync('redis-server', ['--version'], { stdio: 'ignore' }).status === 0;
+}
+
+function ensureRedisServer(): void {
+  if (haveRedisServer()) return;
+  log(
+    "redis-server is not installed: installing Debian's redis-server (apt-get install -y redis-server) ...",
+  );
+  const sudo = process.getuid?.() === 0 ? [] : ['sudo'];
+  try {
+    execFileSync(
+      sudo[0] ?? 'apt-get',
+      [...sudo.slice(1), ...(sudo.length ? ['apt-get'] : []), 'update', '-qq'],
+      {
+        stdio: 'inherit',
+      },
+    );
+    execFileSync(
+      sudo[0] ?? 'apt-get',
+      [...(sudo.length ? ['apt-get'] : []), 'install', '-y', '-qq', 'redis-server'],
+      {
+        stdio: 'inherit',
+        env: { ...process.env, DEBIAN_FRONTEND: 'noninteractive' },
+      },
+    );
+  } catch {
+    throw new Error(
+      'could not install redis-server. Install it yourself (Debian/Ubuntu: sudo apt-get install -y redis-server) and run npm start again.',
+    );
+  }
+  if (!haveRedisServer()) throw new Error('redis-server still not found on PATH after installing it');
+}
+
+interface Child {
+  name: string;
+  proc: ChildProcess;
+  exited: Promise<number | null>;
+}
+
+const children: Child[] = [];
+let stopping = false;
+
+function startChild(name: string, cmd: string, args: string[], env: Record<string, string>): Child {
+  const proc = spawn(cmd, args, {
+    cwd: REPO_ROOT,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'inherit', 'inherit'],
+    detached: true, // own process group: Ctrl-C reaches only this script, which stops children in order
+  });
+  const exited = new Promise<number | null>((res) =>
+    proc.once('exit', (code, signal) => {
+      if (!stopping) {
+        log(`${name} exited unexpectedly (${signal ?? code}); stopping the stack`);
+        void shutdown(1);
+      }
+      res(code);
+    }),
+  );
+  const child = { name, proc, exited };
+  children.push(child);
+  return child;
+}
+
+async function stopChild(c: Child | undefined, graceMs: number): Promise<void> {
+  if (!c || c.proc.exitCode !== null || c.proc.signalCode !== null) return;
+  c.proc.kill('SIGTERM');
+  const timer = setTimeout(() => {
+    log(`${c.name} did not stop within ${graceMs / 1000} s: killing it`);
+    c.proc.kill('SIGKILL');
+  }, graceMs);
+  await c.exited;
+  clearTimeout(timer);
+}
+
+let s3server: S3rver | null = null;
+let redisChild: Child | undefined;
+let apiChild: Child | undefined;
+let workerChild: Child | undefined;
+
+async function shutdown(code: number): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  log('stopping: worker (drain) and API first ...');
+  await Promise.all([stopChild(workerChild, 60_000), stopChild(apiChild, 30_000)]);
+  log('stopping Redis (AOF flushed) and S3 ...');
+  await stopChild(redisChild, 15_000);
+  await s3server?.close().catch(() => {});
+  log('stopped');
+  process.exit(code);
+}
+
+function bootstrapKeys(): { spec: string; printed: { tenant: string; key: string }[]; generated: boolean } {
+  const given = process.env.PPSD_BOOTSTRAP_KEYS?.trim();
+  if (given) {
+    const printed = given.split(',').map((p) => {
+      const i = p.indexOf(':');
+      return { tenant: p.slice(0, i).trim(), key: p.slice(i + 1).trim() };
+    });
+    return { spec: given, printed, generated: false };
+  }
+  const file = join(DATA, 'bootstrap-key');
+  let key = existsSync(file) ? readFileSync(file, 'utf8').trim() : '';
+  if (!key) {
+    key = `sk-local-${randomBytes(18).toString('base64url')}`;
+    writeFileSync(file, `${key}\n`, { mode: 0o600 });
+  }
+  return { spec: `local:${key}`, printed: [{ tenant: 'local', key }], generated: true };
+}
+
+async function waitUntil(what: string, fn: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await fn().catch(() => false))) {
+    if (stopping) throw new Error('stopping');
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(200);
+  }
+}
+
+async function main(): Promise<void> {
+  process.on('SIGINT', () => void shutdown(0));
+  process.on('SIGTERM', () => void shutdown(0));
+  process.on('exit', () => {
+    for (const c of children)
+      if (c.proc.exitCode === null && c.proc.signalCode === null) c.proc.kill('SIGKILL');
+  });
+  for (const d of ['redis', 's3', 'packages', 'cache']) mkdirSync(join(DATA, d), { recursive: true });
+
+  // Redis
+  ensureRedisServer();
+  if (await portInUse(REDIS_PORT)) {
+    throw new Error(`port ${REDIS_PORT} is already in use (another Redis?). Stop it or set PPSD_REDIS_PORT.`);
+  }
+  redisChild = startChild('redis-server', 'redis-server', [
+    '--port', String(REDIS_PORT), '--bind', '127.0.0.1', '--dir', join(DATA, 'redis'),
+    '--appendonly', 'yes', '--appendfsync', 'everysec', '--maxmemory-policy', 'noeviction',
+    '--protected-mode', 'no', '--daemonize', 'no', '--loglevel', 'warning',
+  ], {}); // biome-ignore format: one flag per pair reads better
+  await waitUntil('redis-server', () => portInUse(REDIS_PORT), 15_000);
+  const redisUrl = `redis://127.0.0.1:${REDIS_PORT}`;
+  log(`redis-server on ${redisUrl} (AOF, noeviction; data ${join(DATA, 'redis')})`);
+
+  // S3
+  if (await portInUse(S3_PORT))
+    throw new Error(`port ${S3_PORT} is already in use. Free it or set PPSD_S3_PORT.`);
+  s3server = new S3rver({ address: '127.0.0.1', port: S3_PORT, silent: true, directory: join(DATA, 's3') });
+  await s3server.run();
+  const s3Endpoint = `http://127.0.0.1:${S3_PORT}`;
+  const s3 = makeS3Client({ endpoint: s3Endpoint });
+  try {
+    await s3.send(new HeadBucketCommand({ Bucket: BUCKET }));
+  } catch {
+    await s3.send(new CreateBucketCommand({ Bucket: BUCKET }));
+  }
+  log(`S3 (s3rver) on ${s3Endpoint}, bucket ${BUCKET} (data ${join(DATA, 's3')})`);
+
+  // the package
+  const pkgDir = join(DATA, 'packages', MODEL);
+  await ensureStoriesPackage(pkgDir, log);
+  const published = await publishIfChanged(s3, pkgDir, { bucket: BUCKET, prefix: MODEL }, log);
+  log(`package ${MODEL}: ${published ? 'published to' : 'already in'} s3://${BUCKET}/${MODEL}`);
+  s3.destroy();
+
+  // API and worker
+  const keys = bootstrapKeys();
+  const tsx = [process.execPath, '--import', 'tsx'];
+  apiChild = startChild('api', tsx[0], [...tsx.slice(1), 'apps/api/src/server.ts'], {
+    PORT: String(PORT),
+    HOST,
+    PPSD_REDIS_URL: redisUrl,
+    PPSD_MODELS: `${MODEL}=${pkgDir}`,
+    PPSD_BOOTSTRAP_KEYS: keys.spec,
+  });
+  workerChild = startChild('worker', tsx[0], [...tsx.slice(1), 'workers/gpu-worker/src/main.ts'], {
+    PPSD_REDIS_URL: redisUrl,
+    PPSD_MODEL: MODEL,
+    PPSD_S3_BUCKET: BUCKET,
+    PPSD_S3_PREFIX: MODEL,
+    PPSD_S3_ENDPOINT: s3Endpoint,
+    AWS_REGION: process.env.AWS_REGION ?? 'us-east-1',
+    PPSD_CACHE_DIR: join(DATA, 'cache'),
+    PPSD_DEVICES: process.env.PPSD_DEVICES ?? 'cpu',
+  });
+  const url = `http://${HOST === '0.0.0.0' ? '127.0.0.1' : HOST}:${PORT}`;
+  await waitUntil('the API and a ready worker', async () => (await fetch(`${url}/readyz`)).ok, 120_000);
+
+  const key = keys.printed[0].key;
+  const lines = [
+    '',
+    `ppsd is up: ${url}  (model ${MODEL}; Ctrl-C stops everything)`,
+    ...keys.printed.map(
+      (k) =>
+        `  tenant ${k.tenant}  key ${k.key}${keys.generated ? '  (created; kept in .data/bootstrap-key)' : ''}`,
+    ),
+    '',
+    'try:',
+    `  curl -N ${url}/v1/chat/completions -H 'Authorization: Bearer ${key}' -H 'Content-Type: application/json' \\`,
+    `    -d '{"model":"${MODEL}","messages":[{"role":"user","content":"Once upon a time"}],"max_tokens":64,"stream":true}'`,
+    '',
+  ];
+  console.log(lines.join('\n'));
+}
+
+main().catch(async (err: unknown) => {
+  if (stopping) return;
+  log(`failed to start: ${err instanceof Error ? err.message : String(err)}`);
+  await shutdown(1);
+});

@@ -1,0 +1,23 @@
+import type { FinishReason, JobResult } from './job';
+
+/**
+ * Events of a job's Redis Stream, in order. Every event carries the attempt that wrote it; token events
+ * carry the index of their first token in the completion, so a retried attempt that regenerates the same
+ * tokens (same seed) publishes only indexes the stream does not have yet: nothing is duplicated.
+ */
+export type StreamEvent =
+  | { type: 'start'; attempt: number; workerId: string; decoder: string; queuedMs: number }
+  | { type: 'tokens'; attempt: number; index: number; ids: number[]; text: string }
+  | { type: 'done'; attempt: number; result: JobResult }
+  | { type: 'error'; attempt: number; message: string; code: string; finishReason: FinishReason };
+
+/** Redis Stream entries are flat field lists; an event is one field `e` holding its JSON. */
+export const encodeEvent = (event: StreamEvent): [string, string] => ['e', JSON.stringify(event)];
+
+export function decodeEvent(fields: string[]): StreamEvent {
+  const at = fields.indexOf('e');
+  if (at < 0 || at + 1 >= fields.length) throw new Error('stream entry without an event field');
+  return JSON.parse(fields[at + 1]) as StreamEvent;
+}
+
+export const isTerminal = (event: StreamEvent): boolean => event.type === 'done' || event.type === 'error';

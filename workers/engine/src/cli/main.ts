@@ -1,0 +1,44 @@
+/**
+ * `ppsd` command line: each sub-command lives in ./commands/<name>.ts and exports `run(argv)`.
+ * Commands are imported lazily so `ppsd --help` starts instantly and a command's dependencies load only when used.
+ */
+import { UsageError } from './args';
+
+type Command = { summary: string; load: () => Promise<{ run(argv: string[]): Promise<void> }> };
+
+const commands: Record<string, Command> = {
+  import: { summary: 'import a llama2.c checkpoint or Hugging Face folder into a model package', load: () => import('./commands/import') },
+  synth: { summary: 'write a random-weight model package of a given shape', load: () => import('./commands/synth') },
+  generate: { summary: 'generate text from a model package', load: () => import('./commands/generate') },
+  calibrate: { summary: 'fit an early-exit head or the SPD drafter and report acceptance', load: () => import('./commands/calibrate') },
+  'tune-skip': { summary: 'search the Draft & Verify skip set by measured tokens/s', load: () => import('./commands/tune-skip') },
+  bench: { summary: 'benchmark decoders side by side', load: () => import('./commands/bench') },
+  publish: { summary: 'upload a model package to S3 (s3://bucket/prefix)', load: () => import('./commands/publish') },
+};
+
+function usage(): string {
+  const lines = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`);
+  return `usage: ppsd <command> [options]\n\ncommands:\n${lines.join('\n')}\n\nppsd <command> --help for a command's options`;
+}
+
+async function main(argv: string[]): Promise<void> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h') {
+    console.log(usage());
+    return;
+  }
+  const command = commands[name];
+  if (!command) throw new UsageError(`unknown command '${name}'\n\n${usage()}`);
+  const mod = await command.load();
+  await mod.run(rest);
+}
+
+main(process.argv.slice(2)).catch((err: unknown) => {
+  if (err instanceof UsageError) {
+    console.error(`ppsd: ${err.message}`);
+    process.exit(2);
+  }
+  console.error(err instanceof Error ? `ppsd: ${err.message}` : err);
+  if (process.env.PPSD_DEBUG && err instanceof Error) console.error(err.stack);
+  process.exit(1);
+});

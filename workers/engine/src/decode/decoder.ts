@@ -1,0 +1,75 @@
+import type { Sampler } from './sampling';
+
+export type DecoderName = 'ar' | 'eesd' | 'dv' | 'ppsd' | 'spd';
+
+/** What one generation asks of a decoder. The prompt already includes BOS. */
+export interface DecodeRequest {
+  prompt: Int32Array;
+  /** Upper bound on tokens to produce; a decoder may stop at it exactly. */
+  maxTokens: number;
+  sampler: Sampler;
+  signal?: AbortSignal;
+  /**
+   * Benchmarks on random-weight models only (results must be labelled as such): speculative decoders
+   * replace each draft by the known AR token with probability alpha, by a wrong token otherwise.
+   * Overrides the decoder's own setting for this generation; ignored by AR.
+   */
+  controlledAcceptance?: ControlledAcceptance;
+}
+
+/**
+ * Controlled acceptance: the drafter still runs in full, but its token is replaced by the AR token with
+ * probability alpha and by a different token otherwise. `arTokens` is the AR completion (without the
+ * prompt) of the same prompt, so under greedy decoding the acceptance rate converges to alpha. Still
+ * lossless under sampling (the forced token's draft distribution is its one-hot).
+ */
+export interface ControlledAcceptance {
+  alpha: number;
+  seed: number;
+  arTokens: number[];
+}
+
+/** Per-stage time accounting of a pipelined decoder. */
+export interface StageTime {
+  busyMs: number; // inside run()
+  idleMs: number; // waiting for input while the generation was running
+}
+
+export interface SpeculationStats {
+  decoder: DecoderName;
+  draftTokensProposed: number;
+  draftTokensAccepted: number;
+  /**
+   * Drafts computed but never judged, because an earlier draft of the same block (or pipeline) was
+   * rejected first. `draftTokensProposed` counts judged drafts only, so acceptance rate = alpha.
+   */
+  draftTokensDiscarded?: number;
+  /** Verification steps (each emits accepted drafts plus one token from the full model). */
+  verifications: number;
+  /** Tokens emitted (verified). */
+  tokens: number;
+  stages?: StageTime[];
+}
+
+export const acceptanceRate = (s: SpeculationStats): number =>
+  s.draftTokensProposed === 0 ? 0 : s.draftTokensAccepted / s.draftTokensProposed;
+
+/** Tokens emitted per verification step: 1 for AR, up to draft length + 1 for block drafters. */
+export const meanAcceptedLength = (s: SpeculationStats): number =>
+  s.verifications === 0 ? 0 : s.tokens / s.verifications;
+
+/**
+ * A decoding strategy over the model's stages. `decode` yields verified tokens in order, in batches
+ * (a speculative step can verify several at once), and returns its stats. Every decoder is lossless:
+ * under greedy sampling it yields exactly AR's tokens; under sampling it follows the speculative-sampling
+ * rule so the distribution equals AR's. The consumer may stop early (EOS, stop sequence, abort) by
+ * calling `return()` on the generator; the decoder must then leave its stages reusable.
+ * A decoder serves one generation at a time.
+ */
+export interface Decoder {
+  readonly name: DecoderName;
+  decode(request: DecodeRequest): AsyncGenerator<number[], SpeculationStats, void>;
+  close(): Promise<void>;
+}
+
+export const DECODER_NAMES: readonly DecoderName[] = ['ar', 'eesd', 'dv', 'ppsd', 'spd'];

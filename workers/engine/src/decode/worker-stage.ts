@@ -1,0 +1,161 @@
+/**
+ * The controller's handle on one stage Worker (stage-worker.ts): start it, send it runs, close it.
+ * Replies come back in order; each run resolves with the Worker's output, whose buffers were transferred.
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
+import { buildStageGraph } from '../graph/llama-graph';
+import type { LlamaModel } from '../model/llama';
+import type { StageSpec } from '../model/stage';
+import type { Device } from '../runtime';
+import type { FromWorker, OutReply, RunMessage, ToWorker } from './stage-protocol';
+
+export interface WorkerStageOptions {
+  device?: Device;
+  /** intra-op threads of this stage's session (one per core it owns). */
+  threads?: number;
+  maxSeqLen?: number;
+  allowCpuFallback?: boolean;
+}
+
+export type RunRequest = Omit<RunMessage, 'type' | 'id'>;
+
+/**
+ * Workers run the TypeScript source, so they need tsx. An inherited `--import tsx` does not reach a
+ * Worker's entry module on Node 20, so the Worker starts from a tiny eval'd CommonJS script that
+ * registers tsx's require hook and then requires the stage worker (resolved by absolute paths, so it
+ * works wherever the process started, under `node --import tsx`, the tsx CLI and vitest alike). The
+ * require hook starts about twice as fast as tsx's ESM loader, which spawns a loader thread per Worker.
+ */
+function spawnStageWorker(): Worker {
+  const tsxCjsApi = createRequire(import.meta.url).resolve('tsx/cjs/api');
+  const entry = fileURLToPath(new URL('./stage-worker.ts', import.meta.url));
+  const boot = `require(${JSON.stringify(tsxCjsApi)}).register(); require(${JSON.stringify(entry)});`;
+  return new Worker(boot, { eval: true });
+}
+
+export class WorkerStage {
+  /** The device the session really runs on (cpu after a fallback). */
+  device = 'cpu';
+  private readonly worker: Worker;
+  private readonly pending = new Map<
+    number,
+    { resolve: (r: OutReply) => void; reject: (e: Error) => void }
+  >();
+  private nextId = 0;
+  private exited = false;
+  private ready?: { resolve: () => void; reject: (e: Error) => void };
+  private closed?: Promise<void>;
+
+  private constructor(readonly spec: StageSpec) {
+    this.worker = spawnStageWorker();
+    this.worker.on('message', (msg: FromWorker) => this.onMessage(msg));
+    this.worker.on('error', (err) => this.failAll(err));
+    this.worker.on('exit', (code) => {
+      this.exited = true;
+      this.failAll(new Error(`stage worker [${spec.firstLayer}, ${spec.endLayer}) exited (code ${code})`));
+    });
+  }
+
+  /** Builds the stage graph here, transfers its bytes to a new Worker and waits for its session. */
+  static async start(
+    model: LlamaModel,
+    spec: StageSpec,
+    opts: WorkerStageOptions = {},
+  ): Promise<WorkerStage> {
+    const maxSeqLen = opts.maxSeqLen ?? model.config.maxSeqLen;
+    let graph = buildStageGraph(model, spec, { maxSeqLen });
+    // Transfer only a buffer the graph owns outright (never one shared with model weights).
+    if (graph.byteOffset !== 0 || graph.byteLength !== graph.buffer.byteLength) graph = graph.slice();
+    const ws = new WorkerStage(spec);
+    const ready = new Promise<void>((resolve, reject) => {
+      ws.ready = { resolve, reject };
+    });
+    const info = { config: model.config, spec, maxSeqLen };
+    const msg: ToWorker = {
+      type: 'init',
+      graph,
+      info,
+      opts: {
+        device: opts.device,
+        threads: opts.threads,
+        maxSeqLen,
+        allowCpuFallback: opts.allowCpuFallback,
+      },
+    };
+    ws.worker.postMessage(msg, [graph.buffer as ArrayBuffer]);
+    try {
+      await ready;
+    } catch (err) {
+      await ws.close();
+      throw err;
+    }
+    return ws;
+  }
+
+  /** Queues one forward; the hidden input's buffer is transferred (the caller must not touch it again). */
+  run(req: RunRequest): Promise<OutReply> {
+    if (this.exited || this.closed) return Promise.reject(new Error('stage worker is closed'));
+    const id = this.nextId++;
+    const msg: ToWorker = { type: 'run', id, ...req };
+    return new Promise<OutReply>((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.worker.postMessage(msg, req.hidden ? [req.hidden.buffer as ArrayBuffer] : []);
+    });
+  }
+
+  /** Forgets cached positions >= length (queued behind any run in flight). */
+  truncate(length: number): void {
+    if (!this.exited && !this.closed)
+      this.worker.postMessage({ type: 'truncate', length } satisfies ToWorker);
+  }
+
+  /**
+   * Asks the Worker to finish what it has queued, release its session and exit by itself. Never
+   * terminate(): tearing a Worker down inside session.run() aborts the whole process.
+   */
+  close(): Promise<void> {
+    this.closed ??= this.exited
+      ? Promise.resolve()
+      : new Promise<void>((resolve) => {
+          this.worker.once('exit', () => resolve());
+          this.worker.postMessage({ type: 'close' } satisfies ToWorker);
+        });
+    return this.closed;
+  }
+
+  private onMessage(msg: FromWorker): void {
+    switch (msg.type) {
+      case 'ready':
+        this.device = msg.device;
+        this.ready?.resolve();
+        return;
+      case 'out': {
+        const p = this.pending.get(msg.id);
+        this.pending.delete(msg.id);
+        p?.resolve(msg);
+        return;
+      }
+      case 'error': {
+        const err = new Error(msg.message);
+        if (msg.id === undefined) {
+          this.ready?.reject(err);
+          return;
+        }
+        const p = this.pending.get(msg.id);
+        this.pending.delete(msg.id);
+        p?.reject(err);
+        return;
+      }
+      case 'closed':
+        return;
+    }
+  }
+
+  private failAll(err: Error): void {
+    this.ready?.reject(err);
+    for (const p of this.pending.values()) p.reject(err);
+    this.pending.clear();
+  }
+}

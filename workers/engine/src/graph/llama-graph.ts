@@ -1,0 +1,279 @@
+/**
+ * The ONNX graph of one pipeline stage of a Llama model: layers [firstLayer, endLayer), fp32.
+ *
+ * Graph interface (T new rows, P cached positions, R logit rows; L = endLayer - firstLayer):
+ *   inputs   tokens     int64 [T]            first stage only
+ *            hidden_in  float [T, dim]       other stages
+ *            positions  int64 [T]            absolute positions P .. P+T-1 (RoPE rows, causal mask)
+ *            past_k     float [P+1, L, kvH, hd] the cache prefix, position-major (a zero-copy view), plus
+ *            past_v     float [P+1, L, kvH, hd] one scratch row (row P, masked out: it keeps every dim > 0)
+ *            logit_rows int64 [1]            R: logits only for the last R rows (last stage / exit head)
+ *   outputs  hidden      float [T, dim]      not the last stage
+ *            logits      float [R, vocab]    last stage
+ *            exit_logits float [R, vocab]    with an exit head
+ *            exit_hidden float [T, dim]      with an exit head: raw hidden state after `afterLayer` layers
+ *            new_k       float [T, L, kvH, hd] K/V of the new rows, appended to the cache by the runtime
+ *            new_v       float [T, L, kvH, hd] (zeros for layers whose attention is skipped)
+ */
+import { type ExitHead, headDim, type LayerWeights, type LlamaModel } from '../model/llama';
+import type { StageSpec } from '../model/stage';
+import { GraphBuilder, INT64_MAX, type Tensor } from './onnx';
+import { ropeTables } from './rope';
+
+export interface StageGraphOptions {
+  /** Rows of the rotary tables = longest context the stage accepts (default config.maxSeqLen). */
+  maxSeqLen?: number;
+  /**
+   * 'fused' (default): attention reads the past through com.microsoft FusedMatMul (CPU and CUDA EPs), one
+   * copy of the past per layer. 'standard': ai.onnx ops only (for EPs without FusedMatMul, e.g. WebGPU).
+   */
+  attention?: 'fused' | 'standard';
+}
+
+/** Names of the graph's inputs and outputs (the runtime feeds and reads these). */
+export const IO = {
+  tokens: 'tokens',
+  hiddenIn: 'hidden_in',
+  hidden: 'hidden',
+  positions: 'positions',
+  pastK: 'past_k',
+  pastV: 'past_v',
+  logitRows: 'logit_rows',
+  logits: 'logits',
+  exitLogits: 'exit_logits',
+  exitHidden: 'exit_hidden',
+  newK: 'new_k',
+  newV: 'new_v',
+} as const;
+
+/** Throws unless `spec` is a valid stage of a model with `nLayers` layers. */
+export function validateStageSpec(spec: StageSpec, nLayers: number): void {
+  const { firstLayer: a, endLayer: b } = spec;
+  if (!Number.isInteger(a) || !Number.isInteger(b) || a < 0 || b > nLayers || a >= b) {
+    throw new Error(`invalid stage layers [${a}, ${b}) for a ${nLayers}-layer model`);
+  }
+  const e = spec.exit?.afterLayer;
+  if (e !== undefined && (!Number.isInteger(e) || e < a || e > b)) {
+    throw new Error(`exit after layer ${e} lies outside the stage's layers [${a}, ${b})`);
+  }
+}
+
+/** Per-graph values every layer uses. */
+interface Ctx {
+  g: GraphBuilder;
+  model: LlamaModel;
+  nH: number; // query heads
+  kvH: number; // key/value heads
+  hd: number; // head size
+  cos: Tensor; // [T, 1, hd] rotary rows of the new positions
+  sin: Tensor; // [T, 1, hd]
+  mask: Tensor; // [T, S] 0 where a query may see a key, -1e9 elsewhere (S = P + 1 + T keys)
+  groupMask: Tensor; // [grp*T, S] the mask repeated for each query head of a kv head
+  pastRows: Tensor; // [1] P + 1 (cached positions and the scratch row)
+  attention: 'fused' | 'standard';
+  pastK: Tensor; // [P, L, kvH, hd]
+  pastV: Tensor; // [P, L, kvH, hd]
+}
+
+/** RMSNorm, in the Pow/ReduceMean/Add/Sqrt/Div/Mul form ORT fuses into SimplifiedLayerNormalization. */
+function rmsnorm(s: Ctx, x: Tensor, w: Float32Array, name: string): Tensor {
+  const { g } = s;
+  const ms = g.reduceMean(g.pow(x, g.f32(2)), [-1]); // [rows, 1]
+  const inv = g.div(x, g.sqrt(g.add(ms, g.f32(s.model.config.normEps)))); // [rows, dim]
+  return g.mul(inv, g.weight(name, w, [w.length]));
+}
+
+/** HF rotate_half RoPE: x*cos + [-x2, x1]*sin, x: [T, heads, hd]. */
+function rope(s: Ctx, x: Tensor): Tensor {
+  const { g, hd } = s;
+  const x1 = g.slice(x, g.i64([0]), g.i64([hd / 2]), [-1]); // [T, heads, hd/2]
+  const x2 = g.slice(x, g.i64([hd / 2]), g.i64([hd]), [-1]); // [T, heads, hd/2]
+  const rotated = g.concat([g.neg(x2), x1], -1); // [T, heads, hd]
+  return g.add(g.mul(x, s.cos), g.mul(rotated, s.sin));
+}
+
+/**
+ * Attention with standard ops only (any EP): concatenates the cached and new K/V and transposes them to
+ * head-major, i.e. copies this layer's whole past three times per call.
+ * q [T, nH, hd], k/v [T, kvH, hd] -> [T, nH*hd]; query head h uses kv head floor(h / grp).
+ */
+function attendStandard(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Tensor {
+  const { g, nH, kvH, hd } = s;
+  const keys = g.concat([g.gather(s.pastK, g.i64([j], []), 1), k], 0); // [S, kvH, hd] past, scratch, new
+  const vals = g.concat([g.gather(s.pastV, g.i64([j], []), 1), v], 0); // [S, kvH, hd]
+  const qh = g.reshape(g.transpose(q, [1, 0, 2]), [kvH, nH / kvH, -1, hd]); // [kvH, grp, T, hd]
+  const kt = g.unsqueeze(g.transpose(keys, [1, 2, 0]), [1]); // [kvH, 1, hd, S]
+  const vh = g.unsqueeze(g.transpose(vals, [1, 0, 2]), [1]); // [kvH, 1, S, hd]
+  const scores = g.add(g.matmul(g.mul(qh, g.f32(1 / Math.sqrt(hd))), kt), s.mask); // [kvH, grp, T, S]
+  const att = g.matmul(g.softmax(scores, -1), vh); // [kvH, grp, T, hd]
+  return g.reshape(g.transpose(att, [2, 0, 1, 3]), [-1, nH * hd]); // [T, nH*hd]
+}
+
+/**
+ * The same attention without copying the past more than once: FusedMatMul reads K/V [S, kvH, hd] as
+ * [kvH, S, hd] through strides (transBatchB), and the past and the new rows are scored separately, so
+ * the only copy of the past is the extraction of this layer from the cache view.
+ */
+function attendFused(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Tensor {
+  const { g, nH, kvH, hd } = s;
+  const kPast = g.gather(s.pastK, g.i64([j], []), 1); // [P+1, kvH, hd]
+  const vPast = g.gather(s.pastV, g.i64([j], []), 1); // [P+1, kvH, hd]
+  const qh = g.reshape(g.transpose(q, [1, 0, 2]), [kvH, -1, hd]); // [kvH, grp*T, hd]
+  const scale = 1 / Math.sqrt(hd);
+  const sPast = g.fusedMatMul(qh, kPast, { alpha: scale, transB: 1, transBatchB: 1 }); // [kvH, grp*T, P+1]
+  const sNew = g.fusedMatMul(qh, k, { alpha: scale, transB: 1, transBatchB: 1 }); // [kvH, grp*T, T]
+  const att = g.softmax(g.add(g.concat([sPast, sNew], -1), s.groupMask), -1); // [kvH, grp*T, S]
+  const aPast = g.slice(att, g.i64([0]), s.pastRows, [-1]); // [kvH, grp*T, P+1]
+  const aNew = g.slice(att, s.pastRows, g.i64([INT64_MAX]), [-1]); // [kvH, grp*T, T]
+  const out = g.add(
+    g.fusedMatMul(aPast, vPast, { transBatchB: 1 }),
+    g.fusedMatMul(aNew, v, { transBatchB: 1 }),
+  ); // [kvH, grp*T, hd]
+  return g.reshape(g.transpose(g.reshape(out, [nH, -1, hd]), [1, 0, 2]), [-1, nH * hd]); // [T, nH*hd]
+}
+
+/**
+ * One transformer layer (global index `l`, index `j` inside the stage), like llama2.c's forward():
+ * x [T, dim] -> x [T, dim], plus this layer's K/V for the new rows [T, kvH, hd] (undefined if skipped).
+ */
+function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipMlp: boolean) {
+  const { g, nH, kvH, hd } = s;
+  const w: LayerWeights = s.model.weights.layers[l];
+  const dim = s.model.config.dim;
+  const hidden = s.model.config.hiddenDim;
+  const W = (name: keyof LayerWeights, rows: number, cols: number) =>
+    g.weight(`l${l}.${name}`, w[name], [rows, cols]);
+  let k: Tensor | undefined;
+  let v: Tensor | undefined;
+
+  if (!skipAttn) {
+    // attention rmsnorm, then q, k, v for the new rows
+    const xb = rmsnorm(s, x, w.attnNorm, `l${l}.attnNorm`); // [T, dim]
+    let q = g.reshape(g.linear(xb, W('wq', nH * hd, dim)), [-1, nH, hd]); // [T, nH, hd]
+    k = g.reshape(g.linear(xb, W('wk', kvH * hd, dim)), [-1, kvH, hd]); // [T, kvH, hd]
+    v = g.reshape(g.linear(xb, W('wv', kvH * hd, dim)), [-1, kvH, hd]); // [T, kvH, hd]
+    // RoPE relative positional encoding
+    q = rope(s, q); // [T, nH, hd]
+    k = rope(s, k); // [T, kvH, hd]
+    // multi-head (grouped-query) attention over the cached prefix and the new rows
+    const o = s.attention === 'fused' ? attendFused(s, j, q, k, v) : attendStandard(s, j, q, k, v); // [T, nH*hd]
+    // output projection and residual
+    x = g.add(x, g.linear(o, W('wo', dim, nH * hd))); // [T, dim]
+  }
+
+  if (!skipMlp) {
+    // ffn rmsnorm, then SwiGLU: w2(silu(w1 x) * w3 x)
+    const xb = rmsnorm(s, x, w.ffnNorm, `l${l}.ffnNorm`); // [T, dim]
+    const gate = g.linear(xb, W('w1', hidden, dim)); // [T, hidden]
+    const up = g.linear(xb, W('w3', hidden, dim)); // [T, hidden]
+    const h = g.mul(g.mul(gate, g.sigmoid(gate)), up); // [T, hidden]
+    x = g.add(x, g.linear(h, W('w2', dim, hidden))); // [T, dim]
+  }
+  return { x, k, v };
+}
+
+/** Final norm + classifier on the last R rows of x [T, dim] (after an optional affine map) -> [R, vocab]. */
+function head(s: Ctx, x: Tensor, logitRows: Tensor, affine?: ExitHead['affine']): Tensor {
+  const { g, model } = s;
+  const { dim, vocabSize } = model.config;
+  let h = g.slice(x, g.neg(logitRows), g.i64([INT64_MAX]), [0]); // [R, dim]
+  if (affine)
+    h = g.linear(
+      h,
+      g.weight('exit.weight', affine.weight, [dim, dim]),
+      g.weight('exit.bias', affine.bias, [dim]),
+    );
+  h = rmsnorm(s, h, model.weights.finalNorm, 'finalNorm'); // [R, dim]
+  const tied = model.weights.classifier === model.weights.tokenEmbedding;
+  const cls = g.weight(tied ? 'tokenEmbedding' : 'classifier', model.weights.classifier, [vocabSize, dim]);
+  return g.linear(h, cls); // [R, vocab]
+}
+
+/** Builds the stage's ONNX model (weights inline as initializers) as one Uint8Array. */
+export function buildStageGraph(
+  model: LlamaModel,
+  spec: StageSpec,
+  opts: StageGraphOptions = {},
+): Uint8Array {
+  const c = model.config;
+  validateStageSpec(spec, c.nLayers);
+  if (new Uint8Array(Uint16Array.of(1).buffer)[0] !== 1)
+    throw new Error('ONNX raw_data needs a little-endian host');
+  const { firstLayer, endLayer, exit, skip } = spec;
+  const first = firstLayer === 0;
+  const last = endLayer === c.nLayers;
+  const L = endLayer - firstLayer;
+  const hd = headDim(c);
+  const maxSeq = opts.maxSeqLen ?? c.maxSeqLen;
+  if (c.nHeads % c.nKvHeads !== 0)
+    throw new Error(`nHeads ${c.nHeads} is not a multiple of nKvHeads ${c.nKvHeads}`);
+
+  const g = new GraphBuilder(`llama_stage_${firstLayer}_${endLayer}`);
+  // ---- inputs
+  const tokens = first ? g.input(IO.tokens, 'int64', ['T']) : undefined;
+  const input = first ? undefined : g.input(IO.hiddenIn, 'float32', ['T', c.dim]);
+  const positions = g.input(IO.positions, 'int64', ['T']);
+  const pastK = g.input(IO.pastK, 'float32', ['P+1', L, c.nKvHeads, hd]);
+  const pastV = g.input(IO.pastV, 'float32', ['P+1', L, c.nKvHeads, hd]);
+  const logitRows = last || exit ? g.input(IO.logitRows, 'int64', [1]) : undefined;
+
+  // ---- rotary rows of the new positions, and the causal mask over S = P + T keys
+  const tables = ropeTables(hd, c.ropeTheta, maxSeq);
+  const cosT = g.weight('rope.cos', Float32Array.from(tables.cos), [maxSeq, hd]);
+  const sinT = g.weight('rope.sin', Float32Array.from(tables.sin), [maxSeq, hd]);
+  // key columns: cached positions 0..P-1, the scratch row (never visible), then the new positions
+  const pastRows = g.shape(pastK, 0, 1); // [1] P + 1
+  const cached = g.range(g.i64([0], []), g.sub(g.squeeze(pastRows, [0]), g.i64([1], [])), g.i64([1], [])); // [P]
+  const keyPos = g.concat([cached, g.i64([2 ** 40]), positions], 0); // [S]
+  const visible = g.lessOrEqual(g.unsqueeze(keyPos, [0]), g.unsqueeze(positions, [1])); // [T, S]
+  const mask = g.where(visible, g.f32(0), g.f32(-1e9)); // [T, S]
+  const ctx: Ctx = {
+    g,
+    model,
+    nH: c.nHeads,
+    kvH: c.nKvHeads,
+    hd,
+    cos: g.unsqueeze(g.gather(cosT, positions), [1]), // [T, 1, hd]
+    sin: g.unsqueeze(g.gather(sinT, positions), [1]), // [T, 1, hd]
+    mask,
+    groupMask: g.tile(mask, [c.nHeads / c.nKvHeads, 1]), // [grp*T, S]
+    pastRows,
+    attention: opts.attention ?? 'fused',
+    pastK,
+    pastV,
+  };
+
+  // ---- the layers
+  let x = tokens
+    ? g.gather(g.weight('tokenEmbedding', model.weights.tokenEmbedding, [c.vocabSize, c.dim]), tokens)
+    : input!; // [T, dim]
+  const newK: Tensor[] = [];
+  const newV: Tensor[] = [];
+  let zeros: Tensor | undefined; // [T, 1, kvH, hd] for skipped attention
+  const exitAt = (n: number) => {
+    if (exit?.afterLayer !== n) return;
+    g.output(IO.exitHidden, x, 'float32', ['T', c.dim]);
+    g.output(IO.exitLogits, head(ctx, x, logitRows!, exit.affine), 'float32', ['R', c.vocabSize]);
+  };
+  exitAt(firstLayer);
+  for (let l = firstLayer; l < endLayer; l++) {
+    const r = layer(ctx, l, l - firstLayer, x, !!skip?.attention.includes(l), !!skip?.mlp.includes(l));
+    x = r.x;
+    if (r.k && r.v) {
+      newK.push(g.unsqueeze(r.k, [1])); // [T, 1, kvH, hd]
+      newV.push(g.unsqueeze(r.v, [1]));
+    } else {
+      zeros ??= g.expand(g.f32(0), g.concat([g.shape(positions, 0, 1), g.i64([1, c.nKvHeads, hd])], 0));
+      newK.push(zeros);
+      newV.push(zeros);
+    }
+    exitAt(l + 1);
+  }
+
+  // ---- outputs
+  if (last) g.output(IO.logits, head(ctx, x, logitRows!), 'float32', ['R', c.vocabSize]);
+  else g.output(IO.hidden, x, 'float32', ['T', c.dim]);
+  g.output(IO.newK, g.concat(newK, 1), 'float32', ['T', L, c.nKvHeads, hd]);
+  g.output(IO.newV, g.concat(newV, 1), 'float32', ['T', L, c.nKvHeads, hd]);
+  return g.toBytes();
+}

@@ -1,0 +1,15 @@
+/** Model packages: a folder with manifest.json, weights.safetensors and a tokenizer, every file checksummed. */
+export { hashBytes, hashFile } from './checksum';
+export { addPackageFile, mergePatch } from './files';
+export { type LoadedPackage, loadPackage, readManifest, verifyPackage } from './load';
+export {
+  type FileRecord,
+  MANIFEST_FILE,
+  PACKAGE_FORMAT,
+  PACKAGE_VERSION,
+  PackageError,
+  type PackageFileRef,
+  type PackageManifest,
+  WEIGHTS_FILE,
+} from './manifest';
+export { type PackageExtras, writePackage } from './write';

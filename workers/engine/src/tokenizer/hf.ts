@@ -1,0 +1,153 @@
+/**
+ * Hugging Face tokenizer.json through @huggingface/tokenizers, behind the engine's Tokenizer interface.
+ */
+import { access, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { Tokenizer as HfTokenizerImpl } from '@huggingface/tokenizers';
+import type { StreamDecoder, Tokenizer } from './tokenizer';
+
+export interface HfTokenizerOptions {
+  /** Override the BOS/EOS ids (e.g. from the model config); otherwise taken from tokenizer_config.json
+   *  next to the file, or from well-known special tokens. */
+  bosId?: number;
+  eosId?: number;
+}
+
+const BOS_NAMES = ['<s>', '<|begin_of_text|>', '<bos>', '<|startoftext|>', '<|endoftext|>'];
+const EOS_NAMES = ['</s>', '<|end_of_text|>', '<eos>', '<|endoftext|>', '<|im_end|>'];
+const REPLACEMENT_CHAR = '\uFFFD';
+
+export async function loadHfTokenizer(file: string, options: HfTokenizerOptions = {}): Promise<HfTokenizer> {
+  let json: HfTokenizerJson;
+  try {
+    json = JSON.parse(await readFile(file, 'utf8'));
+  } catch (err) {
+    throw new Error(`${file}: cannot read tokenizer.json (${(err as Error).message})`);
+  }
+  const configPath = path.join(path.dirname(file), 'tokenizer_config.json');
+  let config: Record<string, unknown> = {};
+  if (await exists(configPath)) {
+    try {
+      config = JSON.parse(await readFile(configPath, 'utf8'));
+    } catch (err) {
+      throw new Error(`${configPath}: not valid JSON (${(err as Error).message})`);
+    }
+  }
+  return new HfTokenizer(json, config, options, file);
+}
+
+/** The parts of tokenizer.json this wrapper looks at itself. */
+export interface HfTokenizerJson {
+  added_tokens?: { id: number; content: string; special?: boolean }[];
+  model: { type?: string; vocab?: Record<string, number> | [string, number][] };
+  [key: string]: unknown;
+}
+
+export class HfTokenizer implements Tokenizer {
+  readonly kind = 'hf' as const;
+  readonly vocabSize: number;
+  readonly bosId: number;
+  readonly eosId: number;
+  private readonly impl: HfTokenizerImpl;
+
+  constructor(
+    json: HfTokenizerJson,
+    config: Record<string, unknown>,
+    options: HfTokenizerOptions = {},
+    source = 'tokenizer.json',
+  ) {
+    // tokenizers.js needs these fields present; a missing list means "none".
+    const normalized = {
+      normalizer: null,
+      pre_tokenizer: null,
+      post_processor: null,
+      decoder: null,
+      added_tokens: [],
+      ...json,
+    };
+    try {
+      this.impl = new HfTokenizerImpl(normalized, config);
+    } catch (err) {
+      throw new Error(`${source}: unsupported or invalid tokenizer.json (${(err as Error).message})`);
+    }
+    keepByteOrderMarks(this.impl.decoder);
+    const vocab = this.impl.get_vocab(true);
+    let maxId = -1;
+    for (const id of vocab.values()) maxId = Math.max(maxId, id);
+    this.vocabSize = maxId + 1;
+    this.bosId = options.bosId ?? this.specialId(config.bos_token, BOS_NAMES) ?? -1;
+    this.eosId = options.eosId ?? this.specialId(config.eos_token, EOS_NAMES) ?? -1;
+  }
+
+  private specialId(configured: unknown, wellKnown: string[]): number | undefined {
+    const name =
+      typeof configured === 'string' ? configured : (configured as { content?: string } | undefined)?.content;
+    for (const candidate of name ? [name] : wellKnown) {
+      const id = this.impl.token_to_id(candidate);
+      if (id !== undefined) return id;
+    }
+    return undefined;
+  }
+
+  encode(text: string): number[] {
+    return this.impl.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  decode(ids: number[]): string {
+    if (ids.length === 0) return '';
+    for (const id of ids) {
+      if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) {
+        throw new RangeError(`token id ${id} is outside the vocabulary (0..${this.vocabSize - 1})`);
+      }
+    }
+    return this.impl.decode(ids, { skip_special_tokens: true, clean_up_tokenization_spaces: false });
+  }
+
+  /**
+   * Decodes a sliding window of tokens and emits the growth of its text, holding back text that ends
+   * in U+FFFD (bytes of a character still to come). The window starts one emitted chunk back so
+   * context-dependent decoding (e.g. a leading-space strip) applies identically to both decodes.
+   */
+  createStreamDecoder(prevToken?: number): StreamDecoder {
+    const tokens: number[] = prevToken === undefined ? [] : [prevToken];
+    let prefixOffset = 0; // start of the window
+    let readOffset = tokens.length; // tokens before this have been emitted
+    const emitNew = (final: boolean): string => {
+      const prefixText = this.decode(tokens.slice(prefixOffset, readOffset));
+      const newText = this.decode(tokens.slice(prefixOffset));
+      if (newText.length <= prefixText.length || (!final && newText.endsWith(REPLACEMENT_CHAR))) return '';
+      // Slide the window: drop tokens that no later decode looks at.
+      tokens.splice(0, readOffset);
+      prefixOffset = 0;
+      readOffset = tokens.length;
+      return newText.slice(prefixText.length);
+    };
+    return {
+      push: (id: number) => {
+        tokens.push(id);
+        return emitNew(false);
+      },
+      flush: () => emitNew(true),
+    };
+  }
+}
+
+/**
+ * tokenizers.js' ByteFallback decoder uses a default TextDecoder, which deletes a U+FEFF that starts a
+ * run of byte tokens; the Rust library (and llama2.c) keep it. Swap in a decoder that keeps it.
+ */
+function keepByteOrderMarks(decoder: unknown): void {
+  if ((typeof decoder !== 'object' && typeof decoder !== 'function') || decoder === null) return; // decoders are callables
+  const d = decoder as { text_decoder?: unknown; decoders?: unknown[] };
+  if (d.text_decoder instanceof TextDecoder) d.text_decoder = new TextDecoder('utf-8', { ignoreBOM: true });
+  for (const inner of d.decoders ?? []) keepByteOrderMarks(inner);
+}
+
+async function exists(file: string): Promise<boolean> {
+  try {
+    await access(file);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,29 @@
+/** Text <-> token ids. Every tokenizer the engine loads (llama2.c tokenizer.bin, HF tokenizer.json) has this shape. */
+export interface Tokenizer {
+  readonly kind: 'llama2c' | 'hf';
+  /** Number of ids the tokenizer can produce (ids are 0 .. vocabSize-1). */
+  readonly vocabSize: number;
+  readonly bosId: number;
+  readonly eosId: number;
+  /** Token ids of `text`, without BOS (the caller adds it). */
+  encode(text: string): number[];
+  /**
+   * The text of `ids` read as the start of a sequence (as if right after BOS): the first piece's
+   * leading space is dropped and control tokens (BOS, EOS, UNK) print nothing.
+   */
+  decode(ids: number[]): string;
+  /**
+   * Incremental decoding of generated tokens. `prevToken` is the last token of the context the
+   * generated tokens follow (normally the prompt's last token); omitted, the tokens start a sequence.
+   * The concatenated deltas equal the text of the tokens in that context, and no delta ends in half a
+   * UTF-8 character: incomplete bytes are held back until the next push or flush.
+   */
+  createStreamDecoder(prevToken?: number): StreamDecoder;
+}
+
+export interface StreamDecoder {
+  /** Adds one token; returns the text it completes (possibly empty). */
+  push(id: number): string;
+  /** Returns whatever text is still held back (an incomplete UTF-8 sequence decodes to U+FFFD). */
+  flush(): string;
+}

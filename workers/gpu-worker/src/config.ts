@@ -1,0 +1,133 @@
+/**
+ * Worker configuration from the environment, validated once at start-up. Every problem is reported
+ * together, naming the variable, so a misconfigured instance fails fast with one readable message.
+ */
+import { hostname } from 'node:os';
+import { join } from 'node:path';
+import { DECODER_NAMES, type DecoderName } from '@ppsd/contract';
+
+export interface WorkerConfig {
+  redisUrl: string;
+  /** Model id: the BullMQ queue is queueName(model). */
+  model: string;
+  /** Where the package comes from: S3 (bucket + prefix) or, for development, a local folder. */
+  s3: { bucket: string; prefix: string; endpoint?: string; region: string } | null;
+  /** PPSD_PACKAGE_DIR: serve a local package folder instead of pulling one (still verified). */
+  packageDir: string | null;
+  cacheDir: string;
+  /** Device plan, one pipeline stage per entry; 'auto' is resolved at start (see resolveDevices). */
+  devices: string[] | 'auto';
+  decoder: DecoderName;
+  concurrency: number;
+  asgName: string | null;
+  workerId: string;
+  /** BullMQ lock/stall settings (ms): short values let tests see stalled-job recovery within seconds. */
+  lockDurationMs: number;
+  stalledIntervalMs: number;
+  maxStalledCount: number;
+  heartbeatMs: number;
+  maxSeqLen?: number;
+  /** Longest a drain waits for in-flight jobs before handing them back (ms). */
+  drainTimeoutMs: number;
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+type Env = Record<string, string | undefined>;
+
+export function loadConfig(env: Env = process.env): WorkerConfig {
+  const problems: string[] = [];
+  const str = (name: string, fallback?: string): string => {
+    const v = env[name]?.trim();
+    if (v) return v;
+    if (fallback === undefined) problems.push(`${name} is required`);
+    return fallback ?? '';
+  };
+  const int = (name: string, fallback: number, min = 1): number => {
+    const raw = env[name]?.trim();
+    if (!raw) return fallback;
+    const n = Number(raw);
+    if (!Number.isInteger(n) || n < min) {
+      problems.push(`${name} must be an integer >= ${min}, got '${raw}'`);
+      return fallback;
+    }
+    return n;
+  };
+
+  const redisUrl = str('PPSD_REDIS_URL', 'redis://127.0.0.1:6379');
+  if (redisUrl && !/^rediss?:\/\//.test(redisUrl))
+    problems.push(`PPSD_REDIS_URL must be redis:// or rediss://, got '${redisUrl}'`);
+  const model = str('PPSD_MODEL', 'stories260K');
+  if (model && !/^[A-Za-z0-9._-]+$/.test(model))
+    problems.push(`PPSD_MODEL must match [A-Za-z0-9._-]+, got '${model}'`);
+
+  const packageDir = env.PPSD_PACKAGE_DIR?.trim() || null;
+  const bucket = env.PPSD_S3_BUCKET?.trim();
+  let s3: WorkerConfig['s3'] = null;
+  if (bucket) {
+    const endpoint = env.PPSD_S3_ENDPOINT?.trim() || undefined;
+    if (endpoint && !/^https?:\/\//.test(endpoint))
+      problems.push(`PPSD_S3_ENDPOINT must be an http(s) URL, got '${endpoint}'`);
+    s3 = {
+      bucket,
+      prefix: (env.PPSD_S3_PREFIX ?? model).replace(/^\/+|\/+$/g, ''),
+      endpoint,
+      region: env.AWS_REGION?.trim() || env.AWS_DEFAULT_REGION?.trim() || 'us-east-1',
+    };
+  } else if (!packageDir) {
+    problems.push('PPSD_S3_BUCKET is required (or PPSD_PACKAGE_DIR for a local package folder)');
+  }
+
+  const devicesRaw = str('PPSD_DEVICES', 'cpu');
+  let devices: WorkerConfig['devices'] = 'auto';
+  if (devicesRaw !== 'auto') {
+    devices = devicesRaw.split(',').map((d) => d.trim());
+    for (const d of devices) {
+      if (!/^(cpu|webgpu|cuda(:\d+)?)$/.test(d))
+        problems.push(`PPSD_DEVICES entry '${d}' is not cpu, cuda:N or webgpu`);
+    }
+  }
+
+  const decoderRaw = str('PPSD_DECODER', 'ar');
+  if (!DECODER_NAMES.includes(decoderRaw as DecoderName)) {
+    problems.push(`PPSD_DECODER must be one of ${DECODER_NAMES.join(', ')}, got '${decoderRaw}'`);
+  }
+
+  const maxSeqRaw = env.PPSD_MAX_SEQ_LEN?.trim();
+  const cfg: WorkerConfig = {
+    redisUrl,
+    model,
+    s3,
+    packageDir,
+    cacheDir: str('PPSD_CACHE_DIR', join(process.cwd(), '.data', 'cache')),
+    devices,
+    decoder: decoderRaw as DecoderName,
+    concurrency: int('PPSD_CONCURRENCY', 1),
+    asgName: env.PPSD_ASG_NAME?.trim() || null,
+    workerId: str('PPSD_WORKER_ID', `${hostname()}-${process.pid}`),
+    lockDurationMs: int('PPSD_LOCK_DURATION_MS', 30_000, 100),
+    stalledIntervalMs: int('PPSD_STALLED_INTERVAL_MS', 30_000, 100),
+    maxStalledCount: int('PPSD_MAX_STALLED_COUNT', 2, 0),
+    heartbeatMs: int('PPSD_HEARTBEAT_MS', 5_000, 100),
+    maxSeqLen: maxSeqRaw ? int('PPSD_MAX_SEQ_LEN', 0) : undefined,
+    drainTimeoutMs: int('PPSD_DRAIN_TIMEOUT_MS', 10 * 60_000, 0),
+  };
+  if (problems.length) throw new ConfigError(`invalid worker configuration:\n  - ${problems.join('\n  - ')}`);
+  return cfg;
+}
+
+/**
+ * 'auto' device plan: one stage per visible CUDA device when CUDA_VISIBLE_DEVICES/NVIDIA_VISIBLE_DEVICES
+ * names some, otherwise a single CPU stage.
+ */
+export function resolveDevices(devices: WorkerConfig['devices'], env: Env = process.env): string[] {
+  if (devices !== 'auto') return devices;
+  const visible = (env.CUDA_VISIBLE_DEVICES ?? env.NVIDIA_VISIBLE_DEVICES ?? '').trim();
+  if (visible && visible !== 'none' && visible !== 'void') {
+    const ids = visible === 'all' ? ['0'] : visible.split(',').filter(Boolean);
+    return ids.map((_, i) => `cuda:${i}`);
+  }
+  return ['cpu'];
+}

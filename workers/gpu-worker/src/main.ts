@@ -1,0 +1,180 @@
+/**
+ * GPU worker entry: `node --import tsx workers/gpu-worker/src/main.ts` (configuration: ./config.ts).
+ *
+ * Start-up: heartbeat (not ready) -> pull + verify the model package from S3 (or a local folder) ->
+ * open the engine -> one-token warm-up -> heartbeat ready -> consume the model's BullMQ queue.
+ * SIGTERM/SIGINT drain (./drain.ts). Exit codes: 0 drained, 1 start-up failure, 2 bad configuration.
+ */
+import {
+  type DecoderName,
+  type GenerationJob,
+  type JobResult,
+  QUEUE_PREFIX,
+  queueName,
+} from '@ppsd/contract';
+import { type Job, Worker } from 'bullmq';
+import { Redis, type RedisOptions } from 'ioredis';
+import { CancelRegistry } from './cancel';
+import { ConfigError, loadConfig, resolveDevices, type WorkerConfig } from './config';
+import { createDrain, installSignalHandlers } from './drain';
+import { openEngine, warmUpAndProbe } from './engine';
+import type { WorkerEngine } from './engine-types';
+import { Heartbeat } from './heartbeat';
+import { createProcessor, failUnrun } from './job-runner';
+import { pullPackage } from './package-cache';
+import { createProtection } from './protection';
+import { verifyPackageFiles } from './publish';
+import { makeS3Client } from './s3';
+import { verifyPackageDir } from './verify';
+
+export const redisOptions: RedisOptions = {
+  maxRetriesPerRequest: null, // BullMQ requirement: commands wait for a reconnect instead of failing
+  enableReadyCheck: true,
+  retryStrategy: (times) => Math.min(100 * times, 1000),
+};
+
+async function main(): Promise<void> {
+  let cfg: WorkerConfig;
+  try {
+    cfg = loadConfig();
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      console.error(`[worker] ${err.message}`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  const log = (msg: string) => console.error(`[worker ${cfg.workerId}] ${msg}`);
+  const devices = resolveDevices(cfg.devices);
+  const redis = new Redis(cfg.redisUrl, redisOptions);
+  let redisDown = false;
+  redis.on('error', (err: Error) => {
+    if (!redisDown) log(`redis: ${err.message} (reconnecting)`);
+    redisDown = true;
+  });
+  redis.on('ready', () => {
+    if (redisDown) log('redis: reconnected');
+    redisDown = false;
+  });
+
+  const heartbeat = new Heartbeat(
+    redis,
+    { workerId: cfg.workerId, modelId: cfg.model, decoders: [], devices },
+    cfg.heartbeatMs,
+    log,
+  );
+  heartbeat.start();
+  const cancels = new CancelRegistry(redis, log);
+  const protection = await createProtection(cfg.asgName, log);
+
+  let engine: WorkerEngine | null = null;
+  let worker: Worker<GenerationJob, JobResult> | null = null;
+  const drain = createDrain({
+    log,
+    timeoutMs: cfg.drainTimeoutMs,
+    markNotReady: () => heartbeat.update({ ready: false }),
+    stopTakingJobs: async () => {
+      await worker?.close();
+    },
+    abortInFlight: (why) => cancels.abortAll(why),
+    releaseEngine: async () => {
+      await engine?.close();
+    },
+    closeConnections: async () => {
+      await protection.stop();
+      await heartbeat.stop();
+      await cancels.stop();
+      await redis.quit().catch(() => redis.disconnect());
+    },
+  });
+  installSignalHandlers(drain);
+
+  // 1. the package
+  let packageDir: string;
+  let freshlyVerified = false;
+  if (cfg.s3) {
+    const client = makeS3Client({ endpoint: cfg.s3.endpoint, region: cfg.s3.region });
+    try {
+      const pulled = await pullPackage(client, cfg.s3, {
+        cacheDir: cfg.cacheDir,
+        log,
+        verify: verifyPackageDir,
+      });
+      packageDir = pulled.dir;
+      freshlyVerified = !pulled.fromCache; // a cached copy is re-hashed by the engine at open
+    } finally {
+      client.destroy();
+    }
+  } else {
+    packageDir = cfg.packageDir!;
+    await verifyPackageFiles(packageDir);
+    freshlyVerified = true;
+    log(`package ${packageDir} verified`);
+  }
+  if (drain.draining) return;
+
+  // 2. the engine, 3. the warm-up
+  const opened = await openEngine(packageDir, {
+    decoder: cfg.decoder,
+    devices,
+    maxSeqLen: cfg.maxSeqLen,
+    verified: freshlyVerified,
+    log,
+  });
+  engine = opened;
+  log(`engine open on ${devices.join(',')}`);
+  const decoders: DecoderName[] = await warmUpAndProbe(opened, cfg.decoder, log);
+  if (drain.draining) return;
+
+  // 4. the queue
+  await cancels.start(cfg.redisUrl, redisOptions);
+  let busy = 0;
+  const processor = createProcessor({
+    redis,
+    engine: opened,
+    workerId: cfg.workerId,
+    model: cfg.model,
+    defaultDecoder: cfg.decoder,
+    decoders,
+    stages: devices.length,
+    cancels,
+    log,
+    handBack: () => drain.handingBack,
+    jobTimeoutMs: Number(process.env.PPSD_JOB_TIMEOUT_MS ?? 0) || 0,
+    tokenDelayMs: Number(process.env.PPSD_FAULT_TOKEN_DELAY_MS ?? 0) || 0,
+    onBusy: (delta) => {
+      busy += delta;
+      heartbeat.addBusy(delta);
+      protection.busy(busy);
+    },
+  });
+  worker = new Worker<GenerationJob, JobResult>(queueName(cfg.model), processor, {
+    connection: new Redis(cfg.redisUrl, redisOptions),
+    prefix: QUEUE_PREFIX,
+    concurrency: cfg.concurrency,
+    lockDuration: cfg.lockDurationMs,
+    stalledInterval: cfg.stalledIntervalMs,
+    maxStalledCount: cfg.maxStalledCount,
+    autorun: true,
+  });
+  worker.on('error', (err) => {
+    if (!redisDown) log(`queue: ${err.message}`);
+  });
+  worker.on('failed', (job: Job<GenerationJob> | undefined, err: Error) => {
+    if (job && /stalled more than allowable limit|started more than allowable limit/.test(err.message)) {
+      log(`job ${job.id}: ${err.message}; ending its stream`);
+      failUnrun(redis, job, `worker lost: ${err.message}`, cfg.model).catch((e: Error) =>
+        log(`job ${job.id}: ${e.message}`),
+      );
+    }
+  });
+  await worker.waitUntilReady();
+  await heartbeat.update({ ready: true, decoders });
+  log(`ready: queue ${queueName(cfg.model)}, decoders ${decoders.join(',')}, concurrency ${cfg.concurrency}`);
+}
+
+main().catch((err: unknown) => {
+  console.error(`[worker] start-up failed: ${err instanceof Error ? err.message : String(err)}`);
+  if (process.env.PPSD_DEBUG && err instanceof Error) console.error(err.stack);
+  process.exit(1);
+});
