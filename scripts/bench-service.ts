@@ -210,7 +210,10 @@ async function writeSection(file: string, section: string): Promise<void> {
   console.error(`[bench] wrote the service section of ${file}`);
 }
 
-main().then(() => process.exit(0), (err) => {
-  console.error(err);
-  process.exit(1);
-});
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error(err);
+    process.exit(1);
+  },
+);

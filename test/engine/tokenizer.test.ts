@@ -102,7 +102,7 @@ for (const [label, file] of [
     it('encodes exactly like llama2.c run.c', () => {
       expect(tok.vocabSize).toBe(label === 'tok512' ? 512 : 32000);
       expect(tok.encode('')).toEqual([]);
-      // The reference port is quadratic (and slow on a 32000-piece vocabulary): a subset keeps this quick.
+      // The reference port is quadratic: a subset of the corpus keeps this quick.
       for (const s of [...TRICKY, ...corpusLines.slice(0, 60), stories[0]]) {
         expect(tok.encode(s), s).toEqual(llama2cEncodeReference(tok, s));
       }

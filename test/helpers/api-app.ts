@@ -4,14 +4,7 @@
  * `emit()` appends a StreamEvent to a job's stream exactly as a worker does (XADD + PUBLISH wake).
  */
 import { fileURLToPath } from 'node:url';
-import {
-  EVENTS_MAX_LEN,
-  encodeEvent,
-  keys,
-  QUEUE_PREFIX,
-  queueName,
-  type StreamEvent,
-} from '@ppsd/contract';
+import { EVENTS_MAX_LEN, encodeEvent, keys, QUEUE_PREFIX, queueName, type StreamEvent } from '@ppsd/contract';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { Registry } from 'prom-client';
@@ -22,7 +15,9 @@ import { FAIL_FAST } from '../../apps/api/src/runtime';
 import { loadTokenizer } from '../../workers/engine/src/tokenizer';
 
 export const MODEL = 'stories260K';
-export const TOKENIZER_FILE = fileURLToPath(new URL('../../../shared/models/stories260K/tok512.bin', import.meta.url));
+export const TOKENIZER_FILE = fileURLToPath(
+  new URL('../../../shared/models/stories260K/tok512.bin', import.meta.url),
+);
 
 export async function stories260K(maxContext = 512, id = MODEL): Promise<ModelInfo> {
   return modelInfoFromTokenizer(id, await loadTokenizer(TOKENIZER_FILE), maxContext, Date.UTC(2024, 0, 1));
@@ -37,7 +32,10 @@ export interface TestApi {
   subscriber: Redis;
   model: ModelInfo;
   queue(model?: string): Queue;
-  req(path: string, init?: { method?: string; key?: string | null; body?: unknown; headers?: Record<string, string> }): Promise<Response>;
+  req(
+    path: string,
+    init?: { method?: string; key?: string | null; body?: unknown; headers?: Record<string, string> },
+  ): Promise<Response>;
   emit(jobId: string, event: StreamEvent): Promise<string>;
   close(): Promise<void>;
 }
@@ -59,8 +57,21 @@ export async function startApi(url: string, over: Partial<ApiConfig> = {}): Prom
     }
     return q;
   };
-  const config = defaultConfig({ models: [{ id: MODEL }], pollMs: 200, keepAliveMs: 60_000, redisTimeoutMs: 1_500, ...over });
-  const app = createApp({ redis, subscriber, queues: queue, models: staticRegistry([model]), config, metrics: new Registry() });
+  const config = defaultConfig({
+    models: [{ id: MODEL }],
+    pollMs: 200,
+    keepAliveMs: 60_000,
+    redisTimeoutMs: 1_500,
+    ...over,
+  });
+  const app = createApp({
+    redis,
+    subscriber,
+    queues: queue,
+    models: staticRegistry([model]),
+    config,
+    metrics: new Registry(),
+  });
   await app.ctx.tenants.addKey('acme', KEY_A);
   await app.ctx.tenants.addKey('globex', KEY_B);
   return {
@@ -78,10 +89,19 @@ export async function startApi(url: string, over: Partial<ApiConfig> = {}): Prom
         body = typeof init.body === 'string' ? init.body : JSON.stringify(init.body);
         headers['Content-Type'] ??= 'application/json';
       }
-      return Promise.resolve(app.request(path, { method: init.method ?? (body ? 'POST' : 'GET'), headers, body }));
+      return Promise.resolve(
+        app.request(path, { method: init.method ?? (body ? 'POST' : 'GET'), headers, body }),
+      );
     },
     emit: async (jobId, event) => {
-      const id = (await redis.xadd(keys.jobEvents(jobId), 'MAXLEN', '~', EVENTS_MAX_LEN, '*', ...encodeEvent(event)))!;
+      const id = (await redis.xadd(
+        keys.jobEvents(jobId),
+        'MAXLEN',
+        '~',
+        EVENTS_MAX_LEN,
+        '*',
+        ...encodeEvent(event),
+      ))!;
       await redis.publish(keys.jobWake(jobId), id);
       return id;
     },
@@ -116,6 +136,12 @@ export const doneEvent = (text: string, tokens: number, promptTokens: number, at
     text,
     finishReason: 'stop',
     usage: { prompt_tokens: promptTokens, completion_tokens: tokens, total_tokens: promptTokens + tokens },
-    speculation: { decoder: 'ar', draftsProposed: 0, draftsAccepted: 0, acceptanceRate: 0, meanAcceptedLength: 1 },
+    speculation: {
+      decoder: 'ar',
+      draftsProposed: 0,
+      draftsAccepted: 0,
+      acceptanceRate: 0,
+      meanAcceptedLength: 1,
+    },
   },
 });

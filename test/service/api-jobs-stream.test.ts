@@ -60,12 +60,22 @@ describe('jobs', () => {
     const id = await newJob();
     const promptTokens = api.model.countPromptTokens('Once upon a time');
     let view = (await (await api.req(`/v1/jobs/${id}`)).json()) as Record<string, unknown>;
-    expect(view).toMatchObject({ id, object: 'job', status: 'queued', text: '', finish_reason: null, last_event_id: null });
+    expect(view).toMatchObject({
+      id,
+      object: 'job',
+      status: 'queued',
+      text: '',
+      finish_reason: null,
+      last_event_id: null,
+    });
     await api.emit(id, { type: 'start', attempt: 1, workerId: 'w1', decoder: 'ar', queuedMs: 3 });
     await api.emit(id, tokens(0, ' there'));
     await api.emit(id, tokens(1, ' was'));
     view = (await (await api.req(`/v1/jobs/${id}`)).json()) as Record<string, unknown>;
-    expect(view).toMatchObject({ text: ' there was', usage: { completion_tokens: 2, prompt_tokens: promptTokens } });
+    expect(view).toMatchObject({
+      text: ' there was',
+      usage: { completion_tokens: 2, prompt_tokens: promptTokens },
+    });
     const last = await api.emit(id, doneEvent(' there was', 2, promptTokens));
     view = (await (await api.req(`/v1/jobs/${id}`)).json()) as Record<string, unknown>;
     expect(view).toMatchObject({
@@ -82,9 +92,19 @@ describe('jobs', () => {
 
   it('a failed job shows its error', async () => {
     const id = await newJob();
-    await api.emit(id, { type: 'error', attempt: 3, message: 'boom', code: 'engine_error', finishReason: 'error' });
+    await api.emit(id, {
+      type: 'error',
+      attempt: 3,
+      message: 'boom',
+      code: 'engine_error',
+      finishReason: 'error',
+    });
     const view = (await (await api.req(`/v1/jobs/${id}`)).json()) as Record<string, unknown>;
-    expect(view).toMatchObject({ status: 'failed', error: { message: 'boom', code: 'engine_error' }, attempt: 3 });
+    expect(view).toMatchObject({
+      status: 'failed',
+      error: { message: 'boom', code: 'engine_error' },
+      attempt: 3,
+    });
   });
 });
 
@@ -108,7 +128,13 @@ describe('jobs SSE', () => {
       await readAll(await api.req(`/v1/jobs/${id}/stream`, { headers: { 'Last-Event-ID': first[2].id! } })),
     );
     expect(resumed.map((e) => e.id)).toEqual(ids.slice(3));
-    expect(resumed.map((e) => JSON.parse(e.data).type)).toEqual(['tokens', 'tokens', 'tokens', 'tokens', 'done']);
+    expect(resumed.map((e) => JSON.parse(e.data).type)).toEqual([
+      'tokens',
+      'tokens',
+      'tokens',
+      'tokens',
+      'done',
+    ]);
 
     const viaQuery = parseSse(await readAll(await api.req(`/v1/jobs/${id}/stream?starting_after=${ids[4]}`)));
     expect(viaQuery.map((e) => e.id)).toEqual(ids.slice(5));
@@ -160,10 +186,14 @@ describe('isolation', () => {
       const body = (await res.json()) as { error: { code: string; message: string } };
       expect(body.error.code).toBe('job_not_found');
       // indistinguishable from a job that does not exist
-      const missing = (await (await api.req(path.replace(id, 'job_missing000000'), { key: KEY_B, method })).json()) as {
+      const missing = (await (
+        await api.req(path.replace(id, 'job_missing000000'), { key: KEY_B, method })
+      ).json()) as {
         error: { message: string };
       };
-      expect(body.error.message.replace(id, 'X')).toBe(missing.error.message.replace('job_missing000000', 'X'));
+      expect(body.error.message.replace(id, 'X')).toBe(
+        missing.error.message.replace('job_missing000000', 'X'),
+      );
     }
     expect(await api.redis.exists(keys.jobCancelled(id))).toBe(0);
   });
@@ -190,8 +220,16 @@ describe('/v1/usage', () => {
     const t0 = Date.now();
     await api.redis.xadd(keys.tenantUsage('acme'), `${t0}-0`, ...encodeUsage(rec('acme', 'job_u1', 1, 3)));
     await api.redis.xadd(keys.tenantUsage('acme'), `${t0}-1`, ...encodeUsage(rec('acme', 'job_u1', 2, 5)));
-    await api.redis.xadd(keys.tenantUsage('acme'), `${t0 + 5000}-0`, ...encodeUsage(rec('acme', 'job_u2', 1, 7)));
-    await api.redis.xadd(keys.tenantUsage('globex'), `${t0}-0`, ...encodeUsage(rec('globex', 'job_g', 1, 100)));
+    await api.redis.xadd(
+      keys.tenantUsage('acme'),
+      `${t0 + 5000}-0`,
+      ...encodeUsage(rec('acme', 'job_u2', 1, 7)),
+    );
+    await api.redis.xadd(
+      keys.tenantUsage('globex'),
+      `${t0}-0`,
+      ...encodeUsage(rec('globex', 'job_g', 1, 100)),
+    );
 
     const all = (await (await api.req(`/v1/usage?from=${t0}&to=${t0 + 10_000}`)).json()) as {
       data: UsageRecord[];
@@ -218,11 +256,15 @@ describe('/v1/usage', () => {
       draft_tokens_accepted: 18,
     });
     const iso = (ms: number) => new Date(ms).toISOString();
-    const part = (await (await api.req(`/v1/usage?from=${iso(t0 + 1000)}&to=${iso(t0 + 10_000)}`)).json()) as {
+    const part = (await (
+      await api.req(`/v1/usage?from=${iso(t0 + 1000)}&to=${iso(t0 + 10_000)}`)
+    ).json()) as {
       data: UsageRecord[];
     };
     expect(part.data.map((r) => r.jobId)).toEqual(['job_u2']);
-    const b = (await (await api.req(`/v1/usage?from=${t0}`, { key: KEY_B })).json()) as { data: UsageRecord[] };
+    const b = (await (await api.req(`/v1/usage?from=${t0}`, { key: KEY_B })).json()) as {
+      data: UsageRecord[];
+    };
     expect(b.data.map((r) => r.jobId)).toEqual(['job_g']);
     const bad = await api.req('/v1/usage?from=yesterday');
     expect(bad.status).toBe(400);

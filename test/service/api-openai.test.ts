@@ -6,7 +6,13 @@
  */
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
-import { type GenerationJob, QUEUE_PREFIX, queueName, releaseReservation, type StreamEvent } from '@ppsd/contract';
+import {
+  type GenerationJob,
+  QUEUE_PREFIX,
+  queueName,
+  releaseReservation,
+  type StreamEvent,
+} from '@ppsd/contract';
 import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import OpenAI from 'openai';
@@ -37,9 +43,16 @@ beforeAll(async () => {
     async (job) => {
       const d = job.data;
       const emit = (ev: StreamEvent) => api.emit(d.id, ev);
-      await emit({ type: 'start', attempt: 1, workerId: 'fake', decoder: 'ar', queuedMs: Date.now() - d.enqueuedAt });
+      await emit({
+        type: 'start',
+        attempt: 1,
+        workerId: 'fake',
+        decoder: 'ar',
+        queuedMs: Date.now() - d.enqueuedAt,
+      });
       const n = Math.min(d.params.maxTokens, WORDS.length);
-      for (let i = 0; i < n; i++) await emit({ type: 'tokens', attempt: 1, index: i, ids: [i + 10], text: WORDS[i] });
+      for (let i = 0; i < n; i++)
+        await emit({ type: 'tokens', attempt: 1, index: i, ids: [i + 10], text: WORDS[i] });
       const ev = doneEvent(WORDS.slice(0, n).join(''), n, d.promptTokens);
       if (ev.type === 'done' && n < WORDS.length) ev.result.finishReason = 'length';
       await emit(ev);
@@ -115,7 +128,9 @@ describe('openai client', () => {
   });
 
   it('summarize answers like a completion', async () => {
-    const res = await client.post('/summarize', { body: { text: 'A cat sat on a mat all day.', max_tokens: 3 } });
+    const res = await client.post('/summarize', {
+      body: { text: 'A cat sat on a mat all day.', max_tokens: 3 },
+    });
     expect(res).toMatchObject({ object: 'text_completion', choices: [{ text: ' there was a' }] });
   });
 

@@ -47,14 +47,22 @@ describe('health', () => {
       return [res.status, await res.json()] as const;
     };
     expect((await ready())[0]).toBe(503);
-    await api.redis.hset(keys.workers(MODEL), 'w1', JSON.stringify(heartbeat({ at: Date.now() - WORKER_STALE_MS - 1000 })));
+    await api.redis.hset(
+      keys.workers(MODEL),
+      'w1',
+      JSON.stringify(heartbeat({ at: Date.now() - WORKER_STALE_MS - 1000 })),
+    );
     expect((await ready())[0]).toBe(503);
     await api.redis.hset(keys.workers(MODEL), 'w1', JSON.stringify(heartbeat({ ready: false })));
     expect((await ready())[0]).toBe(503);
     await api.redis.hset(keys.workers(MODEL), 'w1', JSON.stringify(heartbeat()));
     const [status, body] = await ready();
     expect(status).toBe(200);
-    expect(body).toEqual({ status: 'ready', redis: true, models: { [MODEL]: { ready_workers: 1, workers: 1 } } });
+    expect(body).toEqual({
+      status: 'ready',
+      redis: true,
+      models: { [MODEL]: { ready_workers: 1, workers: 1 } },
+    });
     await api.redis.del(keys.workers(MODEL));
   });
 });
@@ -79,7 +87,7 @@ describe('/metrics', () => {
     await api.emit(jobId!, { type: 'tokens', attempt: 1, index: 0, ids: [1, 2], text: ' a b' });
     await api.emit(jobId!, doneEvent(' a b', 2, 2));
     expect((await pending).status).toBe(200);
-    // a second, waiting job
+    // a second job (the first is still in BullMQ too: no real worker took it)
     expect((await api.req('/v1/jobs', { body: { prompt: 'x' } })).status).toBe(202);
 
     const res = await api.req('/metrics', { key: null });
@@ -100,14 +108,16 @@ describe('/metrics', () => {
       expect(text).toContain(`# TYPE ${name} `);
     }
     expect(text).toContain(`ppsd:spec_decode_num_draft_tokens_total{model_name="${MODEL}"} 48`);
-    expect(text).toContain(`ppsd:num_requests_waiting{model_name="${MODEL}"} 1`);
+    expect(text).toContain(`ppsd:num_requests_waiting{model_name="${MODEL}"} 2`);
     expect(text).toContain(`ppsd:num_requests_running{model_name="${MODEL}"} 0`);
     expect(text).toContain(`ppsd:time_to_first_token_seconds_count{model_name="${MODEL}"} 1`);
     expect(text).toContain(`ppsd:inter_token_latency_seconds_count{model_name="${MODEL}"} 1`);
     expect(text).toContain(`ppsd:request_queue_time_seconds_sum{model_name="${MODEL}"} 0.04`);
     expect(text).toContain(`ppsd:pipeline_stage_busy_seconds_total{model_name="${MODEL}",stage="0"} 1.5`);
     expect(text).toContain(`ppsd:pipeline_stage_idle_seconds_total{model_name="${MODEL}",stage="1"} 0.25`);
-    expect(text).toMatch(/ppsd_http_requests_total\{method="POST",route="\/v1\/completions",status="200"\} 1/);
+    expect(text).toMatch(
+      /ppsd_http_requests_total\{method="POST",route="\/v1\/completions",status="200"\} 1/,
+    );
   });
 });
 
@@ -127,7 +137,11 @@ describe('AWS Lambda response streaming', () => {
     };
   }
 
-  function functionUrlEvent(method: string, path: string, opts: { query?: string; body?: string; headers?: Record<string, string> } = {}) {
+  function functionUrlEvent(
+    method: string,
+    path: string,
+    opts: { query?: string; body?: string; headers?: Record<string, string> } = {},
+  ) {
     return {
       version: '2.0',
       routeKey: '$default',
@@ -204,7 +218,11 @@ describe('AWS Lambda response streaming', () => {
 describe('config', () => {
   it('has defaults and reads every variable', () => {
     const c = loadConfig({ PPSD_MODELS: 'stories260K' });
-    expect(c).toMatchObject({ redisUrl: 'redis://127.0.0.1:6379', port: 8080, models: [{ id: 'stories260K' }] });
+    expect(c).toMatchObject({
+      redisUrl: 'redis://127.0.0.1:6379',
+      port: 8080,
+      models: [{ id: 'stories260K' }],
+    });
     const d = loadConfig({
       PPSD_MODELS: 'a=/pk/a, b',
       PPSD_REDIS_URL: 'rediss://r:6380',
@@ -219,19 +237,35 @@ describe('config', () => {
       { tenant: 'acme', key: 'KEY1-long-enough' },
       { tenant: 'globex', key: 'KEY2-long-enough' },
     ]);
-    expect(d).toMatchObject({ port: 9000, maxPromptTokens: 2048, tenantMaxJobs: 5, tenantTokenQuota: 100000 });
+    expect(d).toMatchObject({
+      port: 9000,
+      maxPromptTokens: 2048,
+      tenantMaxJobs: 5,
+      tenantTokenQuota: 100000,
+    });
   });
 
   it('reports every problem at once, naming the variable', () => {
     let err: unknown;
     try {
-      loadConfig({ PPSD_REDIS_URL: 'http://x', PORT: 'eighty', PPSD_BOOTSTRAP_KEYS: 'nocolon', PPSD_TENANT_MAX_JOBS: '-1' });
+      loadConfig({
+        PPSD_REDIS_URL: 'http://x',
+        PORT: 'eighty',
+        PPSD_BOOTSTRAP_KEYS: 'nocolon',
+        PPSD_TENANT_MAX_JOBS: '-1',
+      });
     } catch (e) {
       err = e;
     }
     expect(err).toBeInstanceOf(ConfigError);
     const msg = (err as Error).message;
-    for (const v of ['PPSD_REDIS_URL', 'PORT', 'PPSD_MODELS', 'PPSD_BOOTSTRAP_KEYS', 'PPSD_TENANT_MAX_JOBS']) {
+    for (const v of [
+      'PPSD_REDIS_URL',
+      'PORT',
+      'PPSD_MODELS',
+      'PPSD_BOOTSTRAP_KEYS',
+      'PPSD_TENANT_MAX_JOBS',
+    ]) {
       expect(msg).toContain(v);
     }
     expect((err as ConfigError).problems).toHaveLength(5);
@@ -252,6 +286,8 @@ describe('bootstrap', () => {
     const given = await bootstrapKeys(tenants, [{ tenant: 'acme', key: 'KEY1-long-enough' }], () => {});
     expect(given.added).toEqual(['acme']);
     expect(await tenants.authenticate('KEY1-long-enough')).toBe('acme');
-    expect((await bootstrapKeys(tenants, [{ tenant: 'acme', key: 'KEY1-long-enough' }], () => {})).added).toEqual([]);
+    expect(
+      (await bootstrapKeys(tenants, [{ tenant: 'acme', key: 'KEY1-long-enough' }], () => {})).added,
+    ).toEqual([]);
   });
 });

@@ -260,7 +260,10 @@ export const IdempotencyHeader = z.object({
     .max(255)
     .regex(/^[\x21-\x7e]+$/, 'printable ASCII without spaces')
     .optional()
-    .openapi({ param: { name: 'idempotency-key', in: 'header' }, description: 'Idempotency-Key: the same key returns the same job' }),
+    .openapi({
+      param: { name: 'idempotency-key', in: 'header' },
+      description: 'Idempotency-Key: the same key returns the same job',
+    }),
 });
 
 /** Documented error responses (typed as nothing extra: errors are thrown, never returned by handlers). */

@@ -67,7 +67,7 @@ async function main(): Promise<void> {
   const cancels = new CancelRegistry(redis, log);
   const protection = await createProtection(cfg.asgName, log);
 
-  let engine: WorkerEngine | null = null;
+  let enginePromise: Promise<WorkerEngine> | null = null;
   let worker: Worker<GenerationJob, JobResult> | null = null;
   const drain = createDrain({
     log,
@@ -78,6 +78,8 @@ async function main(): Promise<void> {
     },
     abortInFlight: (why) => cancels.abortAll(why),
     releaseEngine: async () => {
+      // An engine still opening is waited for, then closed: never exit while sessions are being created.
+      const engine = await enginePromise?.catch(() => null);
       await engine?.close();
     },
     closeConnections: async () => {
@@ -114,14 +116,14 @@ async function main(): Promise<void> {
   if (drain.draining) return;
 
   // 2. the engine, 3. the warm-up
-  const opened = await openEngine(packageDir, {
+  enginePromise = openEngine(packageDir, {
     decoder: cfg.decoder,
     devices,
     maxSeqLen: cfg.maxSeqLen,
     verified: freshlyVerified,
     log,
   });
-  engine = opened;
+  const opened = await enginePromise;
   log(`engine open on ${devices.join(',')}`);
   const decoders: DecoderName[] = await warmUpAndProbe(opened, cfg.decoder, log);
   if (drain.draining) return;

@@ -212,17 +212,27 @@ export function bf16ToF32(src: Uint16Array): Float32Array {
 
 /** IEEE half -> single, exact for every value (subnormals, infinities and NaN included). */
 export function f16ToF32(src: Uint16Array): Float32Array {
+  const table = halfTable();
   const out = new Float32Array(src.length);
-  for (let i = 0; i < src.length; i++) {
-    const h = src[i];
+  for (let i = 0; i < src.length; i++) out[i] = table[src[i]];
+  return out;
+}
+
+let halfToFloat: Float32Array | undefined;
+
+/** All 65536 half values, computed once: a table lookup beats per-element exponent math. */
+function halfTable(): Float32Array {
+  if (halfToFloat) return halfToFloat;
+  halfToFloat = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
     const sign = h & 0x8000 ? -1 : 1;
     const exp = (h >> 10) & 0x1f;
     const frac = h & 0x3ff;
-    if (exp === 0) out[i] = sign * frac * 2 ** -24;
-    else if (exp === 0x1f) out[i] = frac ? Number.NaN : sign * Number.POSITIVE_INFINITY;
-    else out[i] = sign * (1 + frac / 1024) * 2 ** (exp - 15);
+    if (exp === 0) halfToFloat[h] = sign * frac * 2 ** -24;
+    else if (exp === 0x1f) halfToFloat[h] = frac ? Number.NaN : sign * Number.POSITIVE_INFINITY;
+    else halfToFloat[h] = sign * (1 + frac / 1024) * 2 ** (exp - 15);
   }
-  return out;
+  return halfToFloat;
 }
 
 /**

@@ -83,15 +83,6 @@ export class Llama2cTokenizer implements Tokenizer {
     return new Llama2cTokenizer(pieces, Float32Array.from(scores), maxTokenLength);
   }
 
-  /** The piece of `id` as text (spaces as ' ', as stored in tokenizer.bin). */
-  pieceText(id: number): string {
-    return new TextDecoder().decode(this.pieces[id]);
-  }
-
-  idOfPiece(bytes: Uint8Array): number | undefined {
-    return this.idOf.get(Buffer.from(bytes).toString('latin1'));
-  }
-
   encode(text: string): number[] {
     if (text.length === 0) return [];
     const bytes = Buffer.from(text, 'utf8');

@@ -92,7 +92,7 @@ export async function run(argv: string[]): Promise<void> {
         }),
       );
     } else {
-      process.stdout.write('\n');
+      if (process.stdout.isTTY) process.stdout.write('\n'); // piped output is exactly the generated text
       const t = result.timings;
       console.error(
         `[ppsd] ${result.completionTokens} tokens, ${t.tokensPerSecond.toFixed(1)} tok/s, first token ${t.firstTokenMs.toFixed(1)} ms, ${result.finishReason}`,
