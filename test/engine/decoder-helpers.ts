@@ -13,7 +13,9 @@ export const greedy = () => new Sampler({ temperature: 0, topP: 1, seed: 0 });
  * A tiny random model whose greedy continuations vary (std 0.3: the default 0.02 gives near-uniform
  * logits and constant outputs) and whose logit-lens drafts are often wrong, so rejections happen.
  */
-export function tinyModel(opts: { vocabSize?: number; nLayers?: number; seed?: number; dim?: number } = {}): LlamaModel {
+export function tinyModel(
+  opts: { vocabSize?: number; nLayers?: number; seed?: number; dim?: number } = {},
+): LlamaModel {
   const config = llamaConfig({
     dim: opts.dim ?? 32,
     nLayers: opts.nLayers ?? 4,
@@ -51,7 +53,12 @@ export async function generate(
 }
 
 /** Consumes `stopAfter` or more tokens, then stops the generation the way a consumer does (return()). */
-export async function generateAndStop(decoder: Decoder, prompt: number[], maxTokens: number, stopAfter: number): Promise<StoppedGeneration> {
+export async function generateAndStop(
+  decoder: Decoder,
+  prompt: number[],
+  maxTokens: number,
+  stopAfter: number,
+): Promise<StoppedGeneration> {
   const it = decoder.decode({ prompt: Int32Array.from(prompt), maxTokens, sampler: greedy() });
   const tokens: number[] = [];
   while (tokens.length < stopAfter) {
@@ -70,12 +77,16 @@ export function checkStats(g: Generation, stages?: number): string[] {
   if (s.tokens !== g.tokens.length) problems.push(`tokens ${s.tokens} != emitted ${g.tokens.length}`);
   if (s.draftTokensAccepted > s.draftTokensProposed) problems.push('accepted > proposed');
   if (s.tokens !== s.draftTokensAccepted + s.verifications) {
-    problems.push(`tokens ${s.tokens} != accepted ${s.draftTokensAccepted} + verifications ${s.verifications}`);
+    problems.push(
+      `tokens ${s.tokens} != accepted ${s.draftTokensAccepted} + verifications ${s.verifications}`,
+    );
   }
   if ((s.draftTokensDiscarded ?? 0) < 0) problems.push('negative discarded');
   if (stages !== undefined) {
-    if (s.stages?.length !== stages) problems.push(`stage times for ${s.stages?.length} stages, expected ${stages}`);
-    for (const t of s.stages ?? []) if (!(t.busyMs > 0 && t.idleMs >= 0)) problems.push(`bad stage time ${JSON.stringify(t)}`);
+    if (s.stages?.length !== stages)
+      problems.push(`stage times for ${s.stages?.length} stages, expected ${stages}`);
+    for (const t of s.stages ?? [])
+      if (!(t.busyMs > 0 && t.idleMs >= 0)) problems.push(`bad stage time ${JSON.stringify(t)}`);
   }
   return problems;
 }

@@ -7,10 +7,9 @@
  * distribution (drafts without the acceptance rule) fail it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { Decoder } from '../../workers/engine/src/decode/decoder';
+import type { Decoder, DecoderName } from '../../workers/engine/src/decode/decoder';
 import { createDecoder, type DecoderContext } from '../../workers/engine/src/decode/index';
 import { Sampler } from '../../workers/engine/src/decode/sampling';
-import type { DecoderName } from '../../workers/engine/src/decode/decoder';
 import type { LlamaModel } from '../../workers/engine/src/model/llama';
 import { referenceForward } from '../../workers/engine/src/model/reference';
 import { generate, tinyModel } from './decoder-helpers';
@@ -86,13 +85,17 @@ describe('sampling: every decoder draws from the AR distribution', () => {
       joint[s[0] * V + s[1]]++;
       third[s[2]]++;
     }
-    return { joint: chiSquare(joint, exact.joint, samples.length), third: chiSquare(third, exact.third, samples.length) };
+    return {
+      joint: chiSquare(joint, exact.joint, samples.length),
+      third: chiSquare(third, exact.third, samples.length),
+    };
   }
 
   it('negative control: drafts from the exit head alone (no acceptance rule) fail the test', () => {
     const exitLayer = 2;
     const draft = exactDistributions(
-      (tokens) => referenceForward(model, tokens, { exit: { afterLayer: exitLayer } }).exitLogits![tokens.length - 1],
+      (tokens) =>
+        referenceForward(model, tokens, { exit: { afterLayer: exitLayer } }).exitLogits![tokens.length - 1],
     );
     // Draw from the draft's own joint distribution and test it against AR's.
     const sampler = new Sampler({ ...SAMPLING, seed: 99 });
@@ -107,7 +110,12 @@ describe('sampling: every decoder draws from the AR distribution', () => {
     expect(r.joint.stat).toBeGreaterThan(r.joint.critical);
   });
 
-  const cases: { name: string; decoder: DecoderName; ctx: Omit<DecoderContext, 'model'>; controlled?: boolean }[] = [
+  const cases: {
+    name: string;
+    decoder: DecoderName;
+    ctx: Omit<DecoderContext, 'model'>;
+    controlled?: boolean;
+  }[] = [
     { name: 'ar', decoder: 'ar', ctx: {} },
     { name: 'eesd adaptive (E=2)', decoder: 'eesd', ctx: { exitLayer: 2 } },
     { name: 'eesd fixed gamma 3 (E=1)', decoder: 'eesd', ctx: { exitLayer: 1, draftLength: 3 } },
@@ -115,7 +123,12 @@ describe('sampling: every decoder draws from the AR distribution', () => {
     { name: 'ppsd k=2', decoder: 'ppsd', ctx: { stages: 2 } },
     { name: 'ppsd k=3', decoder: 'ppsd', ctx: { stages: 3 } },
     { name: 'spd k=2', decoder: 'spd', ctx: { stages: 2 } },
-    { name: 'ppsd k=2, controlled acceptance 0.5 (forced drafts, one-hot q)', decoder: 'ppsd', ctx: { stages: 2 }, controlled: true },
+    {
+      name: 'ppsd k=2, controlled acceptance 0.5 (forced drafts, one-hot q)',
+      decoder: 'ppsd',
+      ctx: { stages: 2 },
+      controlled: true,
+    },
   ];
 
   let decoders: Decoder[] = [];

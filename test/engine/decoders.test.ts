@@ -5,9 +5,9 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Decoder } from '../../workers/engine/src/decode/decoder';
-import { type DecoderContext, createDecoder } from '../../workers/engine/src/decode/index';
-import { type SpdDrafterWeights, spdFeatureLags } from '../../workers/engine/src/decode/spd-drafter';
+import { createDecoder, type DecoderContext } from '../../workers/engine/src/decode/index';
 import { stageBoundaries } from '../../workers/engine/src/decode/pipeline';
+import { type SpdDrafterWeights, spdFeatureLags } from '../../workers/engine/src/decode/spd-drafter';
 import { readLlama2c } from '../../workers/engine/src/formats/llama2c';
 import type { ExitHead, LlamaModel } from '../../workers/engine/src/model/llama';
 import { fillNormal, uniformRng } from '../../workers/engine/src/model/random';
@@ -26,7 +26,10 @@ function affineHead(model: LlamaModel, afterLayer: number, seed: number): ExitHe
   const dim = model.config.dim;
   const weight = fillNormal(new Float32Array(dim * dim), uniformRng(seed), 0.05);
   for (let i = 0; i < dim; i++) weight[i * dim + i] += 1;
-  return { afterLayer, affine: { weight, bias: fillNormal(new Float32Array(dim), uniformRng(seed + 1), 0.05) } };
+  return {
+    afterLayer,
+    affine: { weight, bias: fillNormal(new Float32Array(dim), uniformRng(seed + 1), 0.05) },
+  };
 }
 
 /** A random "fitted" SPD drafter over every in-flight depth plus the final layer (depth N). */
@@ -40,7 +43,13 @@ function randomSpdDrafter(model: LlamaModel, k: number, seed: number): SpdDrafte
   return { depths, emb: mat(), byDepth: depths.map(mat), bias: fillNormal(new Float32Array(dim), rand, 0.1) };
 }
 
-function suite(label: string, load: () => Promise<LlamaModel>, prompts: number[][], maxTokens: number, cases: Case[]) {
+function suite(
+  label: string,
+  load: () => Promise<LlamaModel>,
+  prompts: number[][],
+  maxTokens: number,
+  cases: Case[],
+) {
   describe(label, () => {
     let model: LlamaModel;
     let ar: Decoder;
@@ -61,42 +70,45 @@ function suite(label: string, load: () => Promise<LlamaModel>, prompts: number[]
       }
     });
 
-    it.each(cases.map((c) => [c.name, c] as const))('%s equals AR (greedy), with controlled alpha 0 / 0.5 / 1', async (_n, c) => {
-      const ctx = c.ctx(model);
-      const decoder = await createDecoder(c.decoder, { model, ...ctx });
-      try {
-        let proposed = 0;
-        let accepted = 0;
-        for (const [j, prompt] of prompts.entries()) {
-          const g = await generate(decoder, prompt, maxTokens);
-          expect(g.tokens, `prompt ${j}`).toEqual(expected[j]);
-          expect(checkStats(g, c.stages)).toEqual([]);
-          proposed += g.stats.draftTokensProposed;
-          accepted += g.stats.draftTokensAccepted;
-        }
-        expect(proposed).toBeGreaterThan(0);
-        for (const alpha of [0, 0.5, 1]) {
-          let prop = 0;
-          let acc = 0;
+    it.each(cases.map((c) => [c.name, c] as const))(
+      '%s equals AR (greedy), with controlled alpha 0 / 0.5 / 1',
+      async (_n, c) => {
+        const ctx = c.ctx(model);
+        const decoder = await createDecoder(c.decoder, { model, ...ctx });
+        try {
+          let proposed = 0;
+          let accepted = 0;
           for (const [j, prompt] of prompts.entries()) {
-            const controlledAcceptance = { alpha, seed: 11 + j, arTokens: expected[j] };
-            const g = await generate(decoder, prompt, maxTokens, { controlledAcceptance });
-            expect(g.tokens, `alpha ${alpha}, prompt ${j}`).toEqual(expected[j]);
+            const g = await generate(decoder, prompt, maxTokens);
+            expect(g.tokens, `prompt ${j}`).toEqual(expected[j]);
             expect(checkStats(g, c.stages)).toEqual([]);
-            prop += g.stats.draftTokensProposed;
-            acc += g.stats.draftTokensAccepted;
+            proposed += g.stats.draftTokensProposed;
+            accepted += g.stats.draftTokensAccepted;
           }
-          if (alpha === 0) expect(acc).toBe(0);
-          if (alpha === 1) expect(acc).toBe(prop);
-          if (alpha === 0.5) expect(acc / prop).toBeGreaterThan(0.2);
-          if (alpha === 0.5) expect(acc / prop).toBeLessThan(0.8);
+          expect(proposed).toBeGreaterThan(0);
+          for (const alpha of [0, 0.5, 1]) {
+            let prop = 0;
+            let acc = 0;
+            for (const [j, prompt] of prompts.entries()) {
+              const controlledAcceptance = { alpha, seed: 11 + j, arTokens: expected[j] };
+              const g = await generate(decoder, prompt, maxTokens, { controlledAcceptance });
+              expect(g.tokens, `alpha ${alpha}, prompt ${j}`).toEqual(expected[j]);
+              expect(checkStats(g, c.stages)).toEqual([]);
+              prop += g.stats.draftTokensProposed;
+              acc += g.stats.draftTokensAccepted;
+            }
+            if (alpha === 0) expect(acc).toBe(0);
+            if (alpha === 1) expect(acc).toBe(prop);
+            if (alpha === 0.5) expect(acc / prop).toBeGreaterThan(0.2);
+            if (alpha === 0.5) expect(acc / prop).toBeLessThan(0.8);
+          }
+          // The uncontrolled logit-lens drafts must have been rejected sometimes (else flushes went untested).
+          expect(accepted).toBeLessThan(proposed);
+        } finally {
+          await decoder.close();
         }
-        // The uncontrolled logit-lens drafts must have been rejected sometimes (else flushes went untested).
-        expect(accepted).toBeLessThan(proposed);
-      } finally {
-        await decoder.close();
-      }
-    });
+      },
+    );
   });
 }
 
@@ -108,14 +120,36 @@ suite(
   [
     { name: 'eesd adaptive, E=2', decoder: 'eesd', ctx: () => ({ exitLayer: 2 }) },
     { name: 'eesd fixed gamma 3, E=1', decoder: 'eesd', ctx: () => ({ exitLayer: 1, draftLength: 3 }) },
-    { name: 'eesd fixed gamma 5, affine head at 3', decoder: 'eesd', ctx: (m) => ({ exitHead: affineHead(m, 3, 5), draftLength: 5 }) },
-    { name: 'dv adaptive exit, skip set', decoder: 'dv', ctx: () => ({ skipSet: { attention: [1, 2], mlp: [2] } }) },
-    { name: 'dv fixed gamma 4, skip set', decoder: 'dv', ctx: () => ({ skipSet: { attention: [2], mlp: [1, 2] }, draftLength: 4 }) },
+    {
+      name: 'eesd fixed gamma 5, affine head at 3',
+      decoder: 'eesd',
+      ctx: (m) => ({ exitHead: affineHead(m, 3, 5), draftLength: 5 }),
+    },
+    {
+      name: 'dv adaptive exit, skip set',
+      decoder: 'dv',
+      ctx: () => ({ skipSet: { attention: [1, 2], mlp: [2] } }),
+    },
+    {
+      name: 'dv fixed gamma 4, skip set',
+      decoder: 'dv',
+      ctx: () => ({ skipSet: { attention: [2], mlp: [1, 2] }, draftLength: 4 }),
+    },
     { name: 'ppsd k=2', decoder: 'ppsd', ctx: () => ({ stages: 2 }), stages: 2 },
     { name: 'ppsd k=3', decoder: 'ppsd', ctx: () => ({ stages: 3 }), stages: 3 },
-    { name: 'ppsd k=4, affine head', decoder: 'ppsd', ctx: (m) => ({ stages: 4, exitHead: affineHead(m, 1, 9) }), stages: 4 },
+    {
+      name: 'ppsd k=4, affine head',
+      decoder: 'ppsd',
+      ctx: (m) => ({ stages: 4, exitHead: affineHead(m, 1, 9) }),
+      stages: 4,
+    },
     { name: 'spd k=2, identity drafter', decoder: 'spd', ctx: () => ({ stages: 2 }), stages: 2 },
-    { name: 'spd k=3, drafter with the final-layer feature', decoder: 'spd', ctx: (m) => ({ stages: 3, spdDrafter: randomSpdDrafter(m, 3, 4) }), stages: 3 },
+    {
+      name: 'spd k=3, drafter with the final-layer feature',
+      decoder: 'spd',
+      ctx: (m) => ({ stages: 3, spdDrafter: randomSpdDrafter(m, 3, 4) }),
+      stages: 3,
+    },
   ],
 );
 
@@ -127,11 +161,20 @@ suite(
   [
     { name: 'eesd adaptive, E=3', decoder: 'eesd', ctx: () => ({ exitLayer: 3 }) },
     { name: 'eesd fixed gamma 4, E=1', decoder: 'eesd', ctx: () => ({ exitLayer: 1, draftLength: 4 }) },
-    { name: 'dv adaptive exit, skip set', decoder: 'dv', ctx: () => ({ skipSet: { attention: [2, 3], mlp: [3] } }) },
+    {
+      name: 'dv adaptive exit, skip set',
+      decoder: 'dv',
+      ctx: () => ({ skipSet: { attention: [2, 3], mlp: [3] } }),
+    },
     { name: 'ppsd k=2 (E=3)', decoder: 'ppsd', ctx: () => ({ stages: 2 }), stages: 2 },
     { name: 'ppsd k=3 (E=2)', decoder: 'ppsd', ctx: () => ({ stages: 3 }), stages: 3 },
     { name: 'ppsd k=5 (E=1)', decoder: 'ppsd', ctx: () => ({ stages: 5 }), stages: 5 },
     { name: 'spd k=2, identity drafter', decoder: 'spd', ctx: () => ({ stages: 2 }), stages: 2 },
-    { name: 'spd k=5, drafter with the final-layer feature', decoder: 'spd', ctx: (m) => ({ stages: 5, spdDrafter: randomSpdDrafter(m, 5, 8) }), stages: 5 },
+    {
+      name: 'spd k=5, drafter with the final-layer feature',
+      decoder: 'spd',
+      ctx: (m) => ({ stages: 5, spdDrafter: randomSpdDrafter(m, 5, 8) }),
+      stages: 5,
+    },
   ],
 );

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine, PromptTooLongError } from '../../workers/engine/src/engine';
-import { EXPECTED_GREEDY_200, STORIES260K, TOK512, repoRoot, scratchDir } from '../helpers/shared';
+import { EXPECTED_GREEDY_200, repoRoot, STORIES260K, scratchDir, TOK512 } from '../helpers/shared';
 
 const run = promisify(execFile);
 const ppsd = (...args: string[]) =>
@@ -36,7 +36,15 @@ describe('ppsd generate on stories260K', () => {
   });
 
   it('--json reports text, tokens and counts', async () => {
-    const { stdout } = await ppsd('generate', pkg, '--prompt', 'Once upon a time', '--max-tokens', '12', '--json');
+    const { stdout } = await ppsd(
+      'generate',
+      pkg,
+      '--prompt',
+      'Once upon a time',
+      '--max-tokens',
+      '12',
+      '--json',
+    );
     const out = JSON.parse(stdout);
     expect(out.completion_tokens).toBe(12);
     expect(out.tokens).toHaveLength(12);

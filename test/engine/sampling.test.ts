@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { Rng, Sampler, argmax } from '../../workers/engine/src/decode/sampling';
+import { argmax, Rng, Sampler } from '../../workers/engine/src/decode/sampling';
 
 describe('Rng', () => {
   it('is deterministic per seed and differs across seeds', () => {
@@ -58,7 +58,7 @@ describe('Sampler', () => {
     const counts = [0, 0, 0];
     const n = 50_000;
     for (let i = 0; i < n; i++) counts[s.draw(p)]++;
-    counts.forEach((c, i) => expect(Math.abs(c / n - p[i])).toBeLessThan(0.01));
+    for (const [i, c] of counts.entries()) expect(Math.abs(c / n - p[i])).toBeLessThan(0.01);
   });
 
   it('rejects invalid settings', () => {

@@ -1,7 +1,13 @@
 /** The speculative-sampling rule: exact math on hand-made distributions, and p reproduced statistically. */
 import { describe, expect, it } from 'vitest';
 import { Sampler } from '../../workers/engine/src/decode/sampling';
-import { ControlledDrafts, draftFrom, judge, judgeDistributions, residual } from '../../workers/engine/src/decode/spec-rule';
+import {
+  ControlledDrafts,
+  draftFrom,
+  judge,
+  judgeDistributions,
+  residual,
+} from '../../workers/engine/src/decode/spec-rule';
 
 /** A sampler whose uniforms come from a script (then from its seeded stream). */
 class ScriptedSampler extends Sampler {
@@ -41,14 +47,20 @@ describe('spec rule, exact', () => {
     const r = residual(p, { token: 1, q });
     expect(Array.from(r).map((v) => +v.toFixed(12))).toEqual([0.75, 0, 0.25, 0]);
     // the replacement is drawn from it: u = 0.8 falls in the second nonzero bin (token 2)
-    expect(judgeDistributions(new ScriptedSampler([0.9, 0.8]), p, { token: 1, q })).toEqual({ accepted: false, token: 2 });
+    expect(judgeDistributions(new ScriptedSampler([0.9, 0.8]), p, { token: 1, q })).toEqual({
+      accepted: false,
+      token: 2,
+    });
   });
 
   it('a deterministic draft (no q) is the one-hot case: accept w.p. p(x), else draw from p without x', () => {
     const r = residual(p, { token: 0 });
     expect(Array.from(r).map((v) => +v.toFixed(12))).toEqual([0, 0.6, 0.4, 0]);
     expect(judgeDistributions(new ScriptedSampler([0.49]), p, { token: 0 }).accepted).toBe(true);
-    expect(judgeDistributions(new ScriptedSampler([0.51, 0.1]), p, { token: 0 })).toEqual({ accepted: false, token: 1 });
+    expect(judgeDistributions(new ScriptedSampler([0.51, 0.1]), p, { token: 0 })).toEqual({
+      accepted: false,
+      token: 1,
+    });
   });
 
   it('p == q leaves no residual mass; p itself is used (rejection cannot happen then anyway)', () => {
@@ -90,14 +102,9 @@ describe('spec rule, statistics', () => {
   it('controlled acceptance replaces drafts by the AR token with probability alpha, else by another token', () => {
     const ar = Array.from({ length: 10_000 }, (_, i) => i % 7);
     const c = new ControlledDrafts({ alpha: 0.3, seed: 5, arTokens: ar }, 4, 7);
-    let hits = 0;
-    for (let i = 0; i < ar.length; i++) {
-      const d = c.apply(4 + i, { token: 0, q: new Float64Array(7) });
-      expect(d.q).toBeUndefined();
-      expect(d.token).toBeGreaterThanOrEqual(0);
-      expect(d.token).toBeLessThan(7);
-      if (d.token === ar[i]) hits++;
-    }
+    const drafts = ar.map((_, i) => c.apply(4 + i, { token: 0, q: new Float64Array(7) }));
+    expect(drafts.every((d) => d.q === undefined && d.token >= 0 && d.token < 7)).toBe(true);
+    const hits = drafts.filter((d, i) => d.token === ar[i]).length;
     expect(Math.abs(hits / ar.length - 0.3)).toBeLessThan(0.02);
     // past the AR continuation the drafter's own token stands
     expect(c.apply(4 + ar.length, { token: 3 })).toEqual({ token: 3 });

@@ -268,6 +268,8 @@ describe('cancel', () => {
     const running = new Promise<void>((r) => {
       started = r;
     });
+    const conn = new Redis(server.url, { maxRetriesPerRequest: null });
+    conn.on('error', () => {});
     const worker = new Worker(
       queueName(MODEL),
       () =>
@@ -275,7 +277,7 @@ describe('cancel', () => {
           release = r;
           started();
         }),
-      { connection: new Redis(server.url, { maxRetriesPerRequest: null }), prefix: QUEUE_PREFIX },
+      { connection: conn, prefix: QUEUE_PREFIX },
     );
     await running;
     const sub = api.subscriber.duplicate();
@@ -291,6 +293,7 @@ describe('cancel', () => {
     release();
     sub.disconnect();
     await worker.close();
+    conn.disconnect();
   });
 });
 

@@ -144,7 +144,11 @@ describe('openai client', () => {
   });
 
   it('100 concurrent streams share one subscriber connection and all complete', async () => {
-    const before = Number((await api.redis.client('LIST')).toString().split('\n').filter(Boolean).length);
+    const clients = async () =>
+      String(await api.redis.call('CLIENT', 'LIST'))
+        .split('\n')
+        .filter(Boolean).length;
+    const before = await clients();
     const runs = Array.from({ length: 100 }, async (_, i) => {
       const stream = await client.completions.create({ model: MODEL, prompt: `story ${i}`, stream: true });
       let text = '';
@@ -153,8 +157,7 @@ describe('openai client', () => {
     });
     const texts = await Promise.all(runs);
     expect(texts.every((t) => t === WORDS.join(''))).toBe(true);
-    const after = Number((await api.redis.client('LIST')).toString().split('\n').filter(Boolean).length);
-    expect(after).toBe(before);
+    expect(await clients()).toBe(before);
     expect(api.app.ctx.events.subscribedCount()).toBe(0);
   });
 });

@@ -170,4 +170,31 @@ describe('gpu worker', () => {
     ).toBeNull();
     expect(await stack.readyWorkers()).toHaveLength(0);
   });
+  it('past the drain deadline hands the job back; another worker finishes it without duplicates', async () => {
+    const slow = { PPSD_FAULT_TOKEN_DELAY_MS: '20', PPSD_DRAIN_TIMEOUT_MS: '300' };
+    const w = await stack.startWorker({ env: slow });
+    const id = randomUUID();
+    const job = makeJob(id, { maxTokens: 120, temperature: 0.9, seed: 11 });
+    await enqueue(stack.redis.url, job);
+    await waitFor(
+      'first tokens',
+      async () => (await readEvents(stack.client, id)).some((e) => e.event.type === 'tokens'),
+      30_000,
+      2,
+    );
+    w.child.kill('SIGTERM');
+    expect((await w.exited).code, w.output).toBe(0);
+    expect(w.output).toMatch(/handing 1 job\(s\) back/);
+    const partial = await readEvents(stack.client, id);
+    expect(partial.some((e) => e.event.type === 'done' || e.event.type === 'error')).toBe(false);
+    await stack.startWorker();
+    const evs = await waitForEnd(stack.client, id);
+    const direct = await engine.generate(job.prompt, { ...job.params, decoder: 'ar' });
+    const streamed = streamedTokens(evs);
+    expect(streamed.ids).toEqual(direct.tokens);
+    expect(streamed.text).toBe(direct.text);
+    expect(evs.filter((e) => e.event.type === 'start').map((e) => e.event.attempt)).toEqual([1, 2]);
+    const usage = await usageOf(stack.client, 'acme', id);
+    expect(usage.map((u) => u.status)).toEqual(['failed', 'completed']);
+  });
 });

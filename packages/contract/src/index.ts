@@ -2,10 +2,11 @@
  * The one home of everything the API and the worker exchange through Redis: queue names, key names,
  * the job payload, stream events, usage records and quota settlement. Both sides import from here.
  */
-export * from './keys';
-export * from './job';
+
 export * from './events';
-export * from './usage';
-export * from './prompts';
+export * from './job';
+export * from './keys';
 export * from './progress';
+export * from './prompts';
 export * from './quota';
+export * from './usage';

@@ -20,7 +20,11 @@ export interface DecoderPlan {
 }
 
 /** Builds one decoder over a loaded package according to the plan. */
-export async function openDecoder(name: DecoderName, pkg: LoadedPackage, plan: DecoderPlan): Promise<Decoder> {
+export async function openDecoder(
+  name: DecoderName,
+  pkg: LoadedPackage,
+  plan: DecoderPlan,
+): Promise<Decoder> {
   const devices = plan.devices?.length ? plan.devices : ['cpu' as Device];
   if (name === 'ar') {
     // AR runs the whole model as one stage on the first device; on CPU it gets every planned core.
@@ -28,7 +32,13 @@ export async function openDecoder(name: DecoderName, pkg: LoadedPackage, plan: D
     const stage = await createOrtStage(
       pkg.model,
       { firstLayer: 0, endLayer: pkg.model.config.nLayers },
-      { device: devices[0], threads, maxSeqLen: plan.maxSeqLen, allowCpuFallback: plan.allowCpuFallback, log: plan.log },
+      {
+        device: devices[0],
+        threads,
+        maxSeqLen: plan.maxSeqLen,
+        allowCpuFallback: plan.allowCpuFallback,
+        log: plan.log,
+      },
     );
     return new ArDecoder([stage]);
   }

@@ -1,8 +1,13 @@
-import type { DecoderName, Decoder } from './decode/decoder';
-import { type GenerateParams, type GenerationResult, type OnTokens, runGeneration } from './generate/generate';
-import { loadPackage, type LoadedPackage } from './package';
+import type { Decoder, DecoderName } from './decode/decoder';
+import { type DecoderPlan, openDecoder } from './decoders';
+import {
+  type GenerateParams,
+  type GenerationResult,
+  type OnTokens,
+  runGeneration,
+} from './generate/generate';
+import { type LoadedPackage, loadPackage } from './package';
 import type { Tokenizer } from './tokenizer';
-import { openDecoder, type DecoderPlan } from './decoders';
 
 export interface EngineOptions extends DecoderPlan {
   /** Decoder used when a request names none. */

@@ -222,7 +222,8 @@ export function createProcessor(
       await chain;
       if (chainError) throw chainError;
 
-      if (ac.signal.aborted && deps.handBack?.() && !timedOut && !(await deps.cancels.isCancelled(jobId))) {
+      const aborted = result.finishReason === 'cancelled';
+      if (aborted && deps.handBack?.() && !timedOut && !(await deps.cancels.isCancelled(jobId))) {
         // Drain deadline passed: hand the job back so another worker continues it (nothing is duplicated).
         await finish({
           kind: 'handback',
@@ -233,7 +234,7 @@ export function createProcessor(
         await job.moveToDelayed(Date.now(), token);
         throw new DelayedError(`handed back by draining worker ${deps.workerId}`);
       }
-      if (timedOut) {
+      if (aborted && timedOut) {
         const err = new JobRejectedError(`job exceeded the ${deps.jobTimeoutMs} ms limit`, 'timeout');
         await finish({
           kind: 'timeout',
@@ -244,7 +245,7 @@ export function createProcessor(
         });
         throw new UnrecoverableError(err.message);
       }
-      const finishReason: FinishReason = ac.signal.aborted ? 'cancelled' : result.finishReason;
+      const finishReason: FinishReason = result.finishReason;
       return await finish({
         kind: finishReason === 'cancelled' ? 'cancelled' : 'completed',
         completionTokens: result.completionTokens,

@@ -3,7 +3,7 @@
  * the final layer's argmax (the greedy acceptance rate of a drafter that uses the head).
  */
 import type { LlamaModel } from '../model/llama';
-import type { HiddenDataset } from './data';
+import { type HiddenDataset, ROW_GREEDY, rowMask } from './data';
 import { headLogits } from './forward';
 import { argmaxAt } from './linalg';
 import type { AffineMap } from './lsq';
@@ -66,7 +66,7 @@ export function exitAgreement(
   data: HiddenDataset,
   layer: number,
   head: AffineMap | undefined,
-  scoredOnly = true,
+  use: Uint8Array = rowMask(data, ROW_GREEDY),
 ): Agreement {
-  return featureAgreement(model, data.hidden[layer], data.dim, data.target, head, scoredOnly ? data.scored : undefined);
+  return featureAgreement(model, data.hidden[layer], data.dim, data.target, head, use);
 }

@@ -7,9 +7,10 @@
  * measuring. Two kinds of rows are collected:
  * - teacher-forced: BOS + a paragraph's tokens (up to maxSeqLen) in one block, every position a row;
  * - greedy: BOS + the first `prefixTokens - 1` tokens of a paragraph, then `greedyTokens` tokens that the
- *   model itself picks greedily. Rows from the last prefix position on are flagged `scored`: these are
+ *   model itself picks greedily. Rows from the last prefix position on are kind ROW_GREEDY (scored): these are
  *   the positions whose next token a drafter must guess while decoding (the design note's measure:
  *   greedy continuations of 12-token prefixes).
+ * Rows of one sequence are contiguous and in order, so features of earlier tokens (SPD) are rows r - j.
  */
 import type { LlamaModel } from '../model/llama';
 import type { Tokenizer } from '../tokenizer/tokenizer';
@@ -25,7 +26,17 @@ export interface HiddenDataset {
   tokens: Int32Array; // input token of each row
   pos: Int32Array; // position of the row in its sequence (rows of one sequence are contiguous)
   target: Int32Array; // the final layer's argmax at the row (the model's greedy next token)
-  scored: Uint8Array; // 1 where the row counts for agreement (see above)
+  /** 0 = teacher-forced row, 1 = greedy-sequence prefix row, 2 = greedy continuation row (scored). */
+  kind: Uint8Array;
+}
+
+export const ROW_TEACHER = 0;
+export const ROW_PREFIX = 1;
+export const ROW_GREEDY = 2;
+
+/** 1 for the rows of the given kind(s). */
+export function rowMask(data: HiddenDataset, ...kinds: number[]): Uint8Array {
+  return Uint8Array.from(data.kind, (k) => (kinds.includes(k) ? 1 : 0));
 }
 
 export interface CorpusSplit {
@@ -96,12 +107,12 @@ export function collectHiddenStates(
   const tokens = new Growable();
   const pos = new Growable();
   const target = new Growable();
-  const scored = new Growable();
+  const kind = new Growable();
   const runner = new HiddenStateModel(model, maxSeq);
   const total = opts.teacherRows + opts.greedySequences * (prefix + greedyN);
   let done = 0;
 
-  const record = (toks: number[], h: Float32Array[], start: number, scoreFrom: number) => {
+  const record = (toks: number[], h: Float32Array[], start: number, scoreFrom: number, greedyRow: boolean) => {
     const T = toks.length;
     for (let l = 0; l <= c.nLayers; l++) hidden[l].push(h[l]);
     tokens.push(toks);
@@ -110,7 +121,9 @@ export function collectHiddenStates(
     const tg = new Int32Array(T);
     for (let t = 0; t < T; t++) tg[t] = argmaxAt(logits, t * c.vocabSize, c.vocabSize);
     target.push(tg);
-    scored.push(Uint8Array.from({ length: T }, (_, i) => (start + i >= scoreFrom ? 1 : 0)));
+    kind.push(
+      Uint8Array.from({ length: T }, (_, i) => (!greedyRow ? ROW_TEACHER : start + i >= scoreFrom ? ROW_GREEDY : ROW_PREFIX)),
+    );
     done += T;
     opts.onProgress?.(Math.min(done, total), total);
     return tg;
@@ -124,7 +137,7 @@ export function collectHiddenStates(
     if (ids.length < 2) continue;
     runner.truncate(0);
     const out = runner.forward(ids);
-    record(ids, out.hidden, 0, 0);
+    record(ids, out.hidden, 0, 0, false);
     teacher += ids.length;
   }
 
@@ -136,10 +149,10 @@ export function collectHiddenStates(
     if (ids.length < prefix || prefix + greedyN > maxSeq) continue;
     runner.truncate(0);
     const out = runner.forward(ids);
-    let next = record(ids, out.hidden, 0, prefix - 1)[ids.length - 1];
+    let next = record(ids, out.hidden, 0, prefix - 1, true)[ids.length - 1];
     for (let i = 0; i < greedyN; i++) {
       const step = runner.forward([next]);
-      next = record([next], step.hidden, prefix + i, prefix - 1)[0];
+      next = record([next], step.hidden, prefix + i, prefix - 1, true)[0];
     }
     greedy++;
   }
@@ -152,27 +165,6 @@ export function collectHiddenStates(
     tokens: tokens.int32(),
     pos: pos.int32(),
     target: target.int32(),
-    scored: Uint8Array.from(scored.int32()),
-  };
-}
-
-/** The rows of `data` selected by `keep` (e.g. only scored rows), as a new dataset. */
-export function selectRows(data: HiddenDataset, keep: (row: number) => boolean): HiddenDataset {
-  const idx: number[] = [];
-  for (let r = 0; r < data.rows; r++) if (keep(r)) idx.push(r);
-  const d = data.dim;
-  return {
-    rows: idx.length,
-    dim: d,
-    nLayers: data.nLayers,
-    hidden: data.hidden.map((h) => {
-      const out = new Float32Array(idx.length * d);
-      idx.forEach((r, i) => out.set(h.subarray(r * d, (r + 1) * d), i * d));
-      return out;
-    }),
-    tokens: Int32Array.from(idx, (r) => data.tokens[r]),
-    pos: Int32Array.from(idx, (r) => data.pos[r]),
-    target: Int32Array.from(idx, (r) => data.target[r]),
-    scored: Uint8Array.from(idx, (r) => data.scored[r]),
+    kind: Uint8Array.from(kind.int32()),
   };
 }

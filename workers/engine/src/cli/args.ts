@@ -1,4 +1,4 @@
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { type ParseArgsConfig, parseArgs } from 'node:util';
 
 /** An error the user caused (bad flag, missing file): printed without a stack trace, exit code 2. */
 export class UsageError extends Error {

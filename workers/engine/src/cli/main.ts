@@ -7,13 +7,28 @@ import { UsageError } from './args';
 type Command = { summary: string; load: () => Promise<{ run(argv: string[]): Promise<void> }> };
 
 const commands: Record<string, Command> = {
-  import: { summary: 'import a llama2.c checkpoint or Hugging Face folder into a model package', load: () => import('./commands/import') },
-  synth: { summary: 'write a random-weight model package of a given shape', load: () => import('./commands/synth') },
+  import: {
+    summary: 'import a llama2.c checkpoint or Hugging Face folder into a model package',
+    load: () => import('./commands/import'),
+  },
+  synth: {
+    summary: 'write a random-weight model package of a given shape',
+    load: () => import('./commands/synth'),
+  },
   generate: { summary: 'generate text from a model package', load: () => import('./commands/generate') },
-  calibrate: { summary: 'fit an early-exit head or the SPD drafter and report acceptance', load: () => import('./commands/calibrate') },
-  'tune-skip': { summary: 'search the Draft & Verify skip set by measured tokens/s', load: () => import('./commands/tune-skip') },
+  calibrate: {
+    summary: 'fit an early-exit head or the SPD drafter and report acceptance',
+    load: () => import('./commands/calibrate'),
+  },
+  'tune-skip': {
+    summary: 'search the Draft & Verify skip set by measured tokens/s',
+    load: () => import('./commands/tune-skip'),
+  },
   bench: { summary: 'benchmark decoders side by side', load: () => import('./commands/bench') },
-  publish: { summary: 'upload a model package to S3 (s3://bucket/prefix)', load: () => import('./commands/publish') },
+  publish: {
+    summary: 'upload a model package to S3 (s3://bucket/prefix)',
+    load: () => import('./commands/publish'),
+  },
 };
 
 function usage(): string {

@@ -29,10 +29,17 @@ export interface ExitHeadRecord {
 export const exitHeadPath = (layer: number): string => `heads/exit-${layer}.safetensors`;
 
 /** The safetensors bytes of an affine head. */
-export async function exitHeadBytes(affine: { weight: Float32Array; bias: Float32Array }, meta: Record<string, string> = {}): Promise<Uint8Array> {
+export async function exitHeadBytes(
+  affine: { weight: Float32Array; bias: Float32Array },
+  meta: Record<string, string> = {},
+): Promise<Uint8Array> {
   const dim = affine.bias.length;
-  if (affine.weight.length !== dim * dim) throw new Error(`exit head: weight has ${affine.weight.length} values, expected [${dim}, ${dim}]`);
-  const tmp = path.join(tmpdir(), `ppsd-head-${process.pid}-${Math.random().toString(36).slice(2)}.safetensors`);
+  if (affine.weight.length !== dim * dim)
+    throw new Error(`exit head: weight has ${affine.weight.length} values, expected [${dim}, ${dim}]`);
+  const tmp = path.join(
+    tmpdir(),
+    `ppsd-head-${process.pid}-${Math.random().toString(36).slice(2)}.safetensors`,
+  );
   try {
     await writeSafetensors(
       tmp,
@@ -60,7 +67,8 @@ export async function saveExitHead(
   if (!Number.isInteger(layer) || layer < 1 || layer >= nLayers) {
     throw new RangeError(`exit layer must be in [1, ${nLayers - 1}], got ${layer}`);
   }
-  if (affine.bias.length !== dim) throw new Error(`exit head: bias has ${affine.bias.length} values, the model's dim is ${dim}`);
+  if (affine.bias.length !== dim)
+    throw new Error(`exit head: bias has ${affine.bias.length} values, the model's dim is ${dim}`);
   const file = exitHeadPath(layer);
   const bytes = await exitHeadBytes(affine, { layer: String(layer), kind: info.kind });
   const record: ExitHeadRecord = { file, kind: info.kind, acceptance: round4(info.acceptance) };
@@ -82,7 +90,11 @@ export function listExitHeads(manifest: PackageManifest): { layer: number; recor
  * Loads the stored head after `layer` layers, verifying the file against the manifest's checksum and
  * the model's shape. Returns undefined when the package has no head at that layer.
  */
-export async function loadExitHead(dir: string, layer: number, manifest?: PackageManifest): Promise<ExitHead | undefined> {
+export async function loadExitHead(
+  dir: string,
+  layer: number,
+  manifest?: PackageManifest,
+): Promise<ExitHead | undefined> {
   const m = manifest ?? (await readManifest(dir));
   const record = m.exitHeads?.[String(layer)] as ExitHeadRecord | undefined;
   if (!record) return undefined;
@@ -107,11 +119,15 @@ export async function loadExitHead(dir: string, layer: number, manifest?: Packag
   const weight = tensors.get('weight');
   const bias = tensors.get('bias');
   if (!weight || !bias || weight.data.length !== dim * dim || bias.data.length !== dim) {
-    throw new PackageError(`${dir}: exit head '${rel}' must hold weight [${dim}, ${dim}] and bias [${dim}]`, rel);
+    throw new PackageError(
+      `${dir}: exit head '${rel}' must hold weight [${dim}, ${dim}] and bias [${dim}]`,
+      rel,
+    );
   }
   for (const t of [weight.data, bias.data]) {
     for (let i = 0; i < t.length; i++) {
-      if (!Number.isFinite(t[i])) throw new PackageError(`${dir}: exit head '${rel}' holds non-finite values`, rel);
+      if (!Number.isFinite(t[i]))
+        throw new PackageError(`${dir}: exit head '${rel}' holds non-finite values`, rel);
     }
   }
   return { afterLayer: layer, affine: { weight: weight.data, bias: bias.data } };
@@ -121,8 +137,14 @@ export async function loadExitHead(dir: string, layer: number, manifest?: Packag
  * The exit head a k-stage pipeline over `model` should use: the stored head at E when there is one,
  * else the plain logit lens at E.
  */
-export async function exitHeadFor(dir: string, manifest: PackageManifest, model: LlamaModel, exitLayer: number): Promise<ExitHead> {
-  if (exitLayer < 1 || exitLayer >= model.config.nLayers) throw new RangeError(`no exit after layer ${exitLayer}`);
+export async function exitHeadFor(
+  dir: string,
+  manifest: PackageManifest,
+  model: LlamaModel,
+  exitLayer: number,
+): Promise<ExitHead> {
+  if (exitLayer < 1 || exitLayer >= model.config.nLayers)
+    throw new RangeError(`no exit after layer ${exitLayer}`);
   return (await loadExitHead(dir, exitLayer, manifest)) ?? { afterLayer: exitLayer };
 }
 

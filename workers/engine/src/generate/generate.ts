@@ -1,6 +1,6 @@
-import type { Tokenizer } from '../tokenizer';
 import type { Decoder, SpeculationStats } from '../decode/decoder';
 import { Sampler } from '../decode/sampling';
+import type { Tokenizer } from '../tokenizer';
 import { StopText } from './stop-text';
 
 export interface GenerateParams {

@@ -1,7 +1,7 @@
-import { DECODER_NAMES, type DecoderName, acceptanceRate, meanAcceptedLength } from '../../decode/decoder';
+import { acceptanceRate, DECODER_NAMES, type DecoderName, meanAcceptedLength } from '../../decode/decoder';
 import { Engine } from '../../engine';
 import type { Device } from '../../runtime';
-import { UsageError, numberFlag, parseCommandArgs } from '../args';
+import { numberFlag, parseCommandArgs, UsageError } from '../args';
 
 const help = `usage: ppsd generate <package> --prompt TEXT [options]
 
@@ -40,7 +40,8 @@ export async function run(argv: string[]): Promise<void> {
   const [packageDir] = positionals;
   if (!packageDir) throw new UsageError(`a package directory is required\n\n${help}`);
   const decoder = values.decoder as DecoderName;
-  if (!DECODER_NAMES.includes(decoder)) throw new UsageError(`--decoder must be one of ${DECODER_NAMES.join(', ')}`);
+  if (!DECODER_NAMES.includes(decoder))
+    throw new UsageError(`--decoder must be one of ${DECODER_NAMES.join(', ')}`);
   const stages = numberFlag(values.stages, 'stages', 2);
   const devices = values.devices
     ? (values.devices.split(',').map((d) => d.trim()) as Device[])
@@ -50,7 +51,8 @@ export async function run(argv: string[]): Promise<void> {
     decoder,
     devices,
     stages,
-    exitLayer: values['exit-layer'] === undefined ? undefined : numberFlag(values['exit-layer'], 'exit-layer'),
+    exitLayer:
+      values['exit-layer'] === undefined ? undefined : numberFlag(values['exit-layer'], 'exit-layer'),
     threadsPerStage: numberFlag(values.threads, 'threads', 1),
     log: (m) => console.error(`[ppsd] ${m}`),
   });
