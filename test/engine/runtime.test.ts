@@ -58,9 +58,8 @@ const modelIds = new Map<LlamaModel, number>();
 function poolFor(model: LlamaModel, attention: 'fused' | 'standard'): StagePool {
   if (!modelIds.has(model)) modelIds.set(model, modelIds.size);
   const key = `${modelIds.get(model)}:${attention}`;
-  let p = pools.get(key);
-  if (!p) pools.set(key, (p = new StagePool(model, 32, attention)));
-  return p;
+  if (!pools.has(key)) pools.set(key, new StagePool(model, 32, attention));
+  return pools.get(key)!;
 }
 afterAll(async () => {
   for (const p of pools.values()) await p.releaseAll();

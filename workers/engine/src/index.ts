@@ -12,3 +12,11 @@ export type {
   TokenEvent,
 } from './generate/generate';
 export type { LlamaConfig, LlamaModel } from './model/llama';
+export {
+  type LoadedPackage,
+  loadPackage,
+  type PackageManifest,
+  readManifest,
+  verifyPackage,
+} from './package';
+export { loadTokenizer, type Tokenizer } from './tokenizer';

@@ -318,8 +318,12 @@ export function createProcessor(
           : end.kind === 'cancelled'
             ? 'request_cancelled_total'
             : 'request_failure_total';
-      await redis
-        .multi()
+      const tx = redis.multi();
+      stats.stages?.forEach((st, i) => {
+        tx.hincrbyfloat(m, `stage_busy_seconds_total:${i}`, (st.busyMs ?? 0) / 1000);
+        tx.hincrbyfloat(m, `stage_idle_seconds_total:${i}`, (st.idleMs ?? 0) / 1000);
+      });
+      await tx
         .hincrby(m, counter, 1)
         .hincrby(m, 'prompt_tokens_total', promptTokens)
         .hincrby(m, 'generation_tokens_total', end.completionTokens)

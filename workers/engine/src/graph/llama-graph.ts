@@ -71,8 +71,8 @@ interface Ctx {
   groupMask: Tensor; // [grp*T, S] the mask repeated for each query head of a kv head
   pastRows: Tensor; // [1] P + 1 (cached positions and the scratch row)
   attention: 'fused' | 'standard';
-  pastK: Tensor; // [P, L, kvH, hd]
-  pastV: Tensor; // [P, L, kvH, hd]
+  pastK: Tensor; // [P+1, L, kvH, hd]
+  pastV: Tensor; // [P+1, L, kvH, hd]
 }
 
 /** RMSNorm, in the Pow/ReduceMean/Add/Sqrt/Div/Mul form ORT fuses into SimplifiedLayerNormalization. */
@@ -177,12 +177,10 @@ function head(s: Ctx, x: Tensor, logitRows: Tensor, affine?: ExitHead['affine'])
   const { g, model } = s;
   const { dim, vocabSize } = model.config;
   let h = g.slice(x, g.neg(logitRows), g.i64([INT64_MAX]), [0]); // [R, dim]
-  if (affine)
-    h = g.linear(
-      h,
-      g.weight('exit.weight', affine.weight, [dim, dim]),
-      g.weight('exit.bias', affine.bias, [dim]),
-    );
+  if (affine) {
+    const w = g.weight('exit.weight', affine.weight, [dim, dim]);
+    h = g.linear(h, w, g.weight('exit.bias', affine.bias, [dim])); // [R, dim] = W h + b
+  }
   h = rmsnorm(s, h, model.weights.finalNorm, 'finalNorm'); // [R, dim]
   const tied = model.weights.classifier === model.weights.tokenEmbedding;
   const cls = g.weight(tied ? 'tokenEmbedding' : 'classifier', model.weights.classifier, [vocabSize, dim]);
@@ -217,7 +215,7 @@ export function buildStageGraph(
   const pastV = g.input(IO.pastV, 'float32', ['P+1', L, c.nKvHeads, hd]);
   const logitRows = last || exit ? g.input(IO.logitRows, 'int64', [1]) : undefined;
 
-  // ---- rotary rows of the new positions, and the causal mask over S = P + T keys
+  // ---- rotary rows of the new positions, and the causal mask over S = P + 1 + T keys
   const tables = ropeTables(hd, c.ropeTheta, maxSeq);
   const cosT = g.weight('rope.cos', Float32Array.from(tables.cos), [maxSeq, hd]);
   const sinT = g.weight('rope.sin', Float32Array.from(tables.sin), [maxSeq, hd]);
