@@ -158,6 +158,8 @@ export interface StackOptions {
   workerEnv?: Record<string, string>;
   apiEnv?: Record<string, string>;
   keys?: { tenant: string; key: string }[];
+  /** CONFIG SET on the fresh Redis (e.g. appendfsync everysec for benchmarks; lost on restart()). */
+  redisConfig?: Record<string, string>;
 }
 
 /** Short lock/stall settings so a killed worker's job is recovered within seconds. */
@@ -187,6 +189,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     });
     client.on('error', () => {});
     cleanups.push(async () => client.disconnect());
+    for (const [k, v] of Object.entries(opts.redisConfig ?? {})) await client.config('SET', k, v);
     const stackKeys = opts.keys ?? [{ tenant: 'acme', key: 'sk-test-acme-0001' }];
 
     const stack: Stack = {
@@ -414,6 +417,11 @@ export async function readSse(
         m.data = data.join('\n');
         messages.push(m);
         init.onMessage?.(m);
+        if (init.signal?.aborted) {
+          // the client dropped the connection: whatever else was buffered is never seen
+          await reader.cancel().catch(() => {});
+          return { status: res.status, headers: res.headers, messages };
+        }
       }
     }
   } catch (err) {

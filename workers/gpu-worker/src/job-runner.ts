@@ -6,7 +6,7 @@
  *   token indexes the stream lacks. Every write is an idempotent script, so ioredis re-sending a command
  *   after a reconnect duplicates nothing either.
  * - Publishes each batch of verified tokens as it comes: XADD to keys.jobEvents (MAXLEN ~) plus a
- *   PUBLISH on keys.jobWake, in order, through a per-job chain that does not block the engine.
+ *   PUBLISH on keys.jobWake, in order, through a per-job ordered queue that never blocks the engine (pending token batches merge).
  * - On every end state writes one UsageRecord for the attempt; on the final attempt also settles the
  *   tenant's quota reservation and appends the terminal event (which expires the stream after
  *   EVENTS_TTL_SECONDS). Usage + settlement share the tenant slot (one script); the terminal event and
@@ -106,35 +106,26 @@ export function createProcessor(
     const progressKey = progressKeys.jobProgress(jobId);
     const wake = keys.jobWake(jobId);
 
-    // Publication chain: strictly ordered, idempotent, never blocks the engine.
-    let chain: Promise<unknown> = Promise.resolve();
-    let chainError: unknown = null;
-    const publish = (
-      ev: StreamEvent,
-      kind: 'start' | 'tokens' | 'terminal',
-      tokenEnd = 0,
-      charsEnd = 0,
-    ): Promise<unknown> => {
-      const p = chain.then(() =>
-        redis.ppsdPublishEvent(
-          eventsKey,
-          progressKey,
-          keys.jobCancelled(jobId),
-          JSON.stringify(ev),
-          EVENTS_MAX_LEN,
-          wake,
-          kind,
-          tokenEnd,
-          charsEnd,
-          attempt,
-          EVENTS_TTL_SECONDS,
-        ),
-      );
-      chain = p.catch((err) => {
-        chainError ??= err;
-      });
-      return p;
-    };
+    // Publication queue: strictly ordered, idempotent, never blocks the engine. Token batches that pile up
+    // while a write is in flight are merged into one event (contiguous indexes), so a slow Redis (AOF
+    // fsync always, a reconnect) costs fewer round trips instead of a growing backlog.
+    const publisher = new EventPublisher((item) =>
+      redis.ppsdPublishEvent(
+        eventsKey,
+        progressKey,
+        keys.jobCancelled(jobId),
+        JSON.stringify(item.ev),
+        EVENTS_MAX_LEN,
+        wake,
+        item.kind,
+        item.tokenEnd,
+        item.charsEnd,
+        attempt,
+        EVENTS_TTL_SECONDS,
+      ),
+    );
+    const publish = (ev: StreamEvent, kind: PublishKind, tokenEnd = 0, charsEnd = 0): Promise<void> =>
+      publisher.push({ ev, kind, tokenEnd, charsEnd });
 
     const [tokensRaw, charsRaw, doneRaw] = await redis.hmget(progressKey, 'tokens', 'chars', 'done');
     if (doneRaw) return replayTerminal(redis, eventsKey, jobId, deps.log);
@@ -214,13 +205,13 @@ export function createProcessor(
         const e = err as Error;
         const rejected = e.name === 'PromptTooLongError' || err instanceof JobRejectedError;
         const final = rejected || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-        await chain;
+        await publisher.idle();
         await finish({ kind: 'error', err: e, completionTokens: verified, stats: null, final });
         if (final) throw new UnrecoverableError(e.message);
         throw e;
       }
-      await chain;
-      if (chainError) throw chainError;
+      await publisher.idle();
+      if (publisher.error) throw publisher.error;
 
       const aborted = result.finishReason === 'cancelled';
       if (aborted && deps.handBack?.() && !timedOut && !(await deps.cancels.isCancelled(jobId))) {
@@ -371,6 +362,74 @@ export function createProcessor(
       return result;
     }
   };
+}
+
+type PublishKind = 'start' | 'tokens' | 'terminal';
+interface PublishItem {
+  ev: StreamEvent;
+  kind: PublishKind;
+  tokenEnd: number;
+  charsEnd: number;
+}
+
+/** Largest merged token event (ids). */
+const MAX_MERGED_IDS = 256;
+
+/**
+ * Writes a job's events one at a time in order; consecutive pending token events are merged. `push`
+ * resolves when its event is written (or merged into one that is); write errors are kept in `error`.
+ */
+export class EventPublisher {
+  private readonly queue: { item: PublishItem; done: (() => void)[] }[] = [];
+  private running: Promise<void> | null = null;
+  error: unknown = null;
+
+  constructor(private readonly write: (item: PublishItem) => Promise<unknown>) {}
+
+  push(item: PublishItem): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.queue.push({ item, done: [resolve] });
+      this.running ??= this.run().finally(() => {
+        this.running = null;
+      });
+    });
+  }
+
+  /** Resolves once everything pushed so far is written. */
+  async idle(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  private async run(): Promise<void> {
+    for (let head = this.queue.shift(); head; head = this.queue.shift()) {
+      const { item, done } = head;
+      if (item.ev.type === 'tokens') {
+        const ev = { ...item.ev, ids: [...item.ev.ids] };
+        for (let next = this.queue[0]; next && next.item.ev.type === 'tokens'; next = this.queue[0]) {
+          const n = next.item.ev;
+          if (
+            n.attempt !== ev.attempt ||
+            n.index !== ev.index + ev.ids.length ||
+            ev.ids.length + n.ids.length > MAX_MERGED_IDS
+          )
+            break;
+          this.queue.shift();
+          ev.ids.push(...n.ids);
+          ev.text += n.text;
+          item.tokenEnd = next.item.tokenEnd;
+          item.charsEnd = next.item.charsEnd;
+          done.push(...next.done);
+        }
+        item.ev = ev;
+      }
+      try {
+        await this.write(item);
+      } catch (err) {
+        this.error ??= err;
+      }
+      for (const d of done) d();
+    }
+  }
 }
 
 /** The stream already ended (an earlier attempt finished but died before BullMQ recorded it). */

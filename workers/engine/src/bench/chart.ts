@@ -59,7 +59,9 @@ export function lineChartSvg(series: ChartSeries[], o: ChartOptions): string {
     );
   }
   if (y0 <= 1 && y1 >= 1) {
-    out.push(`<line x1="${m.l}" y1="${Y(1).toFixed(1)}" x2="${m.l + pw}" y2="${Y(1).toFixed(1)}" stroke="#888" stroke-width="1"/>`);
+    out.push(
+      `<line x1="${m.l}" y1="${Y(1).toFixed(1)}" x2="${m.l + pw}" y2="${Y(1).toFixed(1)}" stroke="#888" stroke-width="1"/>`,
+    );
   }
   out.push(
     `<rect x="${m.l}" y="${m.t}" width="${pw}" height="${ph}" fill="none" stroke="#444"/>`,
@@ -70,7 +72,9 @@ export function lineChartSvg(series: ChartSeries[], o: ChartOptions): string {
   series.forEach((s, i) => {
     const pts = s.points.filter((p) => Number.isFinite(p.x) && Number.isFinite(p.y));
     if (!s.markers && pts.length > 1) {
-      const d = pts.map((p, j) => `${j === 0 ? 'M' : 'L'}${X(p.x).toFixed(1)},${Y(p.y).toFixed(1)}`).join(' ');
+      const d = pts
+        .map((p, j) => `${j === 0 ? 'M' : 'L'}${X(p.x).toFixed(1)},${Y(p.y).toFixed(1)}`)
+        .join(' ');
       out.push(
         `<path d="${d}" fill="none" stroke="${s.color}" stroke-width="${s.dashed ? 1.5 : 2}"${s.dashed ? ' stroke-dasharray="6 4"' : ''}/>`,
       );
@@ -78,7 +82,9 @@ export function lineChartSvg(series: ChartSeries[], o: ChartOptions): string {
     if (s.markers) {
       for (const p of pts) out.push(marker(s.shape ?? 'circle', X(p.x), Y(p.y), s.color));
       if (pts.length > 1) {
-        const d = pts.map((p, j) => `${j === 0 ? 'M' : 'L'}${X(p.x).toFixed(1)},${Y(p.y).toFixed(1)}`).join(' ');
+        const d = pts
+          .map((p, j) => `${j === 0 ? 'M' : 'L'}${X(p.x).toFixed(1)},${Y(p.y).toFixed(1)}`)
+          .join(' ');
         out.push(`<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.5"/>`);
       }
     }
@@ -100,7 +106,8 @@ export function lineChartSvg(series: ChartSeries[], o: ChartOptions): string {
 }
 
 function marker(shape: string, x: number, y: number, color: string): string {
-  if (shape === 'square') return `<rect x="${(x - 4).toFixed(1)}" y="${(y - 4).toFixed(1)}" width="8" height="8" fill="${color}"/>`;
+  if (shape === 'square')
+    return `<rect x="${(x - 4).toFixed(1)}" y="${(y - 4).toFixed(1)}" width="8" height="8" fill="${color}"/>`;
   if (shape === 'diamond')
     return `<path d="M${x.toFixed(1)},${(y - 5).toFixed(1)} L${(x + 5).toFixed(1)},${y.toFixed(1)} L${x.toFixed(1)},${(y + 5).toFixed(1)} L${(x - 5).toFixed(1)},${y.toFixed(1)} Z" fill="${color}"/>`;
   return `<circle cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="4" fill="${color}"/>`;

@@ -78,7 +78,8 @@ export async function runHarness(decoders: BenchDecoder[], o: HarnessOptions): P
   for (const p of o.prompts) refs.push((await timeGeneration(ar.decoder, p, o.maxTokens)).tokens);
   if (o.warmup ?? true) {
     for (const d of decoders.slice(1)) {
-      const ctl = d.speculative && o.alphas.length > 0 ? { alpha: o.alphas[0], seed: 7, arTokens: refs[0] } : undefined;
+      const ctl =
+        d.speculative && o.alphas.length > 0 ? { alpha: o.alphas[0], seed: 7, arTokens: refs[0] } : undefined;
       await timeGeneration(d.decoder, o.prompts[0], Math.min(8, o.maxTokens), ctl);
     }
   }

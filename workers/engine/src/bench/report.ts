@@ -2,8 +2,7 @@
  * Benchmark arithmetic and reporting: medians, acceptance, speedups over both AR baselines, ideal
  * speedups at the measured acceptance, efficiency, and where a pipeline's time goes.
  */
-import type { SkipSet } from '../model/llama';
-import type { LlamaConfig } from '../model/llama';
+import type { LlamaConfig, SkipSet } from '../model/llama';
 import type { RunRecord } from './harness';
 import { dvSpeedup, eesdSpeedup, efficiency, pipelineSpeedup, planSpeedup } from './ideal';
 
@@ -178,7 +177,8 @@ export function summarize(records: RunRecord[], setup: BenchSetup): Summary[] {
   return out;
 }
 
-const f = (x: number | null | undefined, d = 2) => (x === null || x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d));
+const f = (x: number | null | undefined, d = 2) =>
+  x === null || x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d);
 
 /** The results as a markdown table (plus a per-stage line for the pipelines). */
 export function markdownTable(summaries: Summary[], opts: { controlled: boolean }): string {
@@ -187,9 +187,13 @@ export function markdownTable(summaries: Summary[], opts: { controlled: boolean 
     `|---|${opts.controlled ? '---|' : ''}---|---|---|---|---|---|---|---|`,
   ];
   for (const s of summaries) {
-    const stages = s.stages ? s.stages.map((st) => `${(100 * st.busyFraction).toFixed(0)}%`).join(' / ') : '-';
+    const stages = s.stages
+      ? s.stages.map((st) => `${(100 * st.busyFraction).toFixed(0)}%`).join(' / ')
+      : '-';
     const tick =
-      s.msPerTick !== undefined ? `${f(s.msPerTick)} = ${f(s.maxStageBusyPerTickMs)} + ${f(s.overheadPerTickMs)}` : '-';
+      s.msPerTick !== undefined
+        ? `${f(s.msPerTick)} = ${f(s.maxStageBusyPerTickMs)} + ${f(s.overheadPerTickMs)}`
+        : '-';
     lines.push(
       `| ${s.label}${s.lossless ? '' : ' (NOT LOSSLESS)'} | ${opts.controlled ? `${s.alpha ?? '-'} | ` : ''}${f(s.tokensPerSecond, 1)} | ${f(s.acceptance, 3)} | ${f(s.speedupVsAr1)}x | ${f(s.speedupVsArAll)}x | ${f(s.ideal)}${s.idealPlan !== null && s.ideal !== null && Math.abs(s.idealPlan - s.ideal) > 0.005 ? ` (plan ${f(s.idealPlan)})` : ''} | ${f(s.efficiency)} | ${stages} | ${tick} |`,
     );

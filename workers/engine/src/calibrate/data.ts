@@ -112,7 +112,13 @@ export function collectHiddenStates(
   const total = opts.teacherRows + opts.greedySequences * (prefix + greedyN);
   let done = 0;
 
-  const record = (toks: number[], h: Float32Array[], start: number, scoreFrom: number, greedyRow: boolean) => {
+  const record = (
+    toks: number[],
+    h: Float32Array[],
+    start: number,
+    scoreFrom: number,
+    greedyRow: boolean,
+  ) => {
     const T = toks.length;
     for (let l = 0; l <= c.nLayers; l++) hidden[l].push(h[l]);
     tokens.push(toks);
@@ -122,7 +128,9 @@ export function collectHiddenStates(
     for (let t = 0; t < T; t++) tg[t] = argmaxAt(logits, t * c.vocabSize, c.vocabSize);
     target.push(tg);
     kind.push(
-      Uint8Array.from({ length: T }, (_, i) => (!greedyRow ? ROW_TEACHER : start + i >= scoreFrom ? ROW_GREEDY : ROW_PREFIX)),
+      Uint8Array.from({ length: T }, (_, i) =>
+        !greedyRow ? ROW_TEACHER : start + i >= scoreFrom ? ROW_GREEDY : ROW_PREFIX,
+      ),
     );
     done += T;
     opts.onProgress?.(Math.min(done, total), total);

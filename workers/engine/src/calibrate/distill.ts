@@ -36,7 +36,7 @@ export interface DistillOptions {
   temperature?: number;
   seed?: number;
   /** Called after every epoch with the mean training loss; return false to stop early. */
-  onEpoch?: (epoch: number, loss: number, head: AffineMap) => boolean | undefined | void;
+  onEpoch?: (epoch: number, loss: number, head: AffineMap) => boolean | undefined;
   /** Called after every mini-batch (progress). */
   onBatch?: (epoch: number, batch: number, batches: number) => void;
 }
@@ -168,7 +168,12 @@ export function distillLossAndGrad(
 }
 
 /** Fine-tunes `init` (typically the least-squares map) by distillation; returns the trained map. */
-export function distillAffine(model: LlamaModel, init: AffineMap, set: DistillSet, opts: DistillOptions = {}): AffineMap {
+export function distillAffine(
+  model: LlamaModel,
+  init: AffineMap,
+  set: DistillSet,
+  opts: DistillOptions = {},
+): AffineMap {
   const dim = model.config.dim;
   const V = model.config.vocabSize;
   const { inDim, rows } = set;
@@ -186,13 +191,21 @@ export function distillAffine(model: LlamaModel, init: AffineMap, set: DistillSe
   let step = 0;
   const nBatches = Math.ceil(rows / batch);
   // Targets are computed once when they fit in memory (~256 MB), else per batch.
-  const cached = rows * V <= 64 * 1024 * 1024 ? targetDistribution(set.finalLogits(0, rows), rows, V, tau) : undefined;
+  const cached =
+    rows * V <= 64 * 1024 * 1024 ? targetDistribution(set.finalLogits(0, rows), rows, V, tau) : undefined;
   const targets = (start: number, count: number) =>
     cached
-      ? { probs: cached.probs.subarray(start * V, (start + count) * V), hard: cached.hard.subarray(start, start + count) }
+      ? {
+          probs: cached.probs.subarray(start * V, (start + count) * V),
+          hard: cached.hard.subarray(start, start + count),
+        }
       : targetDistribution(set.finalLogits(start, count), count, V, tau);
   const order = Array.from({ length: nBatches }, (_, i) => i);
-  const grad: LossAndGrad = { loss: 0, gradWeight: new Float64Array(dim * inDim), gradBias: new Float64Array(dim) };
+  const grad: LossAndGrad = {
+    loss: 0,
+    gradWeight: new Float64Array(dim * inDim),
+    gradBias: new Float64Array(dim),
+  };
   for (let epoch = 1; epoch <= epochs; epoch++) {
     for (let i = order.length - 1; i > 0; i--) {
       const j = Math.floor(rand() * (i + 1));

@@ -8,7 +8,7 @@ import { stageBoundaries } from '../decode/pipeline';
 import type { LlamaModel } from '../model/llama';
 import { exitAgreement } from './agreement';
 import { type HiddenDataset, ROW_GREEDY, ROW_TEACHER, rowMask } from './data';
-import { distillAffine, type DistillOptions } from './distill';
+import { type DistillOptions, distillAffine } from './distill';
 import { headLogits } from './forward';
 import { type AffineMap, LeastSquares } from './lsq';
 
@@ -33,7 +33,12 @@ export interface FitHeadsOptions {
   log?: (msg: string) => void;
 }
 
-export function fitExitHeads(model: LlamaModel, fit: HiddenDataset, held: HiddenDataset, opts: FitHeadsOptions): LayerResult[] {
+export function fitExitHeads(
+  model: LlamaModel,
+  fit: HiddenDataset,
+  held: HiddenDataset,
+  opts: FitHeadsOptions,
+): LayerResult[] {
   const { dim, nLayers: N } = model.config;
   const greedyRows = rowMask(held, ROW_GREEDY);
   const teacherRows = rowMask(held, ROW_TEACHER);
@@ -62,7 +67,12 @@ export function fitExitHeads(model: LlamaModel, fit: HiddenDataset, held: Hidden
       const distilledHead = distillAffine(
         model,
         lsqHead,
-        { rows: fit.rows, inDim: dim, x: fit.hidden[E], finalLogits: (s, c) => headLogits(model, finalH.subarray(s * dim, (s + c) * dim), c) },
+        {
+          rows: fit.rows,
+          inDim: dim,
+          x: fit.hidden[E],
+          finalLogits: (s, c) => headLogits(model, finalH.subarray(s * dim, (s + c) * dim), c),
+        },
         {
           ...d,
           onEpoch: (epoch, loss, head) => {
@@ -82,7 +92,11 @@ export function fitExitHeads(model: LlamaModel, fit: HiddenDataset, held: Hidden
 }
 
 /** The best head of a layer result and its acceptance. */
-export function bestHead(r: LayerResult): { kind: 'affine-lsq' | 'distilled'; head: AffineMap; acceptance: number } {
+export function bestHead(r: LayerResult): {
+  kind: 'affine-lsq' | 'distilled';
+  head: AffineMap;
+  acceptance: number;
+} {
   if (r.distilledHead && r.distilled !== undefined && r.distilled >= r.lsq) {
     return { kind: 'distilled', head: r.distilledHead, acceptance: r.distilled };
   }

@@ -51,7 +51,8 @@ export class LeastSquares {
     const { inDim, outDim } = this;
     const n = inDim + 1;
     const a = new Float64Array(n * n);
-    for (let i = 0; i < n; i++) for (let j = 0; j <= i; j++) a[i * n + j] = a[j * n + i] = this.xtx[i * n + j];
+    for (let i = 0; i < n; i++)
+      for (let j = 0; j <= i; j++) a[i * n + j] = a[j * n + i] = this.xtx[i * n + j];
     let trace = 0;
     for (let i = 0; i < inDim; i++) trace += a[i * n + i];
     const ridge = lambda * Math.max(trace / inDim, 1e-12);
@@ -72,7 +73,14 @@ export class LeastSquares {
 }
 
 /** One-shot convenience: fit y = W x + b over all rows. */
-export function fitAffine(x: ArrayLike<number>, y: ArrayLike<number>, rows: number, inDim: number, outDim: number, lambda = 1e-3): AffineMap {
+export function fitAffine(
+  x: ArrayLike<number>,
+  y: ArrayLike<number>,
+  rows: number,
+  inDim: number,
+  outDim: number,
+  lambda = 1e-3,
+): AffineMap {
   const ls = new LeastSquares(inDim, outDim);
   ls.add(x, y, rows);
   return ls.solve(lambda);

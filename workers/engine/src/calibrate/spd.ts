@@ -10,7 +10,7 @@
 import type { SpdDrafterWeights } from '../decode/spd-drafter';
 import type { LlamaModel } from '../model/llama';
 import type { HiddenDataset } from './data';
-import { distillAffine, type DistillOptions } from './distill';
+import { type DistillOptions, distillAffine } from './distill';
 import { headLogits } from './forward';
 import { type AffineMap, LeastSquares } from './lsq';
 
@@ -37,10 +37,16 @@ export function toSpdWeights(map: AffineMap, depths: number[], dim: number): Spd
   const width = (1 + depths.length) * dim;
   const block = (b: number) => {
     const out = new Float32Array(dim * dim);
-    for (let o = 0; o < dim; o++) out.set(map.weight.subarray(o * width + b * dim, o * width + (b + 1) * dim), o * dim);
+    for (let o = 0; o < dim; o++)
+      out.set(map.weight.subarray(o * width + b * dim, o * width + (b + 1) * dim), o * dim);
     return out;
   };
-  return { depths: [...depths], emb: block(0), byDepth: depths.map((_, i) => block(i + 1)), bias: Float32Array.from(map.bias) };
+  return {
+    depths: [...depths],
+    emb: block(0),
+    byDepth: depths.map((_, i) => block(i + 1)),
+    bias: Float32Array.from(map.bias),
+  };
 }
 
 export interface SpdFit {

@@ -140,4 +140,4 @@ export {
   spdDraftHidden,
   spdFeatureLags,
 } from './spd-drafter';
-export { type ControlledAcceptance, draftFrom, judge, residual } from './spec-rule';
+export { draftFrom, judge, residual } from './spec-rule';

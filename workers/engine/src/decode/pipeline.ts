@@ -287,5 +287,10 @@ export async function startStageWorkers(
     await Promise.all(started.map((r) => (r.status === 'fulfilled' ? r.value.close() : undefined)));
     throw (failed as PromiseRejectedResult).reason;
   }
-  return started.map((r) => (r as PromiseFulfilledResult<WorkerStage>).value);
+  const stages = started.map((r) => (r as PromiseFulfilledResult<WorkerStage>).value);
+  stages.forEach((st, j) => {
+    const wanted = parseDevice(opts.devices?.[j] ?? 'cpu');
+    if (st.device !== wanted) opts.log?.(`stage ${j + 1}: ${wanted} unavailable, running on ${st.device}`);
+  });
+  return stages;
 }

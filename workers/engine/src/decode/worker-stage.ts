@@ -87,6 +87,7 @@ export class WorkerStage {
     ws.worker.postMessage(msg, [graph.buffer as ArrayBuffer]);
     try {
       await ready;
+      ws.keepAlive();
     } catch (err) {
       await ws.close();
       throw err;
@@ -101,6 +102,7 @@ export class WorkerStage {
     const msg: ToWorker = { type: 'run', id, ...req };
     return new Promise<OutReply>((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
+      this.keepAlive();
       this.worker.postMessage(msg, req.hidden ? [req.hidden.buffer as ArrayBuffer] : []);
     });
   }
@@ -119,10 +121,21 @@ export class WorkerStage {
     this.closed ??= this.exited
       ? Promise.resolve()
       : new Promise<void>((resolve) => {
+          this.worker.ref();
           this.worker.once('exit', () => resolve());
           this.worker.postMessage({ type: 'close' } satisfies ToWorker);
         });
     return this.closed;
+  }
+
+  /**
+   * An idle Worker does not keep the process alive (a CLI that forgets close() still exits, and exiting
+   * is safe while no run is in flight); one with runs pending, starting or closing does, so the process
+   * can never exit under a Worker inside run().
+   */
+  private keepAlive(): void {
+    if (this.pending.size > 0 || this.closed) this.worker.ref();
+    else this.worker.unref();
   }
 
   private onMessage(msg: FromWorker): void {
@@ -134,6 +147,7 @@ export class WorkerStage {
       case 'out': {
         const p = this.pending.get(msg.id);
         this.pending.delete(msg.id);
+        this.keepAlive();
         p?.resolve(msg);
         return;
       }
@@ -145,6 +159,7 @@ export class WorkerStage {
         }
         const p = this.pending.get(msg.id);
         this.pending.delete(msg.id);
+        this.keepAlive();
         p?.reject(err);
         return;
       }

@@ -13,9 +13,22 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { planSpeedup } from '../../bench/ideal';
+import { chooseExitLayer } from '../../bench/setup';
 import { exitAgreement, featureAgreement } from '../../calibrate/agreement';
-import { collectHiddenStates, type HiddenDataset, ROW_GREEDY, rowMask, splitCorpus } from '../../calibrate/data';
-import { autoExitLayer, bestHead, expectedSpeedup, fitExitHeads, type LayerResult } from '../../calibrate/exit-heads';
+import {
+  collectHiddenStates,
+  type HiddenDataset,
+  ROW_GREEDY,
+  rowMask,
+  splitCorpus,
+} from '../../calibrate/data';
+import {
+  autoExitLayer,
+  bestHead,
+  expectedSpeedup,
+  fitExitHeads,
+  type LayerResult,
+} from '../../calibrate/exit-heads';
 import { fitSpdMap, spdFeatures, toSpdWeights } from '../../calibrate/spd';
 import { loadExitHead, saveExitHead } from '../../decode/heads';
 import { stageBoundaries } from '../../decode/pipeline';
@@ -35,7 +48,8 @@ greedy acceptance on held-out text, and stores the result in the package.
 
 options:
   --corpus FILE        text, paragraphs separated by blank lines (default ../shared/corpus/tinystories-val.txt)
-  --exit-layer E|auto  layer to store a head for (default auto: best expected PPSD speedup for --stages)
+  --exit-layer E|auto  layer to store a head for (default auto: best expected PPSD speedup for --stages;
+                       with --drafter spd: the stored head with the best expected speedup)
   --stages k           pipeline stages the speedup estimate / SPD drafter plan for (default 2)
   --drafter spd        fit SPD's multi-depth drafter for the k-stage plan instead of exit heads
   --fit-rows N         teacher-forced fitting positions (default 16000)
@@ -76,7 +90,8 @@ export async function run(argv: string[]): Promise<void> {
   const epochs = numberFlag(values.epochs, 'epochs', 4);
   const lr = numberFlag(values.lr, 'lr', 2e-3);
   const ce = numberFlag(values.ce, 'ce', 0.5);
-  if (values.drafter !== undefined && values.drafter !== 'spd') throw new UsageError(`--drafter must be 'spd'`);
+  if (values.drafter !== undefined && values.drafter !== 'spd')
+    throw new UsageError(`--drafter must be 'spd'`);
   const exitFlag = values['exit-layer'] ?? 'auto';
   const log = (msg: string) => process.stderr.write(`calibrate: ${msg}\n`);
 
@@ -85,11 +100,13 @@ export async function run(argv: string[]): Promise<void> {
   const pkg = await loadPackage(dir);
   const { model, tokenizer } = pkg;
   const N = model.config.nLayers;
-  if (!Number.isInteger(k) || k < 2 || k > N) throw new UsageError(`--stages must be an integer in [2, ${N}]`);
+  if (!Number.isInteger(k) || k < 2 || k > N)
+    throw new UsageError(`--stages must be an integer in [2, ${N}]`);
   let fixedE: number | undefined;
   if (exitFlag !== 'auto') {
     fixedE = numberFlag(exitFlag, 'exit-layer');
-    if (!Number.isInteger(fixedE) || fixedE < 1 || fixedE >= N) throw new UsageError(`--exit-layer must be 'auto' or an integer in [1, ${N - 1}]`);
+    if (!Number.isInteger(fixedE) || fixedE < 1 || fixedE >= N)
+      throw new UsageError(`--exit-layer must be 'auto' or an integer in [1, ${N - 1}]`);
   }
   const corpusPath = values.corpus ?? DEFAULT_CORPUS;
   let text: string;
@@ -109,29 +126,41 @@ export async function run(argv: string[]): Promise<void> {
   const store = !values['no-store'];
 
   if (values.drafter === 'spd') {
-    const E = fixedE ?? stageBoundaries(N, k)[1];
+    const E = fixedE ?? chooseExitLayer(pkg, k);
     const b = stageBoundaries(N, k, E);
     const depths = b.slice(1);
     const lags = spdFeatureLags(depths, b);
-    log(`SPD drafter for stages [${b.join(', ')}]: features emb(x_t) + depths ${depths.map((d, i) => `${d}@t-${lags[i]}`).join(', ')}`);
+    log(
+      `SPD drafter for stages [${b.join(', ')}]: features emb(x_t) + depths ${depths.map((d, i) => `${d}@t-${lags[i]}`).join(', ')}`,
+    );
     const spd = fitSpdMap(model, fit, depths, lags, {
-      distill: distill && { ...distill, onEpoch: (e, loss) => log(`spd: distill epoch ${e}/${epochs} loss ${loss.toFixed(4)}`) },
+      distill: distill && {
+        ...distill,
+        onEpoch: (e, loss) => log(`spd: distill epoch ${e}/${epochs} loss ${loss.toFixed(4)}`),
+      },
     });
     const xs = spdFeatures(held, depths, lags);
     const use = rowMask(held, ROW_GREEDY);
     const lsqAcc = featureAgreement(model, xs, spd.width, held.target, spd.lsq, use).rate;
-    const distAcc = spd.distilled ? featureAgreement(model, xs, spd.width, held.target, spd.distilled, use).rate : undefined;
+    const distAcc = spd.distilled
+      ? featureAgreement(model, xs, spd.width, held.target, spd.distilled, use).rate
+      : undefined;
     const chosen = distAcc !== undefined && distAcc >= lsqAcc ? spd.distilled! : spd.lsq;
     const acceptance = Math.max(lsqAcc, distAcc ?? 0);
     // the exit head at the same E, for comparison: the stored one, else the logit lens
     const stored = await loadExitHead(dir, E, pkg.manifest);
     const headAcc = exitAgreement(model, held, E, stored?.affine, use).rate;
     const lensAcc = exitAgreement(model, held, E, undefined, use).rate;
-    console.log(`SPD drafter, ${k} stages [${b.join(', ')}], held-out greedy acceptance (${use.reduce((a, x) => a + x, 0)} positions):\n`);
+    console.log(
+      `SPD drafter, ${k} stages [${b.join(', ')}], held-out greedy acceptance (${use.reduce((a, x) => a + x, 0)} positions):\n`,
+    );
     console.log('| drafter | acceptance |');
     console.log('|---|---|');
     console.log(`| exit head at E=${E}, logit lens | ${lensAcc.toFixed(3)} |`);
-    if (stored) console.log(`| exit head at E=${E}, stored (${pkg.manifest.exitHeads?.[String(E)]?.kind}) | ${headAcc.toFixed(3)} |`);
+    if (stored)
+      console.log(
+        `| exit head at E=${E}, stored (${pkg.manifest.exitHeads?.[String(E)]?.kind}) | ${headAcc.toFixed(3)} |`,
+      );
     console.log(`| SPD drafter, least squares | ${lsqAcc.toFixed(3)} |`);
     if (distAcc !== undefined) console.log(`| SPD drafter, distilled | ${distAcc.toFixed(3)} |`);
     if (store) {
@@ -150,7 +179,11 @@ export async function run(argv: string[]): Promise<void> {
               stages: k,
               exitLayer: E,
               acceptance: round4(acceptance),
-              metrics: { lsq: round4(lsqAcc), distilled: distAcc === undefined ? null : round4(distAcc), heldOutPositions: use.reduce((a, x) => a + x, 0) },
+              metrics: {
+                lsq: round4(lsqAcc),
+                distilled: distAcc === undefined ? null : round4(distAcc),
+                heldOutPositions: use.reduce((a, x) => a + x, 0),
+              },
             },
           },
         });
@@ -160,7 +193,10 @@ export async function run(argv: string[]): Promise<void> {
       log(`stored drafters/spd-drafter.safetensors (acceptance ${acceptance.toFixed(3)})`);
     }
     if (values.json) {
-      await writeFile(values.json, `${JSON.stringify({ package: pkg.manifest.name, stages: k, exitLayer: E, depths, lens: lensAcc, exitHead: stored ? headAcc : null, lsq: lsqAcc, distilled: distAcc ?? null }, null, 2)}\n`);
+      await writeFile(
+        values.json,
+        `${JSON.stringify({ package: pkg.manifest.name, stages: k, exitLayer: E, depths, lens: lensAcc, exitHead: stored ? headAcc : null, lsq: lsqAcc, distilled: distAcc ?? null }, null, 2)}\n`,
+      );
     }
     log(`done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
     return;
@@ -182,11 +218,17 @@ export async function run(argv: string[]): Promise<void> {
           leastSquares: round4(r.lsq),
           distilled: r.distilled === undefined ? null : round4(r.distilled),
           heldOutPositions: r.positions,
-          teacherForced: { logitLens: round4(r.teacher.lens), leastSquares: round4(r.teacher.lsq), distilled: r.teacher.distilled === undefined ? null : round4(r.teacher.distilled) },
+          teacherForced: {
+            logitLens: round4(r.teacher.lens),
+            leastSquares: round4(r.teacher.lsq),
+            distilled: r.teacher.distilled === undefined ? null : round4(r.teacher.distilled),
+          },
           corpus: path.basename(corpusPath),
         },
       });
-      log(`stored heads/exit-${r.layer}.safetensors (${best.kind}, acceptance ${best.acceptance.toFixed(3)})`);
+      log(
+        `stored heads/exit-${r.layer}.safetensors (${best.kind}, acceptance ${best.acceptance.toFixed(3)})`,
+      );
     }
   }
   if (values.json) {
@@ -216,7 +258,9 @@ function collect(
   o: { fitRows: number; greedy: number; heldOut: number; heldRows: number; log: (m: string) => void },
 ): { fit: HiddenDataset; held: HiddenDataset } {
   const split = splitCorpus(text);
-  o.log(`corpus: ${split.fit.length} paragraphs for fitting, ${split.heldOut.length} held out (the last 15%)`);
+  o.log(
+    `corpus: ${split.fit.length} paragraphs for fitting, ${split.heldOut.length} held out (the last 15%)`,
+  );
   const progress = (label: string) => {
     let last = -1;
     return (done: number, total: number) => {
@@ -242,8 +286,12 @@ function collect(
 
 function printTable(results: LayerResult[], N: number, k: number, chosen: number): void {
   const pos = results[0]?.positions ?? 0;
-  console.log(`Greedy agreement with the final layer on held-out text (${pos} positions of greedy continuations of 12-token prefixes):\n`);
-  console.log(`| exit after layer | logit lens | least squares | distilled (KL + top-1 CE) | teacher-forced (lens / LSQ / distilled) | expected PPSD speedup, k=${k} |`);
+  console.log(
+    `Greedy agreement with the final layer on held-out text (${pos} positions of greedy continuations of 12-token prefixes):\n`,
+  );
+  console.log(
+    `| exit after layer | logit lens | least squares | distilled (KL + top-1 CE) | teacher-forced (lens / LSQ / distilled) | expected PPSD speedup, k=${k} |`,
+  );
   console.log('|---|---|---|---|---|---|');
   for (const r of results) {
     const best = bestHead(r);
@@ -256,7 +304,15 @@ function printTable(results: LayerResult[], N: number, k: number, chosen: number
   const even = results.filter((r) => N % r.layer === 0);
   if (even.length > 0) {
     console.log(
-      `\nWith k = N/E stages (design note): ${even.map((r) => `E=${r.layer}, k=${N / r.layer}: ${planSpeedup(bestHead(r).acceptance, Array.from({ length: N / r.layer + 1 }, (_, j) => j * r.layer)).toFixed(2)}x`).join('; ')}`,
+      `\nWith k = N/E stages (design note): ${even
+        .map(
+          (r) =>
+            `E=${r.layer}, k=${N / r.layer}: ${planSpeedup(
+              bestHead(r).acceptance,
+              Array.from({ length: N / r.layer + 1 }, (_, j) => j * r.layer),
+            ).toFixed(2)}x`,
+        )
+        .join('; ')}`,
     );
   }
 }

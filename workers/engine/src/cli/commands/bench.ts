@@ -1,0 +1,201 @@
+/**
+ * `ppsd bench <package> [options]`: the decoders side by side, interleaved, in one process, greedy, on
+ * prompts from a file; JSON with every run plus a table of tokens/s, acceptance, speedup over both AR
+ * baselines (one core; all the cores the pipeline uses), ideal speedup and efficiency.
+ * `ppsd bench --report a.json,b.json` rewrites the decoder-benchmark section of docs/BENCHMARKS.md and
+ * the speedup-vs-alpha chart from saved results.
+ */
+import { readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { writeBenchDocs } from '../../bench/docs';
+import { type BenchDecoder, runHarness } from '../../bench/harness';
+import { markdownTable, summarize } from '../../bench/report';
+import { resolveSetup } from '../../bench/setup';
+import type { Decoder, DecoderName } from '../../decode/decoder';
+import { createDecoder, DECODER_NAMES } from '../../decode/index';
+import { loadPackage } from '../../package';
+import { numberFlag, parseCommandArgs, UsageError } from '../args';
+
+const REPO = path.resolve(import.meta.dirname, '../../../../..');
+
+const HELP = `usage: ppsd bench <package> [options]
+       ppsd bench --report <results.json,...> [--docs docs/BENCHMARKS.md] [--chart docs/img/speedup-vs-alpha.svg]
+
+Runs AR on one core, AR on all the pipeline's cores, and the speculative decoders round-robin on the
+same prompts (greedy), and reports tokens/s, acceptance, speedup, ideal speedup and efficiency.
+
+options:
+  --prompts FILE       one prompt per line (default prompts/bench-prompts.txt)
+  --decoders LIST      comma-separated from ar,eesd,dv,ppsd,spd (default all; 'ar' = both AR baselines)
+  --stages k           pipeline stages (default 2); AR "all cores" gets k intra-op threads
+  --exit-layer E       exit layer (default: the package's best stored head for k, else round(N/k))
+  --max-tokens N       tokens per generation (default 64)
+  --prompt-count N     use the first N prompts (default all)
+  --repeats R          rounds over all prompts (default 3); medians over rounds
+  --alpha LIST         controlled acceptance, e.g. 0.5,0.7,0.8,0.9 (random-weight models; labelled as such)
+  --json FILE          write every run and the summary as JSON
+  --markdown           print the table as markdown (default: also printed)
+  --max-seq N          KV cache size for the sessions (default min(model, 512))`;
+
+export async function run(argv: string[]): Promise<void> {
+  const { values, positionals } = parseCommandArgs(
+    argv,
+    {
+      prompts: { type: 'string' },
+      decoders: { type: 'string' },
+      stages: { type: 'string' },
+      'exit-layer': { type: 'string' },
+      'max-tokens': { type: 'string' },
+      'prompt-count': { type: 'string' },
+      repeats: { type: 'string' },
+      alpha: { type: 'string' },
+      json: { type: 'string' },
+      markdown: { type: 'boolean' },
+      'max-seq': { type: 'string' },
+      report: { type: 'string' },
+      docs: { type: 'string' },
+      chart: { type: 'string' },
+    },
+    HELP,
+  );
+  const log = (msg: string) => process.stderr.write(`bench: ${msg}\n`);
+  if (values.report) {
+    const files = values.report.split(',').filter(Boolean);
+    const docs = values.docs ?? path.join(REPO, 'docs/BENCHMARKS.md');
+    const chart = values.chart ?? path.join(REPO, 'docs/img/speedup-vs-alpha.svg');
+    await writeBenchDocs(files, docs, chart);
+    log(`updated ${docs} and ${chart}`);
+    return;
+  }
+  if (positionals.length !== 1) throw new UsageError(`expected one package folder\n\n${HELP}`);
+  const dir = positionals[0];
+  const k = numberFlag(values.stages, 'stages', 2);
+  const maxTokens = numberFlag(values['max-tokens'], 'max-tokens', 64);
+  const repeats = numberFlag(values.repeats, 'repeats', 3);
+  const alphas = (values.alpha ?? '')
+    .split(',')
+    .filter(Boolean)
+    .map((a) => numberFlag(a, 'alpha'));
+  if (alphas.some((a) => !(a >= 0 && a <= 1))) throw new UsageError('--alpha values must lie in [0, 1]');
+  const names = (values.decoders ?? DECODER_NAMES.join(',')).split(',').filter(Boolean) as DecoderName[];
+  for (const n of names) if (!DECODER_NAMES.includes(n)) throw new UsageError(`unknown decoder '${n}'`);
+  const promptFile = values.prompts ?? path.join(REPO, 'prompts/bench-prompts.txt');
+  let prompts = (await readFile(promptFile, 'utf8'))
+    .split('\n')
+    .map((s) => s.trim())
+    .filter((s) => s.length > 0 && !s.startsWith('#'));
+  if (values['prompt-count']) prompts = prompts.slice(0, numberFlag(values['prompt-count'], 'prompt-count'));
+  if (prompts.length === 0) throw new UsageError(`no prompts in ${promptFile}`);
+
+  log(`loading ${dir}`);
+  const pkg = await loadPackage(dir);
+  const { model, tokenizer, manifest } = pkg;
+  const N = model.config.nLayers;
+  if (!Number.isInteger(k) || k < 2 || k > N)
+    throw new UsageError(`--stages must be an integer in [2, ${N}]`);
+  const setup = await resolveSetup(
+    pkg,
+    k,
+    values['exit-layer'] ? numberFlag(values['exit-layer'], 'exit-layer') : undefined,
+  );
+  const encoded = prompts.map((p) => Int32Array.from([tokenizer.bosId, ...tokenizer.encode(p)]));
+  const longest = Math.max(...encoded.map((p) => p.length));
+  const maxSeqLen = numberFlag(
+    values['max-seq'],
+    'max-seq',
+    Math.min(model.config.maxSeqLen, Math.max(512, longest + maxTokens + 8)),
+  );
+  if (longest + maxTokens > maxSeqLen)
+    throw new UsageError(`prompt (${longest}) + max tokens (${maxTokens}) exceed --max-seq ${maxSeqLen}`);
+  if (alphas.length > 0 && !manifest.synthetic) {
+    log('note: controlled acceptance on a model with real weights; results are labelled controlled');
+  }
+  log(
+    `plan: k=${k}, stages [${setup.boundaries.join(', ')}], ${setup.exitHeadInfo}; SPD: ${setup.spdDrafterInfo}; DV skip set ${setup.skipSet ? JSON.stringify(setup.skipSet) : 'default'}`,
+  );
+
+  const decoders: BenchDecoder[] = [];
+  const opened: Decoder[] = [];
+  try {
+    const make = async (label: string, name: DecoderName, extra: { threadsPerStage?: number } = {}) => {
+      log(`opening ${label}`);
+      const d = await createDecoder(name, {
+        model,
+        stages: k,
+        exitLayer: setup.exitLayer,
+        exitHead: setup.exitHead,
+        skipSet: setup.skipSet,
+        spdDrafter: setup.spdDrafter,
+        threadsPerStage: extra.threadsPerStage ?? 1,
+        maxSeqLen,
+        log,
+      });
+      opened.push(d);
+      decoders.push({ label, decoder: d, speculative: name !== 'ar' });
+    };
+    await make('ar-1core', 'ar');
+    if (names.includes('ar')) await make('ar-all-cores', 'ar', { threadsPerStage: k });
+    for (const n of names) if (n !== 'ar') await make(n, n);
+
+    const loadBefore = os.loadavg();
+    const t0 = performance.now();
+    const records = await runHarness(decoders, { prompts: encoded, maxTokens, repeats, alphas, log });
+    const wallS = (performance.now() - t0) / 1000;
+    const summaries = summarize(records, {
+      config: model.config,
+      stages: k,
+      boundaries: setup.boundaries,
+      exitLayer: setup.exitLayer,
+      skipSet: setup.skipSet,
+    });
+    const table = markdownTable(summaries, { controlled: alphas.length > 0 });
+    const meta = {
+      package: manifest.name,
+      synthetic: !!manifest.synthetic,
+      config: model.config,
+      acceptanceMode: alphas.length > 0 ? 'controlled' : 'real',
+      alphas,
+      stages: k,
+      boundaries: setup.boundaries,
+      exitLayer: setup.exitLayer,
+      exitHead: setup.exitHeadInfo,
+      spdDrafter: setup.spdDrafterInfo,
+      skipSet: setup.skipSet ?? 'default (decode/dv.ts defaultSkipSet)',
+      prompts,
+      promptTokens: encoded.map((p) => p.length),
+      maxTokens,
+      repeats,
+      machine: {
+        cpu: os.cpus()[0]?.model,
+        cores: os.cpus().length,
+        loadavgBefore: loadBefore,
+        loadavgAfter: os.loadavg(),
+      },
+      node: process.version,
+      date: new Date().toISOString(),
+      wallSeconds: Math.round(wallS),
+      command: `ppsd bench ${argv.join(' ')}`,
+      timing:
+        'tokens/s = (tokens - 1) / time from the first to the last token (prefill excluded); medians over repeats of all prompts pooled',
+    };
+    if (values.json) {
+      await writeFile(values.json, `${JSON.stringify({ meta, summaries, records }, null, 1)}\n`);
+      log(`wrote ${values.json}`);
+    }
+    console.log(
+      `${alphas.length > 0 ? 'Controlled acceptance (drafts replaced by the AR token with probability alpha; drafters still run in full)' : 'Real acceptance'} - ${manifest.name}, k=${k}, stages [${setup.boundaries.join(', ')}], ${maxTokens} tokens x ${prompts.length} prompts x ${repeats} repeats\n`,
+    );
+    console.log(table);
+    const bad = summaries.filter((s) => !s.lossless);
+    if (bad.length > 0) log(`WARNING: output differs from AR for ${bad.map((s) => s.label).join(', ')}`);
+    log(
+      `done in ${wallS.toFixed(0)} s (load average before ${loadBefore.map((x) => x.toFixed(2)).join(' ')}, after ${os
+        .loadavg()
+        .map((x) => x.toFixed(2))
+        .join(' ')})`,
+    );
+  } finally {
+    await Promise.allSettled(opened.map((d) => d.close()));
+  }
+}
