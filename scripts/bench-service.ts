@@ -13,7 +13,7 @@
  * and the raw numbers to bench-out/service.json.
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { Engine } from '@ppsd/engine';
@@ -138,6 +138,7 @@ async function throughput(
 }
 
 async function main(): Promise<void> {
+  const loadAtStart = loadavg();
   console.error('[bench] starting the stack (redis, s3rver, API, 1 worker) ...');
   const stack = await startStack({
     workers: 1,
@@ -208,7 +209,7 @@ async function main(): Promise<void> {
       `| ${rs.name} | ${f(rs.ttftP50)} | ${f(rs.ttftP99)} | ${f(rs.itlP50)} | ${f(rs.itlP99)} | ${f(rs.gapP50)} | ${f(rs.gapP99)} | ${rs.deliveries.toFixed(1)} |`,
       `| **added by the service** | **${f(rs.ttftP50 - rd.ttftP50)}** | **${f(rs.ttftP99 - rd.ttftP99)}** | **${f(rs.itlP50 - rd.itlP50)}** | **${f(rs.itlP99 - rd.itlP99)}** | | | |`,
       '',
-      'p99 differences on a shared 2-core box are noisy (GC pauses and the other processes land in either path).',
+      `Load average when the run began: ${loadAtStart.map((x) => x.toFixed(1)).join(' / ')} (1/5/15 min). p99 differences on a busy 2-core box are noisy (GC pauses and other processes land in either path).`,
       '',
       `Throughput: a closed loop of ${CONC} concurrent streaming clients for ${SECONDS} s (max_tokens 4, one worker): ` +
         `**${tp.rps.toFixed(1)} requests/s** (${tp.ok} completed, ${tp.failed} failed; end-to-end latency p50 ${f(tp.p50)} ms, p99 ${f(tp.p99)} ms).`,

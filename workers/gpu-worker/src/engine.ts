@@ -1,10 +1,11 @@
 /**
- * Opens the engine (`Engine` from @ppsd/engine), runs the warm-up generation and finds which decoders
- * this package can run (the default one must work; the others are probed with a one-token generation).
+ * Opens the engine (`Engine` from @ppsd/engine), runs the warm-up generation and keeps track of which
+ * decoders this package can run.
  */
-import { DECODER_NAMES, type DecoderName } from '@ppsd/contract';
+import type { DecoderName } from '@ppsd/contract';
 import { Engine } from '@ppsd/engine';
 import type { WorkerEngine } from './engine-types';
+import { JobRejectedError } from './job-runner';
 
 export interface OpenedEngine {
   engine: WorkerEngine;
@@ -51,23 +52,63 @@ export async function warmUp(engine: WorkerEngine, decoder: DecoderName): Promis
   return performance.now() - t0;
 }
 
-/** Warm-up with the default decoder (must succeed), then probe the other decoders. */
-export async function warmUpAndProbe(
-  engine: WorkerEngine,
-  defaultDecoder: DecoderName,
-  log: (m: string) => void,
-): Promise<DecoderName[]> {
-  const ms = await warmUp(engine, defaultDecoder);
-  log(`warm-up generation with ${defaultDecoder} ok (${ms.toFixed(0)} ms)`);
-  const decoders: DecoderName[] = [defaultDecoder];
-  for (const d of DECODER_NAMES) {
-    if (d === defaultDecoder) continue;
-    try {
-      await warmUp(engine, d);
-      decoders.push(d);
-    } catch (err) {
-      log(`decoder ${d} not available: ${(err as Error).message.split('\n')[0]}`);
-    }
+/**
+ * Which decoders this worker runs. The default one is warmed at start-up (it must work); the others are
+ * opened by the engine on first use, so each is probed with a one-token generation the first time a job
+ * asks for it: from then on it is known good (advertised in the heartbeat) or known missing (jobs asking
+ * for it fail at once with 'unsupported_decoder'). Probing lazily keeps a worker from building sessions
+ * and KV caches for decoders nobody asks for.
+ */
+export class DecoderSupport {
+  private readonly good = new Set<DecoderName>();
+  private readonly missing = new Map<DecoderName, string>();
+  private readonly probing = new Map<DecoderName, Promise<void>>();
+
+  constructor(
+    private readonly engine: WorkerEngine,
+    readonly defaultDecoder: DecoderName,
+    private readonly log: (m: string) => void,
+    private readonly onChange: (available: DecoderName[]) => void = () => {},
+  ) {}
+
+  get available(): DecoderName[] {
+    return [...this.good];
   }
-  return decoders;
+
+  /** Warm-up with the default decoder; throws when it fails (the worker then never becomes ready). */
+  async warmUpDefault(): Promise<void> {
+    const ms = await warmUp(this.engine, this.defaultDecoder);
+    this.good.add(this.defaultDecoder);
+    this.log(`warm-up generation with ${this.defaultDecoder} ok (${ms.toFixed(0)} ms)`);
+  }
+
+  ensure(decoder: DecoderName): Promise<void> {
+    if (this.good.has(decoder)) return Promise.resolve();
+    const why = this.missing.get(decoder);
+    if (why !== undefined) return Promise.reject(unsupported(decoder, why));
+    let p = this.probing.get(decoder);
+    if (!p) {
+      p = warmUp(this.engine, decoder).then(
+        (ms) => {
+          this.good.add(decoder);
+          this.log(`decoder ${decoder} opened and warmed (${ms.toFixed(0)} ms)`);
+          this.onChange(this.available);
+        },
+        (err: Error) => {
+          const reason = err.message.split('\n')[0];
+          this.missing.set(decoder, reason);
+          this.log(`decoder ${decoder} not available: ${reason}`);
+        },
+      );
+      this.probing.set(decoder, p);
+    }
+    return p.then(() => {
+      this.probing.delete(decoder);
+      const reason = this.missing.get(decoder);
+      if (reason !== undefined) throw unsupported(decoder, reason);
+    });
+  }
 }
+
+const unsupported = (decoder: DecoderName, why: string) =>
+  new JobRejectedError(`decoder '${decoder}' is not available on this worker: ${why}`, 'unsupported_decoder');

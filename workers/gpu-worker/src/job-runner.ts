@@ -39,8 +39,13 @@ export interface RunnerDeps {
   workerId: string;
   model: string;
   defaultDecoder: DecoderName;
-  /** Decoders this worker's engine can run. */
+  /** Decoders a job may ask for (the engine's names; unknown ones are rejected at once). */
   decoders: readonly string[];
+  /**
+   * Makes sure the engine can run `decoder` (opened and warmed on first use); throws JobRejectedError
+   * ('unsupported_decoder') when it cannot.
+   */
+  ensureDecoder?: (decoder: DecoderName) => Promise<void>;
   /** Pipeline stages (devices) a generation holds, for device seconds. */
   stages: number;
   cancels: CancelRegistry;
@@ -141,6 +146,7 @@ export function createProcessor(
       if (await deps.cancels.isCancelled(jobId)) ac.abort(new Error('cancelled'));
       try {
         decoder = resolveDecoder(data.speculation, deps.defaultDecoder, deps.decoders);
+        await deps.ensureDecoder?.(decoder);
       } catch (err) {
         await finish({ kind: 'error', err: err as Error, completionTokens: 0, stats: null, final: true });
         throw new UnrecoverableError((err as Error).message);

@@ -6,7 +6,7 @@
  * SIGTERM/SIGINT drain (./drain.ts). Exit codes: 0 drained, 1 start-up failure, 2 bad configuration.
  */
 import {
-  type DecoderName,
+  DECODER_NAMES,
   type GenerationJob,
   type JobResult,
   QUEUE_PREFIX,
@@ -17,7 +17,7 @@ import { Redis, type RedisOptions } from 'ioredis';
 import { CancelRegistry } from './cancel';
 import { ConfigError, loadConfig, resolveDevices, type WorkerConfig } from './config';
 import { createDrain, installSignalHandlers } from './drain';
-import { openEngine, warmUpAndProbe } from './engine';
+import { DecoderSupport, openEngine } from './engine';
 import type { WorkerEngine } from './engine-types';
 import { Heartbeat } from './heartbeat';
 import { createProcessor, failUnrun } from './job-runner';
@@ -34,6 +34,8 @@ export const redisOptions: RedisOptions = {
 };
 
 async function main(): Promise<void> {
+  // The AWS SDK warns once that its 2027 releases need Node 22: noise in a worker's log.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   let cfg: WorkerConfig;
   try {
     cfg = loadConfig();
@@ -125,19 +127,25 @@ async function main(): Promise<void> {
   });
   const opened = await enginePromise;
   log(`engine open on ${devices.join(',')}`);
-  const decoders: DecoderName[] = await warmUpAndProbe(opened, cfg.decoder, log);
+  const support = new DecoderSupport(
+    opened,
+    cfg.decoder,
+    log,
+    (decoders) => void heartbeat.update({ decoders }),
+  );
+  await support.warmUpDefault();
   if (drain.draining) return;
 
   // 4. the queue
   await cancels.start(cfg.redisUrl, redisOptions);
-  let busy = 0;
   const processor = createProcessor({
     redis,
     engine: opened,
     workerId: cfg.workerId,
     model: cfg.model,
     defaultDecoder: cfg.decoder,
-    decoders,
+    decoders: DECODER_NAMES,
+    ensureDecoder: (d) => support.ensure(d),
     stages: devices.length,
     cancels,
     log,
@@ -145,9 +153,9 @@ async function main(): Promise<void> {
     jobTimeoutMs: Number(process.env.PPSD_JOB_TIMEOUT_MS ?? 0) || 0,
     tokenDelayMs: Number(process.env.PPSD_FAULT_TOKEN_DELAY_MS ?? 0) || 0,
     onBusy: (delta) => {
-      busy += delta;
       heartbeat.addBusy(delta);
-      protection.busy(busy);
+      if (delta > 0) protection.jobStarted();
+      else protection.jobFinished();
     },
   });
   worker = new Worker<GenerationJob, JobResult>(queueName(cfg.model), processor, {
@@ -171,8 +179,8 @@ async function main(): Promise<void> {
     }
   });
   await worker.waitUntilReady();
-  await heartbeat.update({ ready: true, decoders });
-  log(`ready: queue ${queueName(cfg.model)}, decoders ${decoders.join(',')}, concurrency ${cfg.concurrency}`);
+  await heartbeat.update({ ready: true, decoders: support.available });
+  log(`ready: queue ${queueName(cfg.model)}, default decoder ${cfg.decoder}, concurrency ${cfg.concurrency}`);
 }
 
 main().catch((err: unknown) => {

@@ -1,63 +1,35 @@
 /**
  * Auto Scaling scale-in protection while the worker is busy (PPSD_ASG_NAME set): protected from the
- * first job in flight until the last one ends. Uses the `instanceProtection` helper of @ppsd/autoscaler.
+ * first job in flight until the last one ends, released when draining. Uses `instanceProtectionFromEnv`
+ * of @ppsd/autoscaler (loaded only when PPSD_ASG_NAME is set); failures are logged there, never thrown.
  */
+import type { Logger } from '@ppsd/autoscaler';
 
 export interface Protection {
-  busy(n: number): void;
+  jobStarted(): void;
+  jobFinished(): void;
+  /** Drops the protection (draining) and waits for the call to settle. */
   stop(): Promise<void>;
 }
 
-type ProtectionHelper = {
-  setProtected?: (on: boolean) => Promise<void>;
-  protect?: () => Promise<void>;
-  unprotect?: () => Promise<void>;
-  set?: (on: boolean) => Promise<void>;
-};
+const none: Protection = { jobStarted: () => {}, jobFinished: () => {}, stop: async () => {} };
 
 export async function createProtection(
   asgName: string | null,
   log: (msg: string) => void,
 ): Promise<Protection> {
-  const none: Protection = { busy: () => {}, stop: async () => {} };
   if (!asgName) return none;
-  let helper: ProtectionHelper | null = null;
-  try {
-    const mod = (await import('@ppsd/autoscaler')) as Record<string, unknown>;
-    const factory = mod.instanceProtection as
-      | ((opts: { asgName: string; log?: (m: string) => void }) => unknown)
-      | undefined;
-    if (typeof factory === 'function') helper = (await factory({ asgName, log })) as ProtectionHelper;
-  } catch (err) {
-    log(`scale-in protection unavailable: ${(err as Error).message}`);
-  }
-  if (!helper) {
-    log('PPSD_ASG_NAME is set but @ppsd/autoscaler has no instanceProtection helper: running unprotected');
-    return none;
-  }
-  const h = helper;
-  const set = (on: boolean): Promise<void> =>
-    h.setProtected
-      ? h.setProtected(on)
-      : h.set
-        ? h.set(on)
-        : on
-          ? (h.protect?.() ?? Promise.resolve())
-          : (h.unprotect?.() ?? Promise.resolve());
-  let want = false;
-  let chain: Promise<void> = Promise.resolve();
-  const apply = (on: boolean) => {
-    if (on === want) return;
-    want = on;
-    chain = chain
-      .then(() => set(on))
-      .catch((err: Error) => log(`scale-in protection ${on ? 'on' : 'off'} failed: ${err.message}`));
-  };
+  const { instanceProtectionFromEnv } = await import('@ppsd/autoscaler');
+  const line = (msg: string, f?: object) =>
+    log(f && Object.keys(f).length ? `${msg} ${JSON.stringify(f)}` : msg);
+  const logger: Logger = { info: line, warn: line, error: line };
+  const p = instanceProtectionFromEnv({ ...process.env, PPSD_ASG_NAME: asgName }, { logger });
+  log(`scale-in protection while busy: Auto Scaling group ${asgName}`);
   return {
-    busy: (n) => apply(n > 0),
+    jobStarted: () => void p.jobStarted(),
+    jobFinished: () => void p.jobFinished(),
     stop: async () => {
-      apply(false);
-      await chain;
+      await p.set(false);
     },
   };
 }

@@ -4,7 +4,8 @@
  *
  * Greedy forward selection with a beam of one: starting from a seed set, each step measures every set
  * that skips one more sub-layer (never the first or last layer, whose removal wrecks the draft), keeps
- * the fastest if it beats the current best by more than `minGain`, and stops when none does or the
+ * the fastest if it beats the current best by more than `minGain` (the first step always takes one: the
+ * empty seed is only a reference, a draft must skip something), and stops when none does or the
  * evaluation budget is spent. Every candidate's score is a ratio to AR measured right next to it, so
  * slow drift of the machine's load cancels out.
  */
@@ -74,7 +75,9 @@ export async function searchSkipSet(
       const c = await score(next);
       if (!stepBest || c.speedup > stepBest.speedup) stepBest = c;
     }
-    if (!stepBest || stepBest.speedup <= best.speedup * (1 + minGain)) break;
+    const empty = best.skip.attention.length + best.skip.mlp.length === 0;
+    // an empty set is only the reference point: a DV draft must leave something out
+    if (!stepBest || (!empty && stepBest.speedup <= best.speedup * (1 + minGain))) break;
     best = stepBest;
     log(`step: keep ${skipKey(best.skip)} (speedup ${best.speedup.toFixed(3)})`);
   }

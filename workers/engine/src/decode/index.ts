@@ -50,7 +50,9 @@ export interface DecoderContext {
   controlledAcceptance?: ControlledAcceptance;
   /** Stage factory for the main-thread decoders (ar, eesd, dv); default: an ORT session per stage. */
   createStage?: (spec: StageSpec) => Promise<Stage>;
-  /** Where EP fallbacks are reported (enables CPU fallback). */
+  /** Retry on CPU when a stage's device is unavailable (default: when `log` is given). */
+  allowCpuFallback?: boolean;
+  /** Where EP fallbacks are reported. */
   log?: (msg: string) => void;
 }
 
@@ -68,7 +70,7 @@ export async function createDecoder(name: DecoderName, ctx: DecoderContext): Pro
         device: parseDevice(ctx.devices?.[0] ?? 'cpu'),
         threads: ctx.threadsPerStage ?? 1,
         maxSeqLen: ctx.maxSeqLen,
-        allowCpuFallback: !!ctx.log,
+        allowCpuFallback: ctx.allowCpuFallback ?? !!ctx.log,
         log: ctx.log,
       }));
   const pipeline = {
@@ -78,6 +80,7 @@ export async function createDecoder(name: DecoderName, ctx: DecoderContext): Pro
     threadsPerStage: ctx.threadsPerStage,
     maxSeqLen: ctx.maxSeqLen,
     controlledAcceptance: ctx.controlledAcceptance,
+    allowCpuFallback: ctx.allowCpuFallback,
     log: ctx.log,
   };
 

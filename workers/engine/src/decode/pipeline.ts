@@ -263,6 +263,8 @@ export interface StageWorkersOptions {
   /** intra-op threads per stage session (1: one core per stage). */
   threadsPerStage?: number;
   maxSeqLen?: number;
+  /** Retry on CPU when a stage's device is unavailable (default: when `log` is given). */
+  allowCpuFallback?: boolean;
   log?: (msg: string) => void;
 }
 
@@ -278,7 +280,7 @@ export async function startStageWorkers(
         device: parseDevice(opts.devices?.[j] ?? 'cpu'),
         threads: opts.threadsPerStage ?? 1,
         maxSeqLen: opts.maxSeqLen,
-        allowCpuFallback: !!opts.log,
+        allowCpuFallback: opts.allowCpuFallback ?? !!opts.log,
       }),
     ),
   );

@@ -1,19 +1,33 @@
 /**
  * The ONNX graph of one pipeline stage of a Llama model: layers [firstLayer, endLayer), fp32.
  *
- * Graph interface (T new rows, P cached positions, R logit rows; L = endLayer - firstLayer):
- *   inputs   tokens     int64 [T]            first stage only
- *            hidden_in  float [T, dim]       other stages
- *            positions  int64 [T]            absolute positions P .. P+T-1 (RoPE rows, causal mask)
- *            past_k     float [P+1, L, kvH, hd] the cache prefix, position-major (a zero-copy view), plus
- *            past_v     float [P+1, L, kvH, hd] one scratch row (row P, masked out: it keeps every dim > 0)
- *            logit_rows int64 [1]            R: logits only for the last R rows (last stage / exit head)
- *   outputs  hidden      float [T, dim]      not the last stage
- *            logits      float [R, vocab]    last stage
- *            exit_logits float [R, vocab]    with an exit head
- *            exit_hidden float [T, dim]      with an exit head: raw hidden state after `afterLayer` layers
+ * Graph interface, host-resident cache (default; T new rows, P cached positions, R logit rows,
+ * L = endLayer - firstLayer, j = 0..L-1 the stage-local layer index):
+ *   inputs   tokens     int64 [T]              first stage only
+ *            hidden_in  float [T, dim]         other stages
+ *            positions  int64 [T]              absolute positions P .. P+T-1 (RoPE rows, causal mask)
+ *            past_k.<j> float [P+1, kvH, hd]   layer j's cache prefix, position-major (a zero-copy view of
+ *            past_v.<j> float [P+1, kvH, hd]   the layer's own buffer), plus one scratch row (row P, masked
+ *                                              out: it keeps every dim > 0)
+ *            logit_rows int64 [1]              R: logits only for the last R rows (last stage / exit head)
+ *   outputs  hidden      float [T, dim]        not the last stage
+ *            logits      float [R, vocab]      last stage
+ *            exit_logits float [R, vocab]      with an exit head
+ *            exit_hidden float [T, dim]        with an exit head: raw hidden state after `afterLayer` layers
  *            new_k       float [T, L, kvH, hd] K/V of the new rows, appended to the cache by the runtime
  *            new_v       float [T, L, kvH, hd] (zeros for layers whose attention is skipped)
+ * With 'fused' attention nothing reads the past except the two attention FusedMatMuls per layer (strided,
+ * no copy), so per-token cost grows with P only through attention itself.
+ *
+ * Device-resident cache (`kvCache: 'device'`, for the WebGPU EP with outputs kept on the GPU; standard
+ * ops only): the cache lives in the graph's own tensors, fed back run after run.
+ *   inputs   past_len     int64 [1]             P: rows of the past tensors that are valid (truncation = a
+ *                                              smaller P; rows beyond it are dropped on device)
+ *            past_k.<j>   float [kvH, hd, Pc]   K transposed (Pc >= P), so scores need no transpose
+ *            past_v.<j>   float [kvH, Pc, hd]
+ *   outputs  present_k.<j> float [kvH, hd, P+T] past rows [0, P) then the new rows
+ *            present_v.<j> float [kvH, P+T, hd]
+ *   (tokens/hidden_in, positions, logit_rows, hidden/logits/exit_* as above; no new_k/new_v)
  */
 import { type ExitHead, headDim, type LayerWeights, type LlamaModel } from '../model/llama';
 import type { StageSpec } from '../model/stage';
@@ -28,6 +42,12 @@ export interface StageGraphOptions {
    * copy of the past per layer. 'standard': ai.onnx ops only (for EPs without FusedMatMul, e.g. WebGPU).
    */
   attention?: 'fused' | 'standard';
+  /**
+   * 'host' (default): the runtime owns the cache; past K/V come in as views, only the new rows go out.
+   * 'device': the cache is graph tensors fed back run after run (past_len, past_* -> present_*), for EPs
+   * that keep outputs on the device (WebGPU); implies standard-op attention.
+   */
+  kvCache?: 'host' | 'device';
 }
 
 /** Names of the graph's inputs and outputs (the runtime feeds and reads these). */
@@ -38,6 +58,9 @@ export const IO = {
   positions: 'positions',
   pastK: 'past_k',
   pastV: 'past_v',
+  pastLen: 'past_len',
+  presentK: 'present_k',
+  presentV: 'present_v',
   logitRows: 'logit_rows',
   logits: 'logits',
   exitLogits: 'exit_logits',
@@ -45,6 +68,9 @@ export const IO = {
   newK: 'new_k',
   newV: 'new_v',
 } as const;
+
+/** Per-layer input/output name: `past_k.<j>` etc. (j = stage-local layer index). */
+export const layerIO = (base: string, j: number): string => `${base}.${j}`;
 
 /** Throws unless `spec` is a valid stage of a model with `nLayers` layers. */
 export function validateStageSpec(spec: StageSpec, nLayers: number): void {
@@ -70,9 +96,9 @@ interface Ctx {
   mask: Tensor; // [T, S] 0 where a query may see a key, -1e9 elsewhere (S = P + 1 + T keys)
   groupMask: Tensor; // [grp*T, S] the mask repeated for each query head of a kv head
   pastRows: Tensor; // [1] P + 1 (cached positions and the scratch row)
-  attention: 'fused' | 'standard';
-  pastK: Tensor; // [P+1, L, kvH, hd]
-  pastV: Tensor; // [P+1, L, kvH, hd]
+  attention: 'fused' | 'standard' | 'device';
+  pastK: Tensor[]; // per layer: [P+1, kvH, hd] (host cache) or [kvH, hd, P] (device cache)
+  pastV: Tensor[]; // per layer: [P+1, kvH, hd] (host cache) or [kvH, P, hd] (device cache)
 }
 
 /** RMSNorm, in the Pow/ReduceMean/Add/Sqrt/Div/Mul form ORT fuses into SimplifiedLayerNormalization. */
@@ -99,8 +125,8 @@ function rope(s: Ctx, x: Tensor): Tensor {
  */
 function attendStandard(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Tensor {
   const { g, nH, kvH, hd } = s;
-  const keys = g.concat([g.gather(s.pastK, g.i64([j], []), 1), k], 0); // [S, kvH, hd] past, scratch, new
-  const vals = g.concat([g.gather(s.pastV, g.i64([j], []), 1), v], 0); // [S, kvH, hd]
+  const keys = g.concat([s.pastK[j], k], 0); // [S, kvH, hd] past, scratch, new
+  const vals = g.concat([s.pastV[j], v], 0); // [S, kvH, hd]
   const qh = g.reshape(g.transpose(q, [1, 0, 2]), [kvH, nH / kvH, -1, hd]); // [kvH, grp, T, hd]
   const kt = g.unsqueeze(g.transpose(keys, [1, 2, 0]), [1]); // [kvH, 1, hd, S]
   const vh = g.unsqueeze(g.transpose(vals, [1, 0, 2]), [1]); // [kvH, 1, S, hd]
@@ -110,14 +136,14 @@ function attendStandard(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Ten
 }
 
 /**
- * The same attention without copying the past more than once: FusedMatMul reads K/V [S, kvH, hd] as
- * [kvH, S, hd] through strides (transBatchB), and the past and the new rows are scored separately, so
- * the only copy of the past is the extraction of this layer from the cache view.
+ * The same attention without copying the past at all: FusedMatMul reads the layer's cache view
+ * K/V [P+1, kvH, hd] as [kvH, P+1, hd] through strides (transBatchB), and the past and the new rows are
+ * scored separately, so only the scores/softmax ([nH*T, S] values) and the two matmuls scale with P.
  */
 function attendFused(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Tensor {
   const { g, nH, kvH, hd } = s;
-  const kPast = g.gather(s.pastK, g.i64([j], []), 1); // [P+1, kvH, hd]
-  const vPast = g.gather(s.pastV, g.i64([j], []), 1); // [P+1, kvH, hd]
+  const kPast = s.pastK[j]; // [P+1, kvH, hd]
+  const vPast = s.pastV[j]; // [P+1, kvH, hd]
   const qh = g.reshape(g.transpose(q, [1, 0, 2]), [kvH, -1, hd]); // [kvH, grp*T, hd]
   const scale = 1 / Math.sqrt(hd);
   const sPast = g.fusedMatMul(qh, kPast, { alpha: scale, transB: 1, transBatchB: 1 }); // [kvH, grp*T, P+1]
@@ -133,6 +159,23 @@ function attendFused(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Tensor
 }
 
 /**
+ * Attention over a device-resident cache (standard ops): K is kept transposed [kvH, hd, P] and V as
+ * [kvH, P, hd], so the present tensors are one Concat each (a device-side copy of the past, which is the
+ * price of a functional graph) and the matmuls read them as they are.
+ * Returns the attention output [T, nH*hd] and this layer's present K/V (the graph outputs).
+ */
+function attendDevice(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor) {
+  const { g, nH, kvH, hd } = s;
+  const presentK = g.concat([s.pastK[j], g.transpose(k, [1, 2, 0])], 2); // [kvH, hd, S]
+  const presentV = g.concat([s.pastV[j], g.transpose(v, [1, 0, 2])], 1); // [kvH, S, hd]
+  const qh = g.reshape(g.transpose(q, [1, 0, 2]), [kvH, -1, hd]); // [kvH, grp*T, hd]
+  const scores = g.add(g.matmul(g.mul(qh, g.f32(1 / Math.sqrt(hd))), presentK), s.groupMask); // [kvH, grp*T, S]
+  const out = g.matmul(g.softmax(scores, -1), presentV); // [kvH, grp*T, hd]
+  const o = g.reshape(g.transpose(g.reshape(out, [nH, -1, hd]), [1, 0, 2]), [-1, nH * hd]); // [T, nH*hd]
+  return { o, presentK, presentV };
+}
+
+/**
  * One transformer layer (global index `l`, index `j` inside the stage), like llama2.c's forward():
  * x [T, dim] -> x [T, dim], plus this layer's K/V for the new rows [T, kvH, hd] (undefined if skipped).
  */
@@ -145,6 +188,7 @@ function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipM
     g.weight(`l${l}.${name}`, w[name], [rows, cols]);
   let k: Tensor | undefined;
   let v: Tensor | undefined;
+  let present: { k: Tensor; v: Tensor } | undefined;
 
   if (!skipAttn) {
     // attention rmsnorm, then q, k, v for the new rows
@@ -156,7 +200,14 @@ function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipM
     q = rope(s, q); // [T, nH, hd]
     k = rope(s, k); // [T, kvH, hd]
     // multi-head (grouped-query) attention over the cached prefix and the new rows
-    const o = s.attention === 'fused' ? attendFused(s, j, q, k, v) : attendStandard(s, j, q, k, v); // [T, nH*hd]
+    let o: Tensor; // [T, nH*hd]
+    if (s.attention === 'device') {
+      const r = attendDevice(s, j, q, k, v);
+      o = r.o;
+      present = { k: r.presentK, v: r.presentV };
+    } else {
+      o = s.attention === 'fused' ? attendFused(s, j, q, k, v) : attendStandard(s, j, q, k, v);
+    }
     // output projection and residual
     x = g.add(x, g.linear(o, W('wo', dim, nH * hd))); // [T, dim]
   }
@@ -169,7 +220,7 @@ function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipM
     const h = g.mul(g.mul(gate, g.sigmoid(gate)), up); // [T, hidden]
     x = g.add(x, g.linear(h, W('w2', dim, hidden))); // [T, dim]
   }
-  return { x, k, v };
+  return { x, k, v, present };
 }
 
 /** Final norm + classifier on the last R rows of x [T, dim] (after an optional affine map) -> [R, vocab]. */
@@ -206,37 +257,55 @@ export function buildStageGraph(
   if (c.nHeads % c.nKvHeads !== 0)
     throw new Error(`nHeads ${c.nHeads} is not a multiple of nKvHeads ${c.nKvHeads}`);
 
+  const device = opts.kvCache === 'device';
+  const kvH = c.nKvHeads;
+
   const g = new GraphBuilder(`llama_stage_${firstLayer}_${endLayer}`);
   // ---- inputs
   const tokens = first ? g.input(IO.tokens, 'int64', ['T']) : undefined;
   const input = first ? undefined : g.input(IO.hiddenIn, 'float32', ['T', c.dim]);
   const positions = g.input(IO.positions, 'int64', ['T']);
-  const pastK = g.input(IO.pastK, 'float32', ['P+1', L, c.nKvHeads, hd]);
-  const pastV = g.input(IO.pastV, 'float32', ['P+1', L, c.nKvHeads, hd]);
+  const pastLen = device ? g.input(IO.pastLen, 'int64', [1]) : undefined;
+  const pastK: Tensor[] = [];
+  const pastV: Tensor[] = [];
+  for (let j = 0; j < L; j++) {
+    if (device) {
+      // the fed-back present tensors may hold more rows than P (after a truncation): keep [0, P)
+      const k = g.input(layerIO(IO.pastK, j), 'float32', [kvH, hd, 'Pc']);
+      const v = g.input(layerIO(IO.pastV, j), 'float32', [kvH, 'Pc', hd]);
+      pastK.push(g.slice(k, g.i64([0]), pastLen!, [2]));
+      pastV.push(g.slice(v, g.i64([0]), pastLen!, [1]));
+    } else {
+      pastK.push(g.input(layerIO(IO.pastK, j), 'float32', ['P+1', kvH, hd]));
+      pastV.push(g.input(layerIO(IO.pastV, j), 'float32', ['P+1', kvH, hd]));
+    }
+  }
   const logitRows = last || exit ? g.input(IO.logitRows, 'int64', [1]) : undefined;
 
-  // ---- rotary rows of the new positions, and the causal mask over S = P + 1 + T keys
+  // ---- rotary rows of the new positions, and the causal mask over the S keys:
+  // host cache: S = P + 1 + T keys (cached positions 0..P-1, the scratch row (never visible), the new rows);
+  // device cache: S = P + T keys (cached positions 0..P-1, the new rows)
   const tables = ropeTables(hd, c.ropeTheta, maxSeq);
   const cosT = g.weight('rope.cos', Float32Array.from(tables.cos), [maxSeq, hd]);
   const sinT = g.weight('rope.sin', Float32Array.from(tables.sin), [maxSeq, hd]);
-  // key columns: cached positions 0..P-1, the scratch row (never visible), then the new positions
-  const pastRows = g.shape(pastK, 0, 1); // [1] P + 1
-  const cached = g.range(g.i64([0], []), g.sub(g.squeeze(pastRows, [0]), g.i64([1], [])), g.i64([1], [])); // [P]
-  const keyPos = g.concat([cached, g.i64([2 ** 40]), positions], 0); // [S]
+  const pastRows = device ? pastLen! : g.shape(pastK[0], 0, 1); // [1] P (device) or P + 1 (host)
+  const nCached = device ? g.squeeze(pastLen!, [0]) : g.sub(g.squeeze(pastRows, [0]), g.i64([1], []));
+  const cached = g.range(g.i64([0], []), nCached, g.i64([1], [])); // [P]
+  const keyPos = g.concat(device ? [cached, positions] : [cached, g.i64([2 ** 40]), positions], 0); // [S]
   const visible = g.lessOrEqual(g.unsqueeze(keyPos, [0]), g.unsqueeze(positions, [1])); // [T, S]
   const mask = g.where(visible, g.f32(0), g.f32(-1e9)); // [T, S]
   const ctx: Ctx = {
     g,
     model,
     nH: c.nHeads,
-    kvH: c.nKvHeads,
+    kvH,
     hd,
     cos: g.unsqueeze(g.gather(cosT, positions), [1]), // [T, 1, hd]
     sin: g.unsqueeze(g.gather(sinT, positions), [1]), // [T, 1, hd]
     mask,
-    groupMask: g.tile(mask, [c.nHeads / c.nKvHeads, 1]), // [grp*T, S]
+    groupMask: g.tile(mask, [c.nHeads / kvH, 1]), // [grp*T, S]
     pastRows,
-    attention: opts.attention ?? 'fused',
+    attention: device ? 'device' : (opts.attention ?? 'fused'),
     pastK,
     pastV,
   };
@@ -248,6 +317,7 @@ export function buildStageGraph(
   const newK: Tensor[] = [];
   const newV: Tensor[] = [];
   let zeros: Tensor | undefined; // [T, 1, kvH, hd] for skipped attention
+  const T = () => g.shape(positions, 0, 1); // [1]
   const exitAt = (n: number) => {
     if (exit?.afterLayer !== n) return;
     g.output(IO.exitHidden, x, 'float32', ['T', c.dim]);
@@ -255,13 +325,20 @@ export function buildStageGraph(
   };
   exitAt(firstLayer);
   for (let l = firstLayer; l < endLayer; l++) {
-    const r = layer(ctx, l, l - firstLayer, x, !!skip?.attention.includes(l), !!skip?.mlp.includes(l));
+    const j = l - firstLayer;
+    const r = layer(ctx, l, j, x, !!skip?.attention.includes(l), !!skip?.mlp.includes(l));
     x = r.x;
-    if (r.k && r.v) {
+    if (device) {
+      // skipped attention: the present still grows by T (zero) rows, so every layer keeps P + T rows
+      const pk = r.present?.k ?? g.concat([pastK[j], g.expand(g.f32(0), g.concat([g.i64([kvH, hd]), T()], 0))], 2);
+      const pv = r.present?.v ?? g.concat([pastV[j], g.expand(g.f32(0), g.concat([g.i64([kvH]), T(), g.i64([hd])], 0))], 1);
+      g.output(layerIO(IO.presentK, j), pk, 'float32', [kvH, hd, 'S']);
+      g.output(layerIO(IO.presentV, j), pv, 'float32', [kvH, 'S', hd]);
+    } else if (r.k && r.v) {
       newK.push(g.unsqueeze(r.k, [1])); // [T, 1, kvH, hd]
       newV.push(g.unsqueeze(r.v, [1]));
     } else {
-      zeros ??= g.expand(g.f32(0), g.concat([g.shape(positions, 0, 1), g.i64([1, c.nKvHeads, hd])], 0));
+      zeros ??= g.expand(g.f32(0), g.concat([T(), g.i64([1, kvH, hd])], 0));
       newK.push(zeros);
       newV.push(zeros);
     }
@@ -271,7 +348,9 @@ export function buildStageGraph(
   // ---- outputs
   if (last) g.output(IO.logits, head(ctx, x, logitRows!), 'float32', ['R', c.vocabSize]);
   else g.output(IO.hidden, x, 'float32', ['T', c.dim]);
-  g.output(IO.newK, g.concat(newK, 1), 'float32', ['T', L, c.nKvHeads, hd]);
-  g.output(IO.newV, g.concat(newV, 1), 'float32', ['T', L, c.nKvHeads, hd]);
+  if (!device) {
+    g.output(IO.newK, g.concat(newK, 1), 'float32', ['T', L, kvH, hd]);
+    g.output(IO.newV, g.concat(newV, 1), 'float32', ['T', L, kvH, hd]);
+  }
   return g.toBytes();
 }

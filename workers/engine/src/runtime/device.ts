@@ -16,6 +16,10 @@ export interface SessionConfig {
   /** Retry on CPU (and log it) when the requested EP is unavailable. */
   allowCpuFallback?: boolean;
   log?: (msg: string) => void;
+  /** Outputs to leave on the device ('gpu-buffer'; WebGPU only, ignored on other devices). */
+  preferredOutputLocation?: Record<string, 'cpu' | 'gpu-buffer'>;
+  /** ORT profiling (writes a JSON trace; see InferenceSession.endProfiling). */
+  enableProfiling?: boolean;
 }
 
 export function parseDevice(s: string): Device {
@@ -32,7 +36,11 @@ export function executionProviders(device: Device): InferenceSession.ExecutionPr
   return [{ name: 'cuda', deviceId }];
 }
 
-export function sessionOptions(device: Device, threads?: number): InferenceSession.SessionOptions {
+export function sessionOptions(
+  device: Device,
+  threads?: number,
+  extra: Pick<SessionConfig, 'preferredOutputLocation' | 'enableProfiling'> = {},
+): InferenceSession.SessionOptions {
   return {
     executionProviders: executionProviders(device),
     graphOptimizationLevel: 'all',
@@ -40,6 +48,10 @@ export function sessionOptions(device: Device, threads?: number): InferenceSessi
     interOpNumThreads: 1,
     logSeverityLevel: 3, // errors only (not ORT's notes about unused initializers)
     ...(threads ? { intraOpNumThreads: threads } : {}),
+    ...(device === 'webgpu' && extra.preferredOutputLocation
+      ? { preferredOutputLocation: extra.preferredOutputLocation }
+      : {}),
+    ...(extra.enableProfiling ? { enableProfiling: true } : {}),
   };
 }
 
@@ -83,14 +95,14 @@ export async function createSession(
 ): Promise<{ session: InferenceSession; device: Device }> {
   const device = cfg.device ?? 'cpu';
   try {
-    return { session: await InferenceSession.create(model, sessionOptions(device, cfg.threads)), device };
+    return { session: await InferenceSession.create(model, sessionOptions(device, cfg.threads, cfg)), device };
   } catch (err) {
     if (device === 'cpu') throw new Error(explainEpFailure(device, err));
     const why = explainEpFailure(device, err);
     if (!cfg.allowCpuFallback) throw new Error(why);
     cfg.log?.(`${why}\n  falling back to the CPU execution provider`);
     return {
-      session: await InferenceSession.create(model, sessionOptions('cpu', cfg.threads)),
+      session: await InferenceSession.create(model, sessionOptions('cpu', cfg.threads, cfg)),
       device: 'cpu',
     };
   }

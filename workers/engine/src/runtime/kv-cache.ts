@@ -1,13 +1,15 @@
 /**
- * The KV cache of one stage, in buffers the engine owns. Position-major, so the cached past is always a
- * contiguous prefix that the graph reads through a zero-copy `subarray` view:
- *   K, V: Float32Array(maxSeq * nLayers * nKvHeads * headDim), laid out [pos, layer, kvHead, headDim].
- * A forward of T rows appends one contiguous block [T, layer, kvHead, headDim] at `length`.
+ * The KV cache of one stage, in buffers the engine owns: one K and one V buffer per layer, each
+ * position-major [maxSeq, kvHead, headDim], so a layer's cached past is a contiguous prefix that the
+ * graph reads through a zero-copy `subarray` view (input `past_k.<j>` / `past_v.<j>`), and nothing
+ * O(context) is copied per token. A forward of T rows appends T rows to every layer at `length`.
  */
 export class KvCache {
-  readonly k: Float32Array;
-  readonly v: Float32Array;
-  /** Floats per position: nLayers * nKvHeads * headDim. */
+  /** K of layer j (stage-local index): Float32Array(maxSeq * kvH * hd), [pos, kvHead, headDim]. */
+  readonly k: Float32Array[];
+  /** V of layer j, same layout. */
+  readonly v: Float32Array[];
+  /** Floats per position and layer: nKvHeads * headDim. */
   readonly rowSize: number;
   private len = 0;
 
@@ -17,38 +19,43 @@ export class KvCache {
     readonly nKvHeads: number,
     readonly headDim: number,
   ) {
-    this.rowSize = nLayers * nKvHeads * headDim;
-    this.k = new Float32Array(maxSeq * this.rowSize);
-    this.v = new Float32Array(maxSeq * this.rowSize);
+    this.rowSize = nKvHeads * headDim;
+    this.k = Array.from({ length: nLayers }, () => new Float32Array(maxSeq * this.rowSize));
+    this.v = Array.from({ length: nLayers }, () => new Float32Array(maxSeq * this.rowSize));
   }
 
   get length(): number {
     return this.len;
   }
 
-  /** Shape [P+1, L, kvH, hd] of `graphPast()`. */
+  /** Shape [P+1, kvH, hd] of each view `graphPast()` returns. */
   get graphPastDims(): number[] {
-    return [this.len + 1, this.nLayers, this.nKvHeads, this.headDim];
+    return [this.len + 1, this.nKvHeads, this.headDim];
   }
 
-  /** Zero-copy views of the cached prefix [0, length). */
-  past(): { k: Float32Array; v: Float32Array } {
+  /** Zero-copy views of layer j's cached prefix [0, length). */
+  past(j: number): { k: Float32Array; v: Float32Array } {
     const n = this.len * this.rowSize;
-    return { k: this.k.subarray(0, n), v: this.v.subarray(0, n) };
+    return { k: this.k[j].subarray(0, n), v: this.v[j].subarray(0, n) };
   }
 
   /**
-   * What the stage graph reads: zero-copy views of rows [0, length + 1), the cached prefix plus one
-   * zeroed scratch row (the slot the next forward writes first; the graph masks it out). The extra row
-   * keeps every tensor dimension positive (ORT's strided FusedMatMul fails on an empty past).
-   * Needs length < maxSeq, which `checkRoom(rows >= 1)` guarantees.
+   * What the stage graph reads, per layer: zero-copy views of rows [0, length + 1), the cached prefix
+   * plus one zeroed scratch row (the slot the next forward writes first; the graph masks it out). The
+   * extra row keeps every tensor dimension positive (ORT's strided FusedMatMul fails on an empty past).
+   * O(layers * rowSize) work, independent of the context. Needs length < maxSeq (`checkRoom(rows >= 1)`).
    */
-  graphPast(): { k: Float32Array; v: Float32Array } {
+  graphPast(): { k: Float32Array[]; v: Float32Array[] } {
     const start = this.len * this.rowSize;
     const n = start + this.rowSize;
-    this.k.fill(0, start, n);
-    this.v.fill(0, start, n);
-    return { k: this.k.subarray(0, n), v: this.v.subarray(0, n) };
+    for (let j = 0; j < this.nLayers; j++) {
+      this.k[j].fill(0, start, n);
+      this.v[j].fill(0, start, n);
+    }
+    return {
+      k: this.k.map((b) => b.subarray(0, n)),
+      v: this.v.map((b) => b.subarray(0, n)),
+    };
   }
 
   /** Throws a clear error unless `rows` more positions fit. */
@@ -61,15 +68,26 @@ export class KvCache {
     }
   }
 
-  /** Copies the K/V of `rows` new positions ([rows, L, kvH, hd] each) to [length, length + rows). */
+  /**
+   * Copies the K/V of `rows` new positions to [length, length + rows) of every layer. `newK`/`newV` are
+   * one block [rows, L, kvH, hd] (the graph's `new_k`/`new_v`): row t of layer j is at (t*L + j)*rowSize.
+   */
   append(newK: Float32Array, newV: Float32Array, rows: number): void {
     this.checkRoom(rows);
-    const n = rows * this.rowSize;
+    const r = this.rowSize;
+    const n = rows * this.nLayers * r;
     if (newK.length !== n || newV.length !== n) {
       throw new Error(`kv append: expected ${n} values per tensor, got ${newK.length} and ${newV.length}`);
     }
-    this.k.set(newK, this.len * this.rowSize);
-    this.v.set(newV, this.len * this.rowSize);
+    const L = this.nLayers;
+    for (let t = 0; t < rows; t++) {
+      const dst = (this.len + t) * r;
+      for (let j = 0; j < L; j++) {
+        const src = (t * L + j) * r;
+        this.k[j].set(newK.subarray(src, src + r), dst);
+        this.v[j].set(newV.subarray(src, src + r), dst);
+      }
+    }
     this.len += rows;
   }
 

@@ -1,21 +1,39 @@
 /**
  * `Stage` on onnxruntime-node: one InferenceSession over the stage's ONNX graph plus its KV cache.
- * Per forward of T rows only O(T) data crosses into and out of ORT: the cached past goes in as a
- * zero-copy view of the cache prefix (plus one scratch row, see KvCache.graphPast), and only the new rows' K/V come back (copied once into the cache).
+ *
+ * Host-resident cache (CPU and CUDA EPs; the default): per forward of T rows only O(T) data crosses into
+ * and out of ORT. Each layer's cached past goes in as a zero-copy view of its own buffer (`past_k.<j>`,
+ * plus one scratch row, see KvCache.graphPast), and only the new rows' K/V come back (one block, copied
+ * once into the cache). Truncation is O(1).
+ *
+ * Device-resident cache (`kvCache: 'device'`, meant for WebGPU): the graph returns each layer's whole
+ * present K/V and the stage feeds those tensors back as the next past; on WebGPU they stay in GPU buffers
+ * (`preferredOutputLocation: 'gpu-buffer'`), so only tokens/hidden in and logits/hidden out cross the bus.
+ * Truncation is O(1) too: a smaller `past_len`, the graph drops the rows beyond it on device.
+ * UNTESTED ON GPU HARDWARE (no WebGPU adapter where it was written); the same graph and bookkeeping are
+ * tested on the CPU EP, where the fed-back tensors simply live in host memory.
+ *
  * Works the same on the main thread and inside a worker_threads Worker.
  */
 import { type InferenceSession, Tensor } from 'onnxruntime-node';
-import { buildStageGraph, IO, type StageGraphOptions, validateStageSpec } from '../graph/llama-graph';
+import { buildStageGraph, IO, layerIO, type StageGraphOptions, validateStageSpec } from '../graph/llama-graph';
 import { headDim, type LlamaConfig, type LlamaModel } from '../model/llama';
 import type { Stage, StageInput, StageOutput, StageSpec } from '../model/stage';
 import { createSession, type Device, type SessionConfig } from './device';
 import { KvCache } from './kv-cache';
+
+export type KvCacheMode = NonNullable<StageGraphOptions['kvCache']>;
 
 export interface OrtStageOptions extends SessionConfig {
   /** Longest context (cache rows and rotary-table rows); default config.maxSeqLen. */
   maxSeqLen?: number;
   /** Attention formulation (see StageGraphOptions); default 'standard' on WebGPU, else 'fused'. */
   attention?: StageGraphOptions['attention'];
+  /**
+   * Where the KV cache lives (see StageGraphOptions.kvCache); default 'device' on WebGPU, else 'host'.
+   * createOrtStageFromGraph reads the mode from the graph itself (a `past_len` input means 'device').
+   */
+  kvCache?: KvCacheMode;
 }
 
 /** What a session needs besides the graph bytes (small enough to post to a Worker). */
@@ -26,11 +44,66 @@ export interface StageGraphInfo {
   maxSeqLen?: number;
 }
 
+/** The graph options a device gets by default: WebGPU has no FusedMatMul and keeps the cache on device. */
+export function defaultGraphOptions(device: Device | undefined): Required<Omit<StageGraphOptions, 'maxSeqLen'>> {
+  return device === 'webgpu'
+    ? { attention: 'standard', kvCache: 'device' }
+    : { attention: 'fused', kvCache: 'host' };
+}
+
+/** The stage's cache in graph tensors that are fed back run after run (device-resident mode). */
+class DeviceKv {
+  private k: Tensor[];
+  private v: Tensor[];
+  private len = 0;
+  constructor(
+    readonly nLayers: number,
+    readonly kvH: number,
+    readonly hd: number,
+  ) {
+    // one zero row to start with (past_len 0 drops it in the graph): no zero-sized tensors anywhere
+    this.k = Array.from({ length: nLayers }, () => new Tensor('float32', new Float32Array(kvH * hd), [kvH, hd, 1]));
+    this.v = Array.from({ length: nLayers }, () => new Tensor('float32', new Float32Array(kvH * hd), [kvH, 1, hd]));
+  }
+  get length(): number {
+    return this.len;
+  }
+  feed(feeds: Record<string, Tensor>): void {
+    feeds[IO.pastLen] = new Tensor('int64', BigInt64Array.of(BigInt(this.len)), [1]);
+    for (let j = 0; j < this.nLayers; j++) {
+      feeds[layerIO(IO.pastK, j)] = this.k[j];
+      feeds[layerIO(IO.pastV, j)] = this.v[j];
+    }
+  }
+  /** Adopts the run's present tensors as the new past (and frees the old ones, on the device too). */
+  adopt(res: InferenceSession.OnnxValueMapType, rows: number): void {
+    for (let j = 0; j < this.nLayers; j++) {
+      const k = res[layerIO(IO.presentK, j)] as Tensor;
+      const v = res[layerIO(IO.presentV, j)] as Tensor;
+      if (this.k[j] !== k) this.k[j].dispose();
+      if (this.v[j] !== v) this.v[j].dispose();
+      this.k[j] = k;
+      this.v[j] = v;
+    }
+    this.len += rows;
+  }
+  truncate(n: number): void {
+    if (!Number.isInteger(n) || n < 0 || n > this.len)
+      throw new Error(`truncate(${n}) outside [0, ${this.len}]`);
+    this.len = n;
+  }
+  dispose(): void {
+    for (const t of [...this.k, ...this.v]) t.dispose();
+  }
+}
+
 export class OrtStage implements Stage {
-  readonly cache: KvCache;
+  private readonly hostKv?: KvCache;
+  private readonly deviceKv?: DeviceKv;
   private readonly first: boolean;
   private readonly last: boolean;
   private readonly hasLogitRows: boolean;
+  private readonly maxSeqLen: number;
   private busy = false;
 
   constructor(
@@ -40,15 +113,26 @@ export class OrtStage implements Stage {
     /** The device the session actually runs on (cpu after a fallback). */
     readonly device: Device,
     maxSeqLen: number,
+    /** Where the cache lives; must match the graph ('device' graphs have a `past_len` input). */
+    readonly kvCache: KvCacheMode = 'host',
   ) {
     this.first = spec.firstLayer === 0;
     this.last = spec.endLayer === config.nLayers;
     this.hasLogitRows = this.last || !!spec.exit;
-    this.cache = new KvCache(maxSeqLen, spec.endLayer - spec.firstLayer, config.nKvHeads, headDim(config));
+    this.maxSeqLen = maxSeqLen;
+    const L = spec.endLayer - spec.firstLayer;
+    if (kvCache === 'device') this.deviceKv = new DeviceKv(L, config.nKvHeads, headDim(config));
+    else this.hostKv = new KvCache(maxSeqLen, L, config.nKvHeads, headDim(config));
+  }
+
+  /** The host-resident cache (throws for a device-resident stage, whose cache lives in ORT tensors). */
+  get cache(): KvCache {
+    if (!this.hostKv) throw new Error('this stage keeps its KV cache on the device (kvCache: device)');
+    return this.hostKv;
   }
 
   get length(): number {
-    return this.cache.length;
+    return this.hostKv ? this.hostKv.length : this.deviceKv!.length;
   }
 
   async forward(input: StageInput): Promise<StageOutput> {
@@ -80,18 +164,31 @@ export class OrtStage implements Stage {
       feeds[IO.hiddenIn] = new Tensor('float32', hidden, [T, c.dim]);
     }
     if (T < 1) throw new Error(`${name}: forward needs at least one row`);
-    this.cache.checkRoom(T);
+    const P = this.length;
+    if (this.hostKv) this.hostKv.checkRoom(T);
+    else if (P + T > this.maxSeqLen) {
+      throw new Error(
+        `context overflow: ${P} cached + ${T} new positions > maxSeqLen ${this.maxSeqLen} ` +
+          '(truncate the cache or raise maxSeqLen)',
+      );
+    }
     const R = input.logitRows ?? T;
     if (!Number.isInteger(R) || R < 1 || R > T)
       throw new Error(`${name}: logitRows ${R} must lie in [1, ${T}]`);
 
-    const P = this.cache.length;
     const positions = new BigInt64Array(T);
     for (let i = 0; i < T; i++) positions[i] = BigInt(P + i);
     feeds[IO.positions] = new Tensor('int64', positions, [T]);
-    const past = this.cache.graphPast();
-    feeds[IO.pastK] = new Tensor('float32', past.k, this.cache.graphPastDims);
-    feeds[IO.pastV] = new Tensor('float32', past.v, this.cache.graphPastDims);
+    if (this.hostKv) {
+      const past = this.hostKv.graphPast();
+      const dims = this.hostKv.graphPastDims;
+      for (let j = 0; j < past.k.length; j++) {
+        feeds[layerIO(IO.pastK, j)] = new Tensor('float32', past.k[j], dims);
+        feeds[layerIO(IO.pastV, j)] = new Tensor('float32', past.v[j], dims);
+      }
+    } else {
+      this.deviceKv!.feed(feeds);
+    }
     if (this.hasLogitRows) feeds[IO.logitRows] = new Tensor('int64', BigInt64Array.of(BigInt(R)), [1]);
 
     this.busy = true;
@@ -102,7 +199,8 @@ export class OrtStage implements Stage {
       this.busy = false;
     }
     const f32 = (n: string) => res[n].data as Float32Array;
-    this.cache.append(f32(IO.newK), f32(IO.newV), T);
+    if (this.hostKv) this.hostKv.append(f32(IO.newK), f32(IO.newV), T);
+    else this.deviceKv!.adopt(res, T);
     const out: StageOutput = { rows: T };
     if (this.last) out.logits = f32(IO.logits);
     else out.hidden = f32(IO.hidden);
@@ -114,17 +212,31 @@ export class OrtStage implements Stage {
   }
 
   truncate(length: number): void {
-    this.cache.truncate(length);
+    if (this.hostKv) this.hostKv.truncate(length);
+    else this.deviceKv!.truncate(length);
   }
 
   async release(): Promise<void> {
     const s = this.session;
     this.session = undefined;
+    this.deviceKv?.dispose();
     await s?.release();
   }
 }
 
-/** A stage from prebuilt graph bytes (e.g. built on the main thread, posted to a Worker). */
+/** The graph's present K/V output names (device-resident cache), kept on the GPU under WebGPU. */
+export function presentOutputNames(spec: StageSpec): string[] {
+  const names: string[] = [];
+  for (let j = 0; j < spec.endLayer - spec.firstLayer; j++)
+    names.push(layerIO(IO.presentK, j), layerIO(IO.presentV, j));
+  return names;
+}
+
+/**
+ * A stage from prebuilt graph bytes (e.g. built on the main thread, posted to a Worker). The cache mode is
+ * read from the graph (a `past_len` input means a device-resident cache); `opts.kvCache`, when given, must
+ * agree. The stage keeps no reference to `graph`: once the caller drops it, the bytes can be collected.
+ */
 export async function createOrtStageFromGraph(
   graph: Uint8Array,
   info: StageGraphInfo,
@@ -132,18 +244,33 @@ export async function createOrtStageFromGraph(
 ): Promise<OrtStage> {
   validateStageSpec(info.spec, info.config.nLayers);
   const maxSeqLen = opts.maxSeqLen ?? info.maxSeqLen ?? info.config.maxSeqLen;
-  const { session, device } = await createSession(graph, opts);
-  return new OrtStage(info.spec, info.config, session, device, maxSeqLen);
+  const cfg: SessionConfig = { ...opts };
+  // On WebGPU the present K/V of a device-cache graph stay in GPU buffers. Only when the caller says the
+  // graph is one: the locations name outputs that a host-cache graph does not have.
+  if (opts.device === 'webgpu' && opts.kvCache === 'device') {
+    cfg.preferredOutputLocation = Object.fromEntries(
+      presentOutputNames(info.spec).map((n) => [n, 'gpu-buffer' as const]),
+    );
+  }
+  const { session, device } = await createSession(graph, cfg);
+  const mode: KvCacheMode = session.inputNames.includes(IO.pastLen) ? 'device' : 'host';
+  if (opts.kvCache && opts.kvCache !== mode) {
+    await session.release();
+    throw new Error(`kvCache '${opts.kvCache}' requested, but the graph has a ${mode}-resident cache`);
+  }
+  return new OrtStage(info.spec, info.config, session, device, maxSeqLen, mode);
 }
 
-/** Builds the stage's graph and opens an ORT session for it. */
+/** Builds the stage's graph and opens an ORT session for it (the graph bytes are dropped right after). */
 export async function createOrtStage(
   model: LlamaModel,
   spec: StageSpec,
   opts: OrtStageOptions = {},
 ): Promise<OrtStage> {
   const maxSeqLen = opts.maxSeqLen ?? model.config.maxSeqLen;
-  const attention = opts.attention ?? (opts.device === 'webgpu' ? 'standard' : 'fused');
-  const graph = buildStageGraph(model, spec, { maxSeqLen, attention });
-  return createOrtStageFromGraph(graph, { config: model.config, spec, maxSeqLen }, opts);
+  const d = defaultGraphOptions(opts.device);
+  const kvCache = opts.kvCache ?? d.kvCache;
+  const attention = opts.attention ?? d.attention;
+  const graph = buildStageGraph(model, spec, { maxSeqLen, attention, kvCache });
+  return createOrtStageFromGraph(graph, { config: model.config, spec, maxSeqLen }, { ...opts, kvCache });
 }
