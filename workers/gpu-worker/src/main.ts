@@ -5,13 +5,7 @@
  * open the engine -> one-token warm-up -> heartbeat ready -> consume the model's BullMQ queue.
  * SIGTERM/SIGINT drain (./drain.ts). Exit codes: 0 drained, 1 start-up failure, 2 bad configuration.
  */
-import {
-  DECODER_NAMES,
-  type GenerationJob,
-  type JobResult,
-  QUEUE_PREFIX,
-  queueName,
-} from '@ppsd/contract';
+import { DECODER_NAMES, type GenerationJob, type JobResult, QUEUE_PREFIX, queueName } from '@ppsd/contract';
 import { type Job, Worker } from 'bullmq';
 import { Redis, type RedisOptions } from 'ioredis';
 import { CancelRegistry } from './cancel';

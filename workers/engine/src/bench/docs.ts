@@ -5,9 +5,12 @@
  */
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { defaultSkipSet } from '../decode/dv';
+import type { LlamaConfig, SkipSet } from '../model/llama';
 import { type ChartSeries, lineChartSvg } from './chart';
+import type { RunRecord } from './harness';
 import { dvSpeedup, eesdSpeedup, pipelineSpeedup } from './ideal';
-import { markdownTable, type Summary } from './report';
+import { markdownTable, type Summary, summarize } from './report';
 
 export const START = '<!-- decoder-bench:start -->';
 export const END = '<!-- decoder-bench:end -->';
@@ -30,9 +33,31 @@ interface BenchJson {
     date: string;
     wallSeconds: number;
     command: string;
-    config: { nLayers: number; dim: number };
+    config: LlamaConfig;
+    skipSetSource?: string;
   };
   summaries: Summary[];
+  records: RunRecord[];
+}
+
+/** Recomputes the summaries from the saved runs (so the arithmetic is the current code's). */
+function resummarize(r: BenchJson): void {
+  const m = r.meta;
+  const skip: SkipSet =
+    typeof m.skipSet === 'object' && m.skipSet !== null
+      ? (m.skipSet as SkipSet)
+      : defaultSkipSet(m.config.nLayers);
+  if (typeof m.skipSet !== 'object') {
+    m.skipSetSource = 'default (decode/dv.ts defaultSkipSet)';
+    m.skipSet = skip;
+  }
+  r.summaries = summarize(r.records, {
+    config: m.config,
+    stages: m.stages,
+    boundaries: m.boundaries,
+    exitLayer: m.exitLayer,
+    skipSet: skip,
+  });
 }
 
 const COLORS: Record<string, string> = {
@@ -136,7 +161,11 @@ export async function writeBenchDocs(
   notesPath?: string,
 ): Promise<void> {
   const results: BenchJson[] = [];
-  for (const f of files) results.push(JSON.parse(await readFile(f, 'utf8')) as BenchJson);
+  for (const f of files) {
+    const r = JSON.parse(await readFile(f, 'utf8')) as BenchJson;
+    resummarize(r);
+    results.push(r);
+  }
   const real = results.find((r) => r.meta.acceptanceMode === 'real');
   const controlled = results.find((r) => r.meta.acceptanceMode === 'controlled');
   const notesFile = notesPath ?? path.join(path.dirname(docsPath), 'bench/decoder-notes.md');
@@ -171,7 +200,7 @@ export async function writeBenchDocs(
       );
     }
     parts.push(
-      `Plan: k = ${m.stages} stages, layers [${m.boundaries.join(', ')}]; ${m.exitHead}; SPD: ${m.spdDrafter}; DV skip set: ${JSON.stringify(m.skipSet)}.`,
+      `Plan: k = ${m.stages} stages, layers [${m.boundaries.join(', ')}]; ${m.exitHead}; SPD: ${m.spdDrafter}; DV skip set: ${JSON.stringify(m.skipSet)}${m.skipSetSource ? ` (${m.skipSetSource})` : ''}.`,
       `${m.maxTokens} tokens per generation, ${m.prompts.length} prompts, ${m.repeats} repeats; ${m.machine.cores} cores (${m.machine.cpu ?? 'cpu'}); load average before ${m.machine.loadavgBefore.map((x) => x.toFixed(2)).join(' ')}, after ${m.machine.loadavgAfter.map((x) => x.toFixed(2)).join(' ')}; ${m.date.slice(0, 16)}Z, ${m.wallSeconds} s.`,
       '',
       '```',

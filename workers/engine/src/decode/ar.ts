@@ -1,6 +1,6 @@
 import type { Stage } from '../model/stage';
 import { forwardChain, truncateChain } from './chain';
-import type { DecodeRequest, Decoder, SpeculationStats } from './decoder';
+import { type DecodeRequest, type Decoder, type SpeculationStats, startStats } from './decoder';
 
 /**
  * Plain autoregressive decoding: prefill the prompt as one block, then one full forward per token.
@@ -12,13 +12,7 @@ export class ArDecoder implements Decoder {
 
   async *decode(request: DecodeRequest): AsyncGenerator<number[], SpeculationStats, void> {
     const { prompt, maxTokens, sampler, signal } = request;
-    const stats: SpeculationStats = {
-      decoder: 'ar',
-      draftTokensProposed: 0,
-      draftTokensAccepted: 0,
-      verifications: 0,
-      tokens: 0,
-    };
+    const stats = startStats(request, 'ar');
     truncateChain(this.stages, 0);
     let out = await forwardChain(this.stages, prompt, 1);
     while (stats.tokens < maxTokens && !signal?.aborted) {

@@ -6,7 +6,13 @@
  * drafts are made and how a block is verified (`BlockSpeculator`) and how long blocks are
  * (`DraftLengthPolicy`).
  */
-import type { DecodeRequest, Decoder, DecoderName, SpeculationStats } from './decoder';
+import {
+  type DecodeRequest,
+  type Decoder,
+  type DecoderName,
+  type SpeculationStats,
+  startStats,
+} from './decoder';
 import { row, type Sampler } from './sampling';
 import { type ControlledAcceptance, ControlledDrafts, type Draft, draftFrom, judge } from './spec-rule';
 
@@ -150,14 +156,7 @@ export class BlockDecoder implements Decoder {
   private async *run(request: DecodeRequest): AsyncGenerator<number[], SpeculationStats, void> {
     const { prompt, maxTokens, sampler, signal } = request;
     const spec = this.guarded();
-    const stats: SpeculationStats = {
-      decoder: this.name,
-      draftTokensProposed: 0,
-      draftTokensAccepted: 0,
-      draftTokensDiscarded: 0,
-      verifications: 0,
-      tokens: 0,
-    };
+    const stats = startStats(request, this.name);
     if (maxTokens <= 0 || signal?.aborted) return stats;
     if (this.closed) throw new Error(`${this.name} decoder is closed`);
     const policy = this.opts.policy();

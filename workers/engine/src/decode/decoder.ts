@@ -10,6 +10,11 @@ export interface DecodeRequest {
   sampler: Sampler;
   signal?: AbortSignal;
   /**
+   * Live stats: when given, the decoder counts into this object as it goes (it also returns it), so a
+   * caller that stops the generator early (EOS, stop sequence) still has the numbers.
+   */
+  stats?: SpeculationStats;
+  /**
    * Benchmarks on random-weight models only (results must be labelled as such): speculative decoders
    * replace each draft by the known AR token with probability alpha, by a wrong token otherwise.
    * Overrides the decoder's own setting for this generation; ignored by AR.
@@ -73,3 +78,18 @@ export interface Decoder {
 }
 
 export const DECODER_NAMES: readonly DecoderName[] = ['ar', 'eesd', 'dv', 'ppsd', 'spd'];
+
+/** The stats object a decoder counts into: the request's own (zeroed) or a fresh one. */
+export function startStats(request: DecodeRequest, decoder: DecoderName): SpeculationStats {
+  const stats = request.stats ?? ({} as SpeculationStats);
+  Object.assign(stats, {
+    decoder,
+    draftTokensProposed: 0,
+    draftTokensAccepted: 0,
+    draftTokensDiscarded: 0,
+    verifications: 0,
+    tokens: 0,
+    stages: undefined,
+  });
+  return stats;
+}

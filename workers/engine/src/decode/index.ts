@@ -18,7 +18,7 @@ import {
   type DraftLengthPolicy,
   FixedDraftLength,
 } from './block';
-import type { Decoder, DecoderName } from './decoder';
+import { DECODER_NAMES, type Decoder, type DecoderName } from './decoder';
 import { DvSpeculator, defaultSkipSet } from './dv';
 import { EesdSpeculator } from './eesd';
 import { stageBoundaries } from './pipeline';
@@ -55,8 +55,6 @@ export interface DecoderContext {
   /** Where EP fallbacks are reported. */
   log?: (msg: string) => void;
 }
-
-export const DECODER_NAMES: readonly DecoderName[] = ['ar', 'eesd', 'dv', 'ppsd', 'spd'];
 
 export async function createDecoder(name: DecoderName, ctx: DecoderContext): Promise<Decoder> {
   const { model } = ctx;

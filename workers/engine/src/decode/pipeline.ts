@@ -25,7 +25,13 @@ import { performance } from 'node:perf_hooks';
 import type { LlamaConfig, LlamaModel } from '../model/llama';
 import type { StageSpec } from '../model/stage';
 import { parseDevice } from '../runtime';
-import type { DecodeRequest, Decoder, DecoderName, SpeculationStats } from './decoder';
+import {
+  type DecodeRequest,
+  type Decoder,
+  type DecoderName,
+  type SpeculationStats,
+  startStats,
+} from './decoder';
 import type { Sampler } from './sampling';
 import { type ControlledAcceptance, ControlledDrafts, type Draft, judge } from './spec-rule';
 import type { OutReply } from './stage-protocol';
@@ -124,14 +130,7 @@ export class PipelineDecoder implements Decoder {
     const k = stages.length;
     const P = prompt.length;
     if (P < 1) throw new Error('the prompt must hold at least one token (BOS)');
-    const stats: SpeculationStats = {
-      decoder: this.name,
-      draftTokensProposed: 0,
-      draftTokensAccepted: 0,
-      draftTokensDiscarded: 0,
-      verifications: 0,
-      tokens: 0,
-    };
+    const stats = startStats(request, this.name);
     const busy = new Float64Array(k);
     const started = performance.now();
     const finish = () => {
@@ -140,109 +139,113 @@ export class PipelineDecoder implements Decoder {
       return stats;
     };
     if (maxTokens <= 0) return finish();
-    /** The last position ever fed: the final token is emitted but never needs a forward. */
-    const lastFed = P + maxTokens - 2;
-    const controlledSetting = request.controlledAcceptance ?? this.opts.controlledAcceptance;
-    const controlled = controlledSetting
-      ? new ControlledDrafts(controlledSetting, P, this.opts.config.vocabSize)
-      : undefined;
-    drafter.reset();
+    try {
+      /** The last position ever fed: the final token is emitted but never needs a forward. */
+      const lastFed = P + maxTokens - 2;
+      const controlledSetting = request.controlledAcceptance ?? this.opts.controlledAcceptance;
+      const controlled = controlledSetting
+        ? new ControlledDrafts(controlledSetting, P, this.opts.config.vocabSize)
+        : undefined;
+      drafter.reset();
 
-    // ---- prefill: prompt[0, P-1) as one block, stage after stage; every cache starts from 0.
-    const truncateAt: (number | undefined)[] = new Array(k).fill(0);
-    if (P > 1) {
-      let hidden: Float32Array | undefined;
-      for (let s = 0; s < k; s++) {
-        if (this.closing) return finish();
-        const out = await stages[s].run({
-          truncate: 0,
-          position: 0,
-          tokens: s === 0 ? prompt.subarray(0, P - 1).slice() : undefined,
-          hidden,
-          logitRows: 1,
-        });
-        busy[s] += out.busyMs;
-        drafter.observe?.(s, 0, out);
-        hidden = out.hidden;
-        truncateAt[s] = undefined;
-      }
-    }
-
-    // ---- the pipeline: slots[s] is the token stage s runs this tick.
-    let slots: (InFlight | null)[] = new Array(k).fill(null);
-    slots[0] = { pos: P - 1, token: prompt[P - 1] };
-    const runs: (Promise<OutReply> | null)[] = new Array(k).fill(null);
-    while (stats.tokens < maxTokens && !signal?.aborted && !this.closing) {
-      for (let s = 0; s < k; s++) {
-        const e = slots[s];
-        if (!e) {
-          runs[s] = null;
-          continue;
+      // ---- prefill: prompt[0, P-1) as one block, stage after stage; every cache starts from 0.
+      const truncateAt: (number | undefined)[] = new Array(k).fill(0);
+      if (P > 1) {
+        let hidden: Float32Array | undefined;
+        for (let s = 0; s < k; s++) {
+          if (this.closing) return finish();
+          const out = await stages[s].run({
+            truncate: 0,
+            position: 0,
+            tokens: s === 0 ? prompt.subarray(0, P - 1).slice() : undefined,
+            hidden,
+            logitRows: 1,
+          });
+          busy[s] += out.busyMs;
+          drafter.observe?.(s, 0, out);
+          hidden = out.hidden;
+          truncateAt[s] = undefined;
         }
-        runs[s] = stages[s].run({
-          truncate: truncateAt[s],
-          position: e.pos,
-          tokens: s === 0 ? Int32Array.of(e.token) : undefined,
-          hidden: e.hidden,
-          logitRows: 1,
-        });
-        truncateAt[s] = undefined;
-        e.hidden = undefined; // transferred to the Worker
-      }
-      const drafting = slots[0] ? drafter.beginTick?.(slots[0]) : undefined;
-      const [outs] = await Promise.all([Promise.all(runs), drafting]);
-      for (let s = 0; s < k; s++) {
-        const out = outs[s];
-        if (!out) continue;
-        busy[s] += out.busyMs;
-        drafter.observe?.(s, slots[s]!.pos, out);
       }
 
-      const next: (InFlight | null)[] = new Array(k).fill(null);
-      let emitted: number | undefined;
-      let restart: InFlight | undefined; // a verified token that (re)starts the pipeline at stage 1
-      const leaving = slots[k - 1];
-      const follower = slots[k - 2];
-      if (leaving) {
-        const logits = outs[k - 1]!.logits!;
-        if (follower?.draft) {
-          const verdict = judge(sampler, logits, follower.draft);
-          stats.draftTokensProposed++;
-          emitted = verdict.token;
-          if (verdict.accepted) {
-            stats.draftTokensAccepted++;
-            follower.draft = undefined;
-          } else {
-            // Flush: every token newer than `leaving` is wrong; forget their cache entries everywhere.
-            stats.verifications++;
-            for (let s = 0; s < k - 2; s++) if (slots[s]) stats.draftTokensDiscarded! += 1;
-            for (let s = 0; s < k - 1; s++) truncateAt[s] = leaving.pos + 1;
-            slots = new Array(k).fill(null);
-            restart = { pos: leaving.pos + 1, token: verdict.token };
+      // ---- the pipeline: slots[s] is the token stage s runs this tick.
+      let slots: (InFlight | null)[] = new Array(k).fill(null);
+      slots[0] = { pos: P - 1, token: prompt[P - 1] };
+      const runs: (Promise<OutReply> | null)[] = new Array(k).fill(null);
+      while (stats.tokens < maxTokens && !signal?.aborted && !this.closing) {
+        for (let s = 0; s < k; s++) {
+          const e = slots[s];
+          if (!e) {
+            runs[s] = null;
+            continue;
           }
-        } else {
-          // Nothing was drafted behind it (the position cap): the model's own token.
-          emitted = sampler.pick(logits);
-          stats.verifications++;
-          if (!follower) restart = { pos: leaving.pos + 1, token: emitted };
+          runs[s] = stages[s].run({
+            truncate: truncateAt[s],
+            position: e.pos,
+            tokens: s === 0 ? Int32Array.of(e.token) : undefined,
+            hidden: e.hidden,
+            logitRows: 1,
+          });
+          truncateAt[s] = undefined;
+          e.hidden = undefined; // transferred to the Worker
+        }
+        const drafting = slots[0] ? drafter.beginTick?.(slots[0]) : undefined;
+        const [outs] = await Promise.all([Promise.all(runs), drafting]);
+        for (let s = 0; s < k; s++) {
+          const out = outs[s];
+          if (!out) continue;
+          busy[s] += out.busyMs;
+          drafter.observe?.(s, slots[s]!.pos, out);
+        }
+
+        const next: (InFlight | null)[] = new Array(k).fill(null);
+        let emitted: number | undefined;
+        let restart: InFlight | undefined; // a verified token that (re)starts the pipeline at stage 1
+        const leaving = slots[k - 1];
+        const follower = slots[k - 2];
+        if (leaving) {
+          const logits = outs[k - 1]!.logits!;
+          if (follower?.draft) {
+            const verdict = judge(sampler, logits, follower.draft);
+            stats.draftTokensProposed++;
+            emitted = verdict.token;
+            if (verdict.accepted) {
+              stats.draftTokensAccepted++;
+              follower.draft = undefined;
+            } else {
+              // Flush: every token newer than `leaving` is wrong; forget their cache entries everywhere.
+              stats.verifications++;
+              for (let s = 0; s < k - 2; s++) if (slots[s]) stats.draftTokensDiscarded! += 1;
+              for (let s = 0; s < k - 1; s++) truncateAt[s] = leaving.pos + 1;
+              slots = new Array(k).fill(null);
+              restart = { pos: leaving.pos + 1, token: verdict.token };
+            }
+          } else {
+            // Nothing was drafted behind it (the position cap): the model's own token.
+            emitted = sampler.pick(logits);
+            stats.verifications++;
+            if (!follower) restart = { pos: leaving.pos + 1, token: emitted };
+          }
+        }
+        for (let s = k - 1; s >= 1; s--) {
+          const e = slots[s - 1];
+          if (e) next[s] = { ...e, hidden: outs[s - 1]!.hidden };
+        }
+        const newest = slots[0];
+        if (newest && newest.pos + 1 <= lastFed) {
+          let draft = drafter.draft(outs[0]!, sampler);
+          if (controlled) draft = controlled.apply(newest.pos + 1, draft);
+          next[0] = { pos: newest.pos + 1, token: draft.token, draft };
+        }
+        if (restart && restart.pos <= lastFed) next[0] = restart;
+        slots = next;
+        if (emitted !== undefined) {
+          stats.tokens++;
+          yield [emitted];
         }
       }
-      for (let s = k - 1; s >= 1; s--) {
-        const e = slots[s - 1];
-        if (e) next[s] = { ...e, hidden: outs[s - 1]!.hidden };
-      }
-      const newest = slots[0];
-      if (newest && newest.pos + 1 <= lastFed) {
-        let draft = drafter.draft(outs[0]!, sampler);
-        if (controlled) draft = controlled.apply(newest.pos + 1, draft);
-        next[0] = { pos: newest.pos + 1, token: draft.token, draft };
-      }
-      if (restart && restart.pos <= lastFed) next[0] = restart;
-      slots = next;
-      if (emitted !== undefined) {
-        stats.tokens++;
-        yield [emitted];
-      }
+    } finally {
+      finish(); // also when the consumer stops early: stage times are part of the stats
     }
     return finish();
   }

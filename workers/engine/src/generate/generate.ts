@@ -1,4 +1,4 @@
-import type { Decoder, SpeculationStats } from '../decode/decoder';
+import { type Decoder, type SpeculationStats, startStats } from '../decode/decoder';
 import { Sampler } from '../decode/sampling';
 import type { Tokenizer } from '../tokenizer';
 import { StopText } from './stop-text';
@@ -59,15 +59,13 @@ export async function runGeneration(
   let finishReason: FinishReason = 'length';
   let firstTokenMs = 0;
 
-  const steps = decoder.decode({ prompt, maxTokens: params.maxTokens, sampler, signal: params.signal });
-  let stats: SpeculationStats | undefined;
+  const request = { prompt, maxTokens: params.maxTokens, sampler, signal: params.signal };
+  const stats: SpeculationStats = startStats(request, decoder.name);
+  const steps = decoder.decode({ ...request, stats });
   try {
     while (true) {
       const step = await steps.next();
-      if (step.done) {
-        stats = step.value;
-        break;
-      }
+      if (step.done) break;
       if (tokens.length === 0) firstTokenMs = performance.now() - started;
       const ids: number[] = [];
       let delta = '';
@@ -95,7 +93,7 @@ export async function runGeneration(
       if (params.signal?.aborted) break;
     }
   } finally {
-    if (!stats) stats = (await steps.return(undefined as never)).value as SpeculationStats | undefined;
+    await steps.return(stats); // tells the decoder to stop and leave its stages reusable
   }
   if (params.signal?.aborted && finishReason === 'length' && tokens.length < params.maxTokens) {
     finishReason = 'cancelled';
@@ -117,15 +115,7 @@ export async function runGeneration(
     promptTokens: prompt.length,
     completionTokens: tokens.length,
     finishReason,
-    stats: stats ?? emptyStats(decoder),
+    stats,
     timings: { firstTokenMs, totalMs, tokensPerSecond: tokens.length / (totalMs / 1000) },
   };
 }
-
-const emptyStats = (decoder: Decoder): SpeculationStats => ({
-  decoder: decoder.name,
-  draftTokensProposed: 0,
-  draftTokensAccepted: 0,
-  verifications: 0,
-  tokens: 0,
-});

@@ -330,8 +330,11 @@ export function buildStageGraph(
     x = r.x;
     if (device) {
       // skipped attention: the present still grows by T (zero) rows, so every layer keeps P + T rows
-      const pk = r.present?.k ?? g.concat([pastK[j], g.expand(g.f32(0), g.concat([g.i64([kvH, hd]), T()], 0))], 2);
-      const pv = r.present?.v ?? g.concat([pastV[j], g.expand(g.f32(0), g.concat([g.i64([kvH]), T(), g.i64([hd])], 0))], 1);
+      const pk =
+        r.present?.k ?? g.concat([pastK[j], g.expand(g.f32(0), g.concat([g.i64([kvH, hd]), T()], 0))], 2);
+      const pv =
+        r.present?.v ??
+        g.concat([pastV[j], g.expand(g.f32(0), g.concat([g.i64([kvH]), T(), g.i64([hd])], 0))], 1);
       g.output(layerIO(IO.presentK, j), pk, 'float32', [kvH, hd, 'S']);
       g.output(layerIO(IO.presentV, j), pv, 'float32', [kvH, 'S', hd]);
     } else if (r.k && r.v) {

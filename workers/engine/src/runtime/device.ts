@@ -95,7 +95,10 @@ export async function createSession(
 ): Promise<{ session: InferenceSession; device: Device }> {
   const device = cfg.device ?? 'cpu';
   try {
-    return { session: await InferenceSession.create(model, sessionOptions(device, cfg.threads, cfg)), device };
+    return {
+      session: await InferenceSession.create(model, sessionOptions(device, cfg.threads, cfg)),
+      device,
+    };
   } catch (err) {
     if (device === 'cpu') throw new Error(explainEpFailure(device, err));
     const why = explainEpFailure(device, err);

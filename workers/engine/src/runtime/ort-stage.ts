@@ -16,7 +16,13 @@
  * Works the same on the main thread and inside a worker_threads Worker.
  */
 import { type InferenceSession, Tensor } from 'onnxruntime-node';
-import { buildStageGraph, IO, layerIO, type StageGraphOptions, validateStageSpec } from '../graph/llama-graph';
+import {
+  buildStageGraph,
+  IO,
+  layerIO,
+  type StageGraphOptions,
+  validateStageSpec,
+} from '../graph/llama-graph';
 import { headDim, type LlamaConfig, type LlamaModel } from '../model/llama';
 import type { Stage, StageInput, StageOutput, StageSpec } from '../model/stage';
 import { createSession, type Device, type SessionConfig } from './device';
@@ -45,7 +51,9 @@ export interface StageGraphInfo {
 }
 
 /** The graph options a device gets by default: WebGPU has no FusedMatMul and keeps the cache on device. */
-export function defaultGraphOptions(device: Device | undefined): Required<Omit<StageGraphOptions, 'maxSeqLen'>> {
+export function defaultGraphOptions(
+  device: Device | undefined,
+): Required<Omit<StageGraphOptions, 'maxSeqLen'>> {
   return device === 'webgpu'
     ? { attention: 'standard', kvCache: 'device' }
     : { attention: 'fused', kvCache: 'host' };
@@ -62,8 +70,14 @@ class DeviceKv {
     readonly hd: number,
   ) {
     // one zero row to start with (past_len 0 drops it in the graph): no zero-sized tensors anywhere
-    this.k = Array.from({ length: nLayers }, () => new Tensor('float32', new Float32Array(kvH * hd), [kvH, hd, 1]));
-    this.v = Array.from({ length: nLayers }, () => new Tensor('float32', new Float32Array(kvH * hd), [kvH, 1, hd]));
+    this.k = Array.from(
+      { length: nLayers },
+      () => new Tensor('float32', new Float32Array(kvH * hd), [kvH, hd, 1]),
+    );
+    this.v = Array.from(
+      { length: nLayers },
+      () => new Tensor('float32', new Float32Array(kvH * hd), [kvH, 1, hd]),
+    );
   }
   get length(): number {
     return this.len;

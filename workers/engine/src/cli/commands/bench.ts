@@ -13,7 +13,7 @@ import { type BenchDecoder, runHarness } from '../../bench/harness';
 import { markdownTable, summarize } from '../../bench/report';
 import { resolveSetup } from '../../bench/setup';
 import type { Decoder, DecoderName } from '../../decode/decoder';
-import { createDecoder, DECODER_NAMES } from '../../decode/index';
+import { createDecoder, DECODER_NAMES, defaultSkipSet } from '../../decode/index';
 import { loadPackage } from '../../package';
 import { numberFlag, parseCommandArgs, UsageError } from '../args';
 
@@ -99,6 +99,7 @@ export async function run(argv: string[]): Promise<void> {
     k,
     values['exit-layer'] ? numberFlag(values['exit-layer'], 'exit-layer') : undefined,
   );
+  const skipSet = setup.skipSet ?? defaultSkipSet(N);
   const encoded = prompts.map((p) => Int32Array.from([tokenizer.bosId, ...tokenizer.encode(p)]));
   const longest = Math.max(...encoded.map((p) => p.length));
   const maxSeqLen = numberFlag(
@@ -112,7 +113,7 @@ export async function run(argv: string[]): Promise<void> {
     log('note: controlled acceptance on a model with real weights; results are labelled controlled');
   }
   log(
-    `plan: k=${k}, stages [${setup.boundaries.join(', ')}], ${setup.exitHeadInfo}; SPD: ${setup.spdDrafterInfo}; DV skip set ${setup.skipSet ? JSON.stringify(setup.skipSet) : 'default'}`,
+    `plan: k=${k}, stages [${setup.boundaries.join(', ')}], ${setup.exitHeadInfo}; SPD: ${setup.spdDrafterInfo}; DV skip set ${JSON.stringify(skipSet)}${setup.skipSet ? ' (tuned)' : ' (default)'}`,
   );
 
   const decoders: BenchDecoder[] = [];
@@ -125,7 +126,7 @@ export async function run(argv: string[]): Promise<void> {
         stages: k,
         exitLayer: setup.exitLayer,
         exitHead: setup.exitHead,
-        skipSet: setup.skipSet,
+        skipSet,
         spdDrafter: setup.spdDrafter,
         threadsPerStage: extra.threadsPerStage ?? 1,
         maxSeqLen,
@@ -147,7 +148,7 @@ export async function run(argv: string[]): Promise<void> {
       stages: k,
       boundaries: setup.boundaries,
       exitLayer: setup.exitLayer,
-      skipSet: setup.skipSet,
+      skipSet,
     });
     const table = markdownTable(summaries, { controlled: alphas.length > 0 });
     const meta = {
@@ -161,7 +162,8 @@ export async function run(argv: string[]): Promise<void> {
       exitLayer: setup.exitLayer,
       exitHead: setup.exitHeadInfo,
       spdDrafter: setup.spdDrafterInfo,
-      skipSet: setup.skipSet ?? 'default (decode/dv.ts defaultSkipSet)',
+      skipSet,
+      skipSetSource: setup.skipSet ? 'tuned (ppsd tune-skip)' : 'default (decode/dv.ts defaultSkipSet)',
       prompts,
       promptTokens: encoded.map((p) => p.length),
       maxTokens,
