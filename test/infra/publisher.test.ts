@@ -11,7 +11,7 @@ import {
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type RedisServer, startRedisServer } from './redis-server';
+import { type RedisServer, startRedis } from '../helpers/redis-server';
 
 interface Group {
   desired: number;
@@ -75,7 +75,7 @@ describe('backlog publisher against a real Redis and BullMQ queue', () => {
   const queueName = queueNameForModel('stories260K');
 
   beforeAll(async () => {
-    server = await startRedisServer();
+    server = await startRedis();
     redis = new Redis(server.url, { maxRetriesPerRequest: 1 });
     queue = new Queue(queueName, { connection: redis, prefix: QUEUE_PREFIX });
     // 3 waiting, 1 prioritized, 1 delayed that is due, 1 delayed in the future.

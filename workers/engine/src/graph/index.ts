@@ -1,4 +1,4 @@
-export { buildStageGraph, IO, layerIO, type StageGraphOptions, validateStageSpec } from './llama-graph';
-export { FloatAttr, GraphBuilder, type Tensor } from './onnx';
+export { buildStageGraph, buildStageModel, IO, layerIO, type StageGraphOptions, validateStageSpec } from './llama-graph';
+export { type ExternalModel, FloatAttr, GraphBuilder, type Tensor } from './onnx';
 export { Message } from './protobuf';
 export { ropeTables } from './rope';

@@ -31,7 +31,7 @@
  */
 import { type ExitHead, headDim, type LayerWeights, type LlamaModel } from '../model/llama';
 import type { StageSpec } from '../model/stage';
-import { GraphBuilder, INT64_MAX, type Tensor } from './onnx';
+import { type ExternalModel, GraphBuilder, INT64_MAX, type Tensor } from './onnx';
 import { ropeTables } from './rope';
 
 export interface StageGraphOptions {
@@ -244,6 +244,24 @@ export function buildStageGraph(
   spec: StageSpec,
   opts: StageGraphOptions = {},
 ): Uint8Array {
+  return stageGraph(model, spec, opts).toBytes();
+}
+
+/**
+ * The same model with its weights as external data that points at the model's own arrays (no copy):
+ * pass `externalData` as the session option of that name. The session then reads the weights from the
+ * JS arrays, so neither a serialized copy of the weights nor (without prepacking) ORT's own copy exists.
+ * The arrays must stay alive and unchanged while the session lives.
+ */
+export function buildStageModel(
+  model: LlamaModel,
+  spec: StageSpec,
+  opts: StageGraphOptions = {},
+): ExternalModel {
+  return stageGraph(model, spec, opts).toExternal();
+}
+
+function stageGraph(model: LlamaModel, spec: StageSpec, opts: StageGraphOptions): GraphBuilder {
   const c = model.config;
   validateStageSpec(spec, c.nLayers);
   if (new Uint8Array(Uint16Array.of(1).buffer)[0] !== 1)
@@ -355,5 +373,5 @@ export function buildStageGraph(
     g.output(IO.newK, g.concat(newK, 1), 'float32', ['T', L, kvH, hd]);
     g.output(IO.newV, g.concat(newV, 1), 'float32', ['T', L, kvH, hd]);
   }
-  return g.toBytes();
+  return g;
 }

@@ -65,6 +65,13 @@ function bytesOf(a: ArrayBufferView): Uint8Array {
   return new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
 }
 
+/** A model whose large initializers live outside its bytes (see GraphBuilder.toExternal). */
+export interface ExternalModel {
+  bytes: Uint8Array;
+  /** InferenceSession option `externalData`: initializer bytes by the location the graph names. */
+  externalData: { path: string; data: Uint8Array }[];
+}
+
 export class GraphBuilder {
   private readonly nodes: NodeDef[] = [];
   private readonly inputs: ValueDef[] = [];
@@ -222,6 +229,22 @@ export class GraphBuilder {
 
   /** Serializes ModelProto into one exactly-sized Uint8Array (weights copied once). */
   toBytes(producer = 'ppsd'): Uint8Array {
+    return this.serialize(producer, Number.POSITIVE_INFINITY).bytes;
+  }
+
+  /**
+   * Serializes the graph with every float initializer of at least `minBytes` bytes as ONNX external data
+   * (one in-memory "file" per initializer, named `<initializer>.bin`): `bytes` holds only the graph, and
+   * `externalData` the entries to pass as the session option of that name. Each entry's `data` is a view of
+   * the weight array itself (no copy), so the model bytes stay small and ORT reads the weights straight
+   * from the arrays the engine already holds.
+   */
+  toExternal(minBytes = 1024, producer = 'ppsd'): ExternalModel {
+    return this.serialize(producer, minBytes);
+  }
+
+  private serialize(producer: string, minExternalBytes: number): ExternalModel {
+    const externalData: ExternalModel['externalData'] = [];
     const graph = new Message();
     // GraphProto: node=1 name=2 initializer=5 input=11 output=12
     for (const n of this.nodes) {
@@ -239,7 +262,20 @@ export class GraphBuilder {
       // TensorProto: dims=1 data_type=2 name=8 raw_data=9
       const tp = new Message();
       for (const d of t.dims) tp.varint(1, d);
-      tp.varint(2, DATA_TYPE[t.type]).string(8, t.name).bytes(9, bytesOf(t.data));
+      tp.varint(2, DATA_TYPE[t.type]).string(8, t.name);
+      const data = bytesOf(t.data);
+      if (t.type === 'float32' && data.byteLength >= minExternalBytes) {
+        // external_data=13 {key=1, value=2}, data_location=14 (EXTERNAL = 1)
+        const path = `${t.name}.bin`;
+        const kv = (k: string, v: string) => new Message().string(1, k).string(2, v);
+        tp.message(13, kv('location', path))
+          .message(13, kv('offset', '0'))
+          .message(13, kv('length', String(data.byteLength)))
+          .varint(14, 1);
+        externalData.push({ path, data });
+      } else {
+        tp.bytes(9, data);
+      }
       graph.message(5, tp);
     }
     for (const v of this.inputs) graph.message(11, valueInfoProto(v));
@@ -251,6 +287,6 @@ export class GraphBuilder {
       .message(7, graph)
       .message(8, new Message().string(1, '').varint(2, OPSET));
     for (const d of this.domains) model.message(8, new Message().string(1, d).varint(2, 1));
-    return model.encode();
+    return { bytes: model.encode(), externalData };
   }
 }
