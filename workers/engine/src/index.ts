@@ -16,6 +16,7 @@ export {
   type LoadedPackage,
   loadPackage,
   type PackageManifest,
+  parseManifest,
   readManifest,
   verifyPackage,
 } from './package';

@@ -14,6 +14,7 @@ import { dirname, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
+import { type PackageManifest, parseManifest } from '@ppsd/engine';
 import { objectKey } from './s3';
 
 export const MANIFEST_FILE = 'manifest.json';
@@ -49,32 +50,17 @@ export class PackageVerificationError extends Error {
 }
 
 /**
- * The files a manifest names with their size and sha256. Accepts `files` as an array of
- * `{path, size|bytes, sha256}` or as an object `{path: {size|bytes, sha256}}`.
+ * The files a manifest names with their size and sha256, after the engine's own manifest validation
+ * (`parseManifest`: the one definition of a package), so the pull refuses what the loader would refuse.
  */
 export function manifestFiles(manifest: unknown): ManifestFile[] {
-  const files = (manifest as { files?: unknown })?.files;
-  const entries: [string, unknown][] = Array.isArray(files)
-    ? files.map((f) => [
-        String((f as { path?: unknown; name?: unknown }).path ?? (f as { name?: unknown }).name),
-        f,
-      ])
-    : files && typeof files === 'object'
-      ? Object.entries(files)
-      : [];
-  if (!entries.length) throw new PackageVerificationError('manifest.json lists no files', MANIFEST_FILE);
-  return entries.map(([path, f]) => {
-    const e = f as { size?: unknown; bytes?: unknown; sha256?: unknown };
-    const size = Number(e.size ?? e.bytes);
-    const sha256 = String(e.sha256 ?? '');
-    if (!path || path.includes('..') || path.startsWith('/') || path === MANIFEST_FILE) {
-      throw new PackageVerificationError(`manifest.json names an invalid file path '${path}'`, MANIFEST_FILE);
-    }
-    if (!Number.isInteger(size) || size < 0 || !/^[0-9a-f]{64}$/.test(sha256)) {
-      throw new PackageVerificationError(`manifest.json entry for '${path}' lacks a size or sha256`, path);
-    }
-    return { path, size, sha256 };
-  });
+  let parsed: PackageManifest;
+  try {
+    parsed = parseManifest(manifest, 'manifest.json');
+  } catch (err) {
+    throw new PackageVerificationError((err as Error).message, MANIFEST_FILE);
+  }
+  return Object.entries(parsed.files).map(([path, f]) => ({ path, size: f.bytes, sha256: f.sha256 }));
 }
 
 export interface PullOptions {

@@ -10,6 +10,7 @@ export {
   PackageError,
   type PackageFileRef,
   type PackageManifest,
+  parseManifest,
   WEIGHTS_FILE,
 } from './manifest';
 export { type PackageExtras, writePackage } from './write';
