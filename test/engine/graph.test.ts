@@ -3,8 +3,10 @@ import { InferenceSession, Tensor } from 'onnxruntime-node';
 import { describe, expect, it } from 'vitest';
 import {
   buildStageGraph,
+  buildStageModel,
   GraphBuilder,
   IO,
+  layerIO,
   Message,
   ropeTables,
   validateStageSpec,
@@ -96,30 +98,71 @@ describe('stage graph', () => {
   });
 
   it('has the documented inputs and outputs for first, middle, last and exit stages', async () => {
-    const io = async (spec: Parameters<typeof buildStageGraph>[1]) => {
-      const s = await InferenceSession.create(buildStageGraph(untied, spec));
+    const io = async (spec: Parameters<typeof buildStageGraph>[1], kvCache?: 'host' | 'device') => {
+      const s = await InferenceSession.create(buildStageGraph(untied, spec, { kvCache }));
       const names = { inputs: [...s.inputNames].sort(), outputs: [...s.outputNames].sort() };
       await s.release();
       return names;
     };
+    // one past input per layer of the stage, named by the stage-local index
+    const past = (L: number) =>
+      Array.from({ length: L }, (_, j) => [layerIO(IO.pastK, j), layerIO(IO.pastV, j)]).flat();
+    const present = (L: number) =>
+      Array.from({ length: L }, (_, j) => [layerIO(IO.presentK, j), layerIO(IO.presentV, j)]).flat();
     expect(await io({ firstLayer: 0, endLayer: 1 })).toEqual({
-      inputs: [IO.pastK, IO.pastV, IO.positions, IO.tokens].sort(),
+      inputs: [...past(1), IO.positions, IO.tokens].sort(),
       outputs: [IO.hidden, IO.newK, IO.newV].sort(),
     });
     expect(await io({ firstLayer: 1, endLayer: 2 })).toEqual({
-      inputs: [IO.hiddenIn, IO.pastK, IO.pastV, IO.positions].sort(),
+      inputs: [IO.hiddenIn, ...past(1), IO.positions].sort(),
       outputs: [IO.hidden, IO.newK, IO.newV].sort(),
     });
-    expect(await io({ firstLayer: 2, endLayer: 3 })).toEqual({
-      inputs: [IO.hiddenIn, IO.logitRows, IO.pastK, IO.pastV, IO.positions].sort(),
+    expect(await io({ firstLayer: 1, endLayer: 3 })).toEqual({
+      inputs: [IO.hiddenIn, IO.logitRows, ...past(2), IO.positions].sort(),
       outputs: [IO.logits, IO.newK, IO.newV].sort(),
     });
     expect(
       await io({ firstLayer: 0, endLayer: 2, exit: { afterLayer: 2 }, skip: { attention: [0, 1], mlp: [] } }),
     ).toEqual({
-      inputs: [IO.logitRows, IO.pastK, IO.pastV, IO.positions, IO.tokens].sort(),
+      inputs: [IO.logitRows, ...past(2), IO.positions, IO.tokens].sort(),
       outputs: [IO.exitHidden, IO.exitLogits, IO.hidden, IO.newK, IO.newV].sort(),
     });
+    // device-resident cache: past_len and per-layer past in, per-layer present out
+    expect(await io({ firstLayer: 1, endLayer: 3 }, 'device')).toEqual({
+      inputs: [IO.hiddenIn, IO.logitRows, ...past(2), IO.pastLen, IO.positions].sort(),
+      outputs: [IO.logits, ...present(2)].sort(),
+    });
+  });
+
+  it('external weights: the graph bytes hold no weights, and the session matches the inline model', async () => {
+    const spec = { firstLayer: 0, endLayer: 3 };
+    const inline = buildStageGraph(untied, spec);
+    const ext = buildStageModel(untied, spec);
+    const external = ext.externalData.reduce((n, d) => n + d.data.byteLength, 0);
+    expect(external).toBeGreaterThan(0.5 * inline.length); // every weight of 1 KiB or more moved out
+    expect(Math.abs(ext.bytes.length + external - inline.length)).toBeLessThan(16_000);
+    // the external entries are views of the model's own arrays (no copy)
+    const wq = untied.weights.layers[0].wq;
+    const e = ext.externalData.find((d) => d.path === 'l0.wq.bin')!;
+    expect(e.data.buffer).toBe(wq.buffer);
+    expect(e.data.byteLength).toBe(wq.byteLength);
+    const feeds = {
+      tokens: new Tensor('int64', BigInt64Array.of(3n, 7n), [2]),
+      positions: new Tensor('int64', BigInt64Array.of(0n, 1n), [2]),
+      logit_rows: new Tensor('int64', BigInt64Array.of(2n), [1]),
+      ...Object.fromEntries(
+        Array.from({ length: 3 }, (_, j) => [IO.pastK, IO.pastV].map((n) => layerIO(n, j)))
+          .flat()
+          .map((n) => [n, new Tensor('float32', new Float32Array(8), [1, 2, 4])]),
+      ),
+    };
+    const a = await InferenceSession.create(inline);
+    const b = await InferenceSession.create(ext.bytes, { externalData: ext.externalData });
+    const ra = await a.run(feeds);
+    const rb = await b.run(feeds);
+    expect(Array.from(rb.logits.data as Float32Array)).toEqual(Array.from(ra.logits.data as Float32Array));
+    await a.release();
+    await b.release();
   });
 
   it('rejects invalid stage specs', () => {

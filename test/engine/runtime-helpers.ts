@@ -47,6 +47,7 @@ export class StagePool {
     private readonly model: LlamaModel,
     private readonly maxSeqLen = 32,
     private readonly attention: 'fused' | 'standard' = 'fused',
+    private readonly kvCache: 'host' | 'device' = 'host',
   ) {}
 
   get(spec: StageSpec): Promise<Stage> {
@@ -62,6 +63,7 @@ export class StagePool {
         threads: 1,
         maxSeqLen: this.maxSeqLen,
         attention: this.attention,
+        kvCache: this.kvCache,
       });
       this.stages.set(key, s);
     }

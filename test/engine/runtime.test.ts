@@ -55,10 +55,13 @@ function makeAffine(dim: number, seed: number): ExitHead['affine'] {
 // Stages are memoized per model and attention formulation (and reset with truncate(0) before use).
 const pools = new Map<string, StagePool>();
 const modelIds = new Map<LlamaModel, number>();
-function poolFor(model: LlamaModel, attention: 'fused' | 'standard'): StagePool {
+type Variant = 'fused' | 'standard' | 'device';
+function poolFor(model: LlamaModel, variant: Variant): StagePool {
   if (!modelIds.has(model)) modelIds.set(model, modelIds.size);
-  const key = `${modelIds.get(model)}:${attention}`;
-  if (!pools.has(key)) pools.set(key, new StagePool(model, 32, attention));
+  const key = `${modelIds.get(model)}:${variant}`;
+  const attention = variant === 'fused' ? 'fused' : 'standard';
+  if (!pools.has(key))
+    pools.set(key, new StagePool(model, 32, attention, variant === 'device' ? 'device' : 'host'));
   return pools.get(key)!;
 }
 afterAll(async () => {
@@ -71,7 +74,7 @@ afterAll(async () => {
  */
 async function checkAllSplits(
   model: LlamaModel,
-  opts: { exit?: ExitHead; skip?: SkipSet; prefill: number; steps: number; attention?: 'fused' | 'standard' },
+  opts: { exit?: ExitHead; skip?: SkipSet; prefill: number; steps: number; attention?: Variant },
 ) {
   const c = model.config;
   const pool = poolFor(model, opts.attention ?? 'fused');
@@ -111,7 +114,8 @@ async function checkAllSplits(
 
 describe('ORT stages match the float64 reference', () => {
   for (const [name, model] of Object.entries(MODELS)) {
-    for (const attention of ['fused', 'standard'] as const) {
+    // 'device': the device-resident cache graph (WebGPU's), run here on the CPU EP
+    for (const attention of ['fused', 'standard', 'device'] as const) {
       it(`${name} (${attention} attention): every stage split, prefill block then single-token steps`, async () => {
         const { checked } = await checkAllSplits(model, { prefill: 5, steps: 3, attention });
         expect(checked).toBe(8 * 2 ** (model.config.nLayers - 1));
@@ -180,6 +184,7 @@ describe('ORT stages match the float64 reference', () => {
         steps: 1,
         attention: 'standard',
       });
+      await checkAllSplits(model, { skip, exit: { afterLayer: 1 }, prefill: 2, steps: 2, attention: 'device' });
     });
   }
 });
@@ -216,6 +221,29 @@ describe('KV cache', () => {
     }
     expect(() => stages[0].truncate(8)).toThrow(/truncate/);
     for (const s of [...stages, ...fresh]) await s.release();
+  });
+
+  it('device-resident cache (CPU EP): truncate then re-forward, overflow, no host cache', async () => {
+    const a = randomTokens(9, c.vocabSize, 11);
+    const b = randomTokens(3, c.vocabSize, 12);
+    const opts = { threads: 1, maxSeqLen: 16, kvCache: 'device' as const, attention: 'standard' as const };
+    const stages = [
+      await createOrtStage(model, { firstLayer: 0, endLayer: 2 }, opts),
+      await createOrtStage(model, { firstLayer: 2, endLayer: 4 }, opts),
+    ];
+    expect(stages[0].kvCache).toBe('device');
+    expect(() => stages[0].cache).toThrow(/on the device/);
+    await pipelineForward(stages, a.slice(0, 6));
+    await pipelineForward(stages, a.slice(6, 9));
+    for (const s of stages) s.truncate(4);
+    const out = await pipelineForward(stages, b);
+    const ref = referenceForward(model, [...a.slice(0, 4), ...b]);
+    for (let t = 0; t < b.length; t++)
+      expect(relErr(row(out.logits, t, c.vocabSize), ref.logits[4 + t])).toBeLessThan(TOL);
+    expect(stages[1].length).toBe(7);
+    await expect(pipelineForward(stages, randomTokens(10, c.vocabSize, 1))).rejects.toThrow(/context overflow/);
+    expect(stages[0].length).toBe(7);
+    for (const s of stages) await s.release();
   });
 
   it('a block of T rows equals T single-token steps', async () => {

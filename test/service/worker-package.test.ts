@@ -10,6 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ListObjectsV2Command, PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { defaultConfig } from '../../apps/api/src/config';
+import { loadModelRegistry } from '../../apps/api/src/models';
+import { pullPromptFiles } from '../../apps/api/src/runtime';
 import { PackageVerificationError, pullPackage } from '../../workers/gpu-worker/src/package-cache';
 import { publishPackage } from '../../workers/gpu-worker/src/publish';
 import { parseS3Url } from '../../workers/gpu-worker/src/s3';
@@ -170,5 +173,39 @@ describe('package pull', () => {
     );
     expect(err).toBeInstanceOf(PackageVerificationError);
     expect(err.message).toMatch(/no manifest\.json under s3:\/\/ppsd-pkg-test\/nothing\/here/);
+  });
+});
+
+describe('API model registry from S3', () => {
+  it('pulls only manifest + tokenizer (checksummed) and counts prompt tokens like the engine', async () => {
+    const prefix = 'api/stories260K';
+    await publishPackage(s3.client, pkg.dir, { bucket: BUCKET, prefix });
+    const config = {
+      ...defaultConfig({ s3Endpoint: s3.endpoint, cacheDir }),
+      models: [{ id: 'stories260K', s3: `s3://${BUCKET}/${prefix}` }],
+    };
+    const registry = await loadModelRegistry(config, {
+      fetchPackage: (m) => pullPromptFiles(m.s3!, config, () => {}),
+    });
+    const model = registry.get('stories260K')!;
+    expect(model.maxContext).toBe(512);
+    expect(model.countPromptTokens('Once upon a time')).toBe(5); // BOS + 4 pieces
+    const pulled = (await readdir(join(cacheDir, BUCKET, prefix)))[0];
+    const files = await readdir(join(cacheDir, BUCKET, prefix, pulled));
+    expect(files).toContain('tokenizer.bin');
+    expect(files).not.toContain('weights.safetensors');
+
+    const tok = await readFile(join(pkg.dir, 'tokenizer.bin'));
+    const bad = Buffer.from(tok);
+    bad[50] ^= 0xff;
+    const badPrefix = 'api-bad/stories260K';
+    await publishPackage(s3.client, pkg.dir, { bucket: BUCKET, prefix: badPrefix });
+    await s3.client.send(
+      new PutObjectCommand({ Bucket: BUCKET, Key: `${badPrefix}/tokenizer.bin`, Body: bad }),
+    );
+    const badConfig = { ...config, models: [{ id: 'stories260K', s3: `s3://${BUCKET}/${badPrefix}` }] };
+    await expect(
+      loadModelRegistry(badConfig, { fetchPackage: (m) => pullPromptFiles(m.s3!, badConfig, () => {}) }),
+    ).rejects.toThrow(/tokenizer\.bin: sha256 mismatch/);
   });
 });

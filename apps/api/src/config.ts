@@ -2,11 +2,15 @@
  * API configuration from environment variables, validated once at start. Every problem is reported at
  * once, naming the variable, what it must be and what it was (ConfigError).
  */
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 
 export interface ModelSource {
   id: string;
   /** Local model package directory (manifest.json + tokenizer), when given as `id=dir`. */
   dir?: string;
+  /** Package location in S3, when given as `id=s3://bucket/prefix`: manifest + tokenizer are pulled. */
+  s3?: string;
 }
 
 export interface BootstrapKey {
@@ -21,8 +25,10 @@ export interface ApiConfig {
   models: ModelSource[];
   /** Directory holding one package folder per model id (used for models given without `=dir`). */
   modelDir: string;
-  /** S3 bucket of model packages (the registry fetches manifest + tokenizer when no local copy exists). */
-  bucket?: string;
+  /** S3-compatible endpoint for `id=s3://...` models (unset: AWS S3). */
+  s3Endpoint?: string;
+  /** Where manifest + tokenizer pulled from S3 are cached. */
+  cacheDir: string;
   bootstrapKeys: BootstrapKey[];
   /** 0 = only the model's context limits the prompt. */
   maxPromptTokens: number;
@@ -100,7 +106,7 @@ export function loadConfig(env: Env = process.env): ApiConfig {
         problems.push(`PPSD_MODELS: model '${id}' has an empty package directory after '='`);
       } else if (models.some((m) => m.id === id)) {
         problems.push(`PPSD_MODELS: model '${id}' is listed twice`);
-      } else models.push({ id, dir });
+      } else models.push(dir?.startsWith('s3://') ? { id, s3: dir } : { id, dir });
     }
   }
 
@@ -123,7 +129,8 @@ export function loadConfig(env: Env = process.env): ApiConfig {
     port: int('PORT', 8080, 0, 65535),
     models,
     modelDir: str('PPSD_MODEL_DIR') ?? '.data/models',
-    bucket: str('PPSD_BUCKET'),
+    s3Endpoint: str('PPSD_S3_ENDPOINT'),
+    cacheDir: str('PPSD_CACHE_DIR') ?? join(tmpdir(), 'ppsd-api-cache'),
     bootstrapKeys,
     maxPromptTokens: int('PPSD_MAX_PROMPT_TOKENS', 0),
     defaultMaxTokens: int('PPSD_DEFAULT_MAX_TOKENS', 256, 1),

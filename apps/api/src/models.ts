@@ -6,7 +6,7 @@
 import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import type { ApiConfig } from './config';
+import type { ApiConfig, ModelSource } from './config';
 
 export interface ModelInfo {
   id: string;
@@ -88,19 +88,20 @@ export async function modelInfoFromPackage(id: string, dir: string, loadTokenize
  */
 export async function loadModelRegistry(
   config: Pick<ApiConfig, 'models' | 'modelDir'>,
-  opts: { fetchPackage?: (modelId: string) => Promise<string>; loadTokenizer?: TokenizerLoader } = {},
+  opts: { fetchPackage?: (model: ModelSource) => Promise<string>; loadTokenizer?: TokenizerLoader } = {},
 ): Promise<ModelRegistry> {
   const loadTokenizer = opts.loadTokenizer ?? (await engineTokenizerLoader());
   const out: ModelInfo[] = [];
   for (const m of config.models) {
     let dir = resolve(m.dir ?? join(config.modelDir, m.id));
-    if (!existsSync(join(dir, 'manifest.json'))) {
-      if (!opts.fetchPackage) {
+    if (m.s3 || !existsSync(join(dir, 'manifest.json'))) {
+      if (!opts.fetchPackage || !m.s3) {
         throw new Error(
-          `model ${m.id}: no package at ${dir} (manifest.json missing); set PPSD_MODELS=${m.id}=/path/to/package or PPSD_MODEL_DIR`,
+          `model ${m.id}: no package at ${dir} (manifest.json missing); set PPSD_MODELS=${m.id}=/path/to/package, ` +
+            `${m.id}=s3://bucket/prefix, or PPSD_MODEL_DIR`,
         );
       }
-      dir = await opts.fetchPackage(m.id);
+      dir = await opts.fetchPackage(m);
     }
     out.push(await modelInfoFromPackage(m.id, dir, loadTokenizer));
   }

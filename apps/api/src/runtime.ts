@@ -35,7 +35,9 @@ export const FAIL_FAST = {
 
 export async function createRuntime(config: ApiConfig, opts: RuntimeOptions = {}): Promise<Runtime> {
   const log = opts.log ?? ((m: string) => console.error(m));
-  const models = opts.models ?? (await loadModelRegistry(config));
+  const models =
+    opts.models ??
+    (await loadModelRegistry(config, { fetchPackage: (m) => pullPromptFiles(m.s3!, config, log) }));
 
   let lastError = '';
   const redis = new Redis(config.redisUrl, { ...FAIL_FAST, lazyConnect: true });
@@ -90,4 +92,19 @@ export async function createRuntime(config: ApiConfig, opts: RuntimeOptions = {}
       await Promise.allSettled([redis.quit(), subscriber.quit()]);
     },
   };
+}
+
+/**
+ * The API counts prompt tokens, so for a model kept in S3 it pulls the package's manifest and tokenizer
+ * only (each checksummed against the manifest), through the same package cache the workers use.
+ */
+export async function pullPromptFiles(url: string, config: ApiConfig, log: (m: string) => void): Promise<string> {
+  const { makeS3Client, parseS3Url } = await import('@ppsd/worker/s3');
+  const { pullPackage } = await import('@ppsd/worker/package-cache');
+  const pulled = await pullPackage(makeS3Client({ endpoint: config.s3Endpoint }), parseS3Url(url), {
+    cacheDir: config.cacheDir,
+    only: (manifest) => [manifest.tokenizer.file],
+    log: (m) => log(`[api] ${m}`),
+  });
+  return pulled.dir;
 }

@@ -64,6 +64,11 @@ export function manifestFiles(manifest: unknown): ManifestFile[] {
 }
 
 export interface PullOptions {
+  /**
+   * Pull only these files of the package (besides manifest.json), e.g. the tokenizer for an API that
+   * counts prompt tokens. Each is still sha256-checked; the partial copy is cached apart from full ones.
+   */
+  only?: (manifest: PackageManifest) => string[];
   cacheDir: string;
   log?: (msg: string) => void;
   /** Extra whole-package verification (the engine's verifyPackage) run on the staged folder. */
@@ -101,8 +106,10 @@ export async function pullPackage(
       MANIFEST_FILE,
     );
   }
-  const files = manifestFiles(manifest);
-  const dir = cacheDirFor(opts.cacheDir, src, manifestSha256);
+  const all = manifestFiles(manifest);
+  const wanted = opts.only ? new Set(opts.only(parseManifest(manifest, where))) : undefined;
+  const files = wanted ? all.filter((f) => wanted.has(f.path)) : all;
+  const dir = `${cacheDirFor(opts.cacheDir, src, manifestSha256)}${wanted ? '.subset' : ''}`;
   const total = files.reduce((n, f) => n + f.size, 0);
 
   if (await cacheIsValid(dir, manifestSha256, files)) {
@@ -146,7 +153,7 @@ export async function pullPackage(
       }),
     );
     await writeFile(join(staging, MANIFEST_FILE), manifestBytes);
-    if (opts.verify) await opts.verify(staging);
+    if (opts.verify && !wanted) await opts.verify(staging);
     await writeFile(
       join(staging, MARKER_FILE),
       JSON.stringify({ manifestSha256, source: where, at: new Date().toISOString() }),

@@ -6,6 +6,7 @@ import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import { InferenceSession } from 'onnxruntime-node';
+import type { ExternalModel } from '../graph/onnx';
 
 export type Device = 'cpu' | `cuda:${number}` | 'webgpu';
 
@@ -88,25 +89,27 @@ export function explainEpFailure(device: Device, err: unknown): string {
   return `could not create an ONNX Runtime session on ${device}: ${cause}`;
 }
 
-/** Creates a session on `device`; when that EP is unavailable, fails with an explanation or falls back to CPU. */
+/**
+ * Creates a session on `device`; when that EP is unavailable, fails with an explanation or falls back to CPU.
+ * `model` is the ONNX bytes, or bytes plus in-memory external data (GraphBuilder.toExternal), which ORT
+ * copies in once: no serialized copy of the weights is ever made.
+ */
 export async function createSession(
-  model: Uint8Array,
+  model: Uint8Array | ExternalModel,
   cfg: SessionConfig,
 ): Promise<{ session: InferenceSession; device: Device }> {
   const device = cfg.device ?? 'cpu';
+  const bytes = model instanceof Uint8Array ? model : model.bytes;
+  const ext = model instanceof Uint8Array ? {} : { externalData: model.externalData };
+  const create = (d: Device) =>
+    InferenceSession.create(bytes, { ...sessionOptions(d, cfg.threads, cfg), ...ext });
   try {
-    return {
-      session: await InferenceSession.create(model, sessionOptions(device, cfg.threads, cfg)),
-      device,
-    };
+    return { session: await create(device), device };
   } catch (err) {
     if (device === 'cpu') throw new Error(explainEpFailure(device, err));
     const why = explainEpFailure(device, err);
     if (!cfg.allowCpuFallback) throw new Error(why);
     cfg.log?.(`${why}\n  falling back to the CPU execution provider`);
-    return {
-      session: await InferenceSession.create(model, sessionOptions('cpu', cfg.threads, cfg)),
-      device: 'cpu',
-    };
+    return { session: await create('cpu'), device: 'cpu' };
   }
 }

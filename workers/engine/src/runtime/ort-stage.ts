@@ -16,13 +16,8 @@
  * Works the same on the main thread and inside a worker_threads Worker.
  */
 import { type InferenceSession, Tensor } from 'onnxruntime-node';
-import {
-  buildStageGraph,
-  IO,
-  layerIO,
-  type StageGraphOptions,
-  validateStageSpec,
-} from '../graph/llama-graph';
+import { buildStageModel, IO, layerIO, type StageGraphOptions, validateStageSpec } from '../graph/llama-graph';
+import type { ExternalModel } from '../graph/onnx';
 import { headDim, type LlamaConfig, type LlamaModel } from '../model/llama';
 import type { Stage, StageInput, StageOutput, StageSpec } from '../model/stage';
 import { createSession, type Device, type SessionConfig } from './device';
@@ -252,7 +247,7 @@ export function presentOutputNames(spec: StageSpec): string[] {
  * agree. The stage keeps no reference to `graph`: once the caller drops it, the bytes can be collected.
  */
 export async function createOrtStageFromGraph(
-  graph: Uint8Array,
+  graph: Uint8Array | ExternalModel,
   info: StageGraphInfo,
   opts: OrtStageOptions = {},
 ): Promise<OrtStage> {
@@ -275,7 +270,7 @@ export async function createOrtStageFromGraph(
   return new OrtStage(info.spec, info.config, session, device, maxSeqLen, mode);
 }
 
-/** Builds the stage's graph and opens an ORT session for it (the graph bytes are dropped right after). */
+/** Builds the stage's graph and opens an ORT session for it (nothing of the graph is kept afterwards). */
 export async function createOrtStage(
   model: LlamaModel,
   spec: StageSpec,
@@ -285,6 +280,8 @@ export async function createOrtStage(
   const d = defaultGraphOptions(opts.device);
   const kvCache = opts.kvCache ?? d.kvCache;
   const attention = opts.attention ?? d.attention;
-  const graph = buildStageGraph(model, spec, { maxSeqLen, attention, kvCache });
+  // weights as external data viewing the model's own arrays: ORT copies them in once, and the graph
+  // bytes themselves are small (peak memory: model + ORT's copy, without a serialized model besides)
+  const graph = buildStageModel(model, spec, { maxSeqLen, attention, kvCache });
   return createOrtStageFromGraph(graph, { config: model.config, spec, maxSeqLen }, { ...opts, kvCache });
 }
