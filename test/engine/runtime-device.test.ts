@@ -3,7 +3,14 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { llamaConfig, randomLlama } from '../../workers/engine/src/model/random';
-import { createOrtStage, ortLibDir, parseDevice, sessionOptions } from '../../workers/engine/src/runtime';
+import {
+  createOrtStage,
+  defaultGraphOptions,
+  ortLibDir,
+  parseDevice,
+  presentOutputNames,
+  sessionOptions,
+} from '../../workers/engine/src/runtime';
 
 const model = randomLlama(llamaConfig({ dim: 16, nLayers: 1, nHeads: 2, vocabSize: 20, maxSeqLen: 8 }), 1);
 const spec = { firstLayer: 0, endLayer: 1 };
@@ -47,6 +54,39 @@ describe('devices', () => {
     expect(s.device).toBe('cpu');
     expect(logs.join('\n')).toMatch(/falling back to the CPU/);
     expect((await s.forward({ tokens: Int32Array.of(1, 2) })).logits!.length).toBe(2 * 20);
+    await s.release();
+  });
+
+  it('webgpu: a device-resident cache graph, its outputs kept on the GPU (options only; no adapter here)', () => {
+    expect(defaultGraphOptions('webgpu')).toEqual({ attention: 'standard', kvCache: 'device' });
+    expect(defaultGraphOptions('cuda:0')).toEqual({ attention: 'fused', kvCache: 'host' });
+    const names = presentOutputNames({ firstLayer: 2, endLayer: 4 });
+    expect(names).toEqual(['present_k.0', 'present_v.0', 'present_k.1', 'present_v.1']);
+    const loc = Object.fromEntries(names.map((n) => [n, 'gpu-buffer' as const]));
+    expect(sessionOptions('webgpu', 1, { preferredOutputLocation: loc })).toMatchObject({
+      executionProviders: ['webgpu'],
+      preferredOutputLocation: loc,
+    });
+    // never on the CPU session a fallback creates
+    expect(sessionOptions('cpu', 1, { preferredOutputLocation: loc })).not.toHaveProperty(
+      'preferredOutputLocation',
+    );
+  });
+
+  it('webgpu with fallback allowed: runs the device-cache graph on CPU when no adapter is usable', async () => {
+    const logs: string[] = [];
+    const s = await createOrtStage(model, spec, {
+      device: 'webgpu',
+      allowCpuFallback: true,
+      log: (m) => logs.push(m),
+    });
+    expect(s.kvCache).toBe('device');
+    if (s.device === 'cpu')
+      expect(logs.join('\n')).toMatch(/WebGPU execution provider unavailable[\s\S]*falling back/);
+    const a = await s.forward({ tokens: Int32Array.of(1, 2, 3) });
+    s.truncate(1);
+    const b = await s.forward({ tokens: Int32Array.of(2, 3) });
+    for (let i = 0; i < 40; i++) expect(b.logits![i]).toBeCloseTo(a.logits![20 + i], 4);
     await s.release();
   });
 });

@@ -184,7 +184,13 @@ describe('ORT stages match the float64 reference', () => {
         steps: 1,
         attention: 'standard',
       });
-      await checkAllSplits(model, { skip, exit: { afterLayer: 1 }, prefill: 2, steps: 2, attention: 'device' });
+      await checkAllSplits(model, {
+        skip,
+        exit: { afterLayer: 1 },
+        prefill: 2,
+        steps: 2,
+        attention: 'device',
+      });
     });
   }
 });
@@ -241,7 +247,9 @@ describe('KV cache', () => {
     for (let t = 0; t < b.length; t++)
       expect(relErr(row(out.logits, t, c.vocabSize), ref.logits[4 + t])).toBeLessThan(TOL);
     expect(stages[1].length).toBe(7);
-    await expect(pipelineForward(stages, randomTokens(10, c.vocabSize, 1))).rejects.toThrow(/context overflow/);
+    await expect(pipelineForward(stages, randomTokens(10, c.vocabSize, 1))).rejects.toThrow(
+      /context overflow/,
+    );
     expect(stages[0].length).toBe(7);
     for (const s of stages) await s.release();
   });

@@ -98,7 +98,11 @@ export async function createRuntime(config: ApiConfig, opts: RuntimeOptions = {}
  * The API counts prompt tokens, so for a model kept in S3 it pulls the package's manifest and tokenizer
  * only (each checksummed against the manifest), through the same package cache the workers use.
  */
-export async function pullPromptFiles(url: string, config: ApiConfig, log: (m: string) => void): Promise<string> {
+export async function pullPromptFiles(
+  url: string,
+  config: ApiConfig,
+  log: (m: string) => void,
+): Promise<string> {
   const { makeS3Client, parseS3Url } = await import('@ppsd/worker/s3');
   const { pullPackage } = await import('@ppsd/worker/package-cache');
   const pulled = await pullPackage(makeS3Client({ endpoint: config.s3Endpoint }), parseS3Url(url), {

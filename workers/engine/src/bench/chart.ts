@@ -28,9 +28,9 @@ export interface ChartOptions {
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 
 export function lineChartSvg(series: ChartSeries[], o: ChartOptions): string {
-  const W = o.width ?? 760;
+  const W = o.width ?? 860;
   const H = o.height ?? 480;
-  const m = { l: 60, r: 210, t: 44, b: 56 + 16 * (o.notes?.length ?? 0) };
+  const m = { l: 60, r: 290, t: 44, b: 56 + 16 * (o.notes?.length ?? 0) };
   const pw = W - m.l - m.r;
   const ph = H - m.t - m.b;
   const [x0, x1] = o.xRange;

@@ -16,7 +16,13 @@
  * Works the same on the main thread and inside a worker_threads Worker.
  */
 import { type InferenceSession, Tensor } from 'onnxruntime-node';
-import { buildStageModel, IO, layerIO, type StageGraphOptions, validateStageSpec } from '../graph/llama-graph';
+import {
+  buildStageModel,
+  IO,
+  layerIO,
+  type StageGraphOptions,
+  validateStageSpec,
+} from '../graph/llama-graph';
 import type { ExternalModel } from '../graph/onnx';
 import { headDim, type LlamaConfig, type LlamaModel } from '../model/llama';
 import type { Stage, StageInput, StageOutput, StageSpec } from '../model/stage';
