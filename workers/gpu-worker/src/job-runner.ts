@@ -27,10 +27,11 @@ import {
   USAGE_GUARD_TTL_SECONDS,
   type UsageRecord,
 } from '@ppsd/contract';
+import type { SpeculationStats } from '@ppsd/engine';
 import { DelayedError, type Job, UnrecoverableError } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { CancelRegistry } from './cancel';
-import { type DraftStats, normalizeStats, type WorkerEngine, type WorkerTokenEvent } from './engine-types';
+import { type DraftStats, draftStats, type WorkerEngine, type WorkerTokenEvent } from './engine-types';
 import { withScripts } from './scripts';
 
 export interface RunnerDeps {
@@ -148,7 +149,7 @@ export function createProcessor(
         decoder = resolveDecoder(data.speculation, deps.defaultDecoder, deps.decoders);
         await deps.ensureDecoder?.(decoder);
       } catch (err) {
-        await finish({ kind: 'error', err: err as Error, completionTokens: 0, stats: null, final: true });
+        await finish({ kind: 'error', err: err as Error, completionTokens: 0, stats: undefined, final: true });
         throw new UnrecoverableError((err as Error).message);
       }
       void publish(
@@ -212,7 +213,7 @@ export function createProcessor(
         const rejected = e.name === 'PromptTooLongError' || err instanceof JobRejectedError;
         const final = rejected || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
         await publisher.idle();
-        await finish({ kind: 'error', err: e, completionTokens: verified, stats: null, final });
+        await finish({ kind: 'error', err: e, completionTokens: verified, stats: undefined, final });
         if (final) throw new UnrecoverableError(e.message);
         throw e;
       }
@@ -263,7 +264,7 @@ export function createProcessor(
       kind: 'completed' | 'cancelled' | 'error' | 'timeout' | 'handback';
       completionTokens: number;
       promptTokens?: number;
-      stats: unknown;
+      stats: SpeculationStats | undefined;
       final: boolean;
       err?: Error;
       text?: string;
@@ -271,7 +272,7 @@ export function createProcessor(
     }): Promise<JobResult> {
       const wallMs = Date.now() - started;
       const promptTokens = end.promptTokens ?? data.promptTokens;
-      const stats: DraftStats = normalizeStats(end.stats, end.completionTokens);
+      const stats: DraftStats = draftStats(end.stats);
       const status: UsageRecord['status'] =
         end.kind === 'completed'
           ? 'completed'
@@ -342,7 +343,7 @@ export function createProcessor(
           decoder,
           draftsProposed: stats.draftTokens,
           draftsAccepted: stats.accepted,
-          acceptanceRate: stats.draftTokens > 0 ? stats.accepted / stats.draftTokens : 0,
+          acceptanceRate: stats.acceptanceRate,
           meanAcceptedLength: stats.meanAcceptedLength,
           ...(stats.stages ? { stages: stats.stages } : {}),
         },
