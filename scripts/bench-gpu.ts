@@ -27,7 +27,6 @@ import type { LlamaConfig } from '../workers/engine/src/model/llama';
 import { llamaConfig, randomLlama } from '../workers/engine/src/model/random';
 import {
   busBytes,
-  cacheDesignFor,
   createOrtStage,
   type Device,
   deviceProblems,
@@ -50,7 +49,7 @@ const SHAPES: Record<string, LlamaConfig> = {
     nHeads: 12,
     hiddenDim: 2048,
     vocabSize: 32000,
-    maxSeqLen: 1024,
+    maxSeqLen: 2048,
   }),
   // TinyLlama-1.1B-ish (Llama-2 architecture, grouped-query attention): fills a GPU better
   '1b': llamaConfig({
@@ -60,7 +59,7 @@ const SHAPES: Record<string, LlamaConfig> = {
     nKvHeads: 4,
     hiddenDim: 5632,
     vocabSize: 32000,
-    maxSeqLen: 1024,
+    maxSeqLen: 2048,
   }),
 };
 
@@ -77,7 +76,8 @@ const log = (m: string) => console.error(`[bench-gpu] ${m}`);
 async function probe(device: Device): Promise<string | undefined> {
   if (device === 'cpu') return undefined;
   const problems = device === 'webgpu' ? [] : deviceProblems(device);
-  if (problems.length) return problems.join('; ');
+  // short reasons for the table (the full explanations: checkDevice / docs/GPU.md)
+  if (problems.length) return problems.map((p) => p.split(/:| \(/)[0]).join('; ');
   try {
     const g = new GraphBuilder('probe');
     g.output('y', g.neg(g.input('x', 'float32', [4])), 'float32', [4]);
@@ -86,7 +86,8 @@ async function probe(device: Device): Promise<string | undefined> {
     await s.release();
     return undefined;
   } catch (e) {
-    return (e as Error).message.split('\n')[0];
+    const m = (e as Error).message.split('\n')[0];
+    return m.slice(m.lastIndexOf('was false. ') >= 0 ? m.lastIndexOf('was false. ') + 11 : 0);
   }
 }
 
@@ -256,9 +257,9 @@ async function main() {
     }
   }
 
-  // ---- the byte accounting (no GPU needed)
+  // ---- the byte accounting (no GPU needed), for every shape whether measured or not
   const acct: { label: string; items: ReturnType<typeof stageTransfers> }[] = [];
-  for (const shape of shapes) {
+  for (const shape of Object.keys(SHAPES)) {
     const c = SHAPES[shape];
     const whole = { firstLayer: 0, endLayer: c.nLayers };
     const half = Math.floor(c.nLayers / 2);

@@ -54,6 +54,28 @@ export interface SpeculationStats {
   /** Tokens emitted (verified). */
   tokens: number;
   stages?: StageTime[];
+  /** Pipelines: the decode loop's ticks (prefill excluded), their wall time, and per tick the slowest stage's run. */
+  pipeline?: PipelineTickStats;
+}
+
+/** Where a pipeline's decode-loop time went (prefill excluded). */
+export interface PipelineTickStats {
+  ticks: number;
+  /** Wall time of the decode loop. */
+  tickMs: number;
+  /** Sum over ticks of the slowest stage's busy time in that tick (the compute on the critical path). */
+  computeMs: number;
+  /** The plan: layer boundaries, how they were chosen, draft-head rows, modelled cost per stage (MACs). */
+  plan?: PipelinePlan;
+}
+
+export interface PipelinePlan {
+  boundaries: number[];
+  split: 'balanced' | 'equal' | 'fixed';
+  /** Rows the stage-1 draft head scores (the vocabulary, or a frequency-ranked subset); absent for SPD. */
+  draftRows?: number;
+  /** Modelled multiply-adds per token of each stage (layers + heads). */
+  stageMacs: number[];
 }
 
 export const acceptanceRate = (s: SpeculationStats): number =>

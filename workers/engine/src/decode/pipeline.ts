@@ -22,13 +22,14 @@
  * token, so drafting starts at once.
  */
 import { performance } from 'node:perf_hooks';
-import type { LlamaConfig, LlamaModel } from '../model/llama';
+import { headDim, type LlamaConfig, type LlamaModel } from '../model/llama';
 import type { StageSpec } from '../model/stage';
 import { parseDevice } from '../runtime';
 import {
   type DecodeRequest,
   type Decoder,
   type DecoderName,
+  type PipelinePlan,
   type SpeculationStats,
   startStats,
 } from './decoder';
@@ -40,7 +41,8 @@ import { WorkerStage } from './worker-stage';
 /**
  * Layer boundaries of a k-stage plan: b[0] = 0 < b[1] = E < ... < b[k] = N. Stage j covers
  * [b[j], b[j+1]). The first stage ends at the exit layer E; the remaining N - E layers are split as
- * evenly as possible (the larger stages last).
+ * evenly as possible (the larger stages last). Equal layer counts: see `balancedBoundaries` for a split
+ * that equalises the stages' cost including the heads.
  */
 export function stageBoundaries(nLayers: number, k: number, exitLayer?: number): number[] {
   if (!Number.isInteger(k) || k < 1) throw new RangeError(`stages must be a positive integer, got ${k}`);
@@ -58,6 +60,111 @@ export function stageBoundaries(nLayers: number, k: number, exitLayer?: number):
   const extra = (nLayers - E) % parts;
   for (let j = 1; j <= parts; j++) b.push(b[j] + base + (j > parts - extra ? 1 : 0));
   return b;
+}
+
+/** How a plan's boundaries are chosen: equal modelled cost per stage (default), or equal layer counts. */
+export type StageSplit = 'balanced' | 'equal';
+
+/** What the stages carry besides their layers, for the cost model. */
+export interface StageCostOptions {
+  /**
+   * Rows the draft head at the end of stage 1 scores: the vocabulary (default), a frequency-ranked
+   * subset, or 0 when stage 1 has no head (SPD drafts on the controller).
+   */
+  draftRows?: number;
+  /** The draft head applies an affine map (dim x dim) before the final norm. */
+  draftAffine?: boolean;
+}
+
+/**
+ * Multiply-adds per token of one transformer layer: the q/k/v/o projections and the SwiGLU MLP
+ * (attention over the cached context, 2 x context x dim, is left out: < 3% at the contexts benchmarked).
+ */
+export function layerMacs(c: LlamaConfig): number {
+  const kvDim = c.nKvHeads * headDim(c);
+  return c.dim * (c.dim + 2 * kvDim) + c.dim * c.dim + 3 * c.dim * c.hiddenDim;
+}
+
+/** Modelled multiply-adds per token of each stage of a plan: its layers, plus the draft head (stage 1) and the classifier (last). */
+export function stageMacs(c: LlamaConfig, b: number[], o: StageCostOptions = {}): number[] {
+  const L = layerMacs(c);
+  const k = b.length - 1;
+  const draft = draftHeadMacs(c, o);
+  return b.slice(1).map((end, j) => {
+    let m = (end - b[j]) * L;
+    if (j === 0 && k > 1) m += draft;
+    if (j === k - 1) m += c.vocabSize * c.dim;
+    return m;
+  });
+}
+
+/** Multiply-adds of a full forward (AR on one device): all layers plus the classifier. */
+export const forwardMacs = (c: LlamaConfig): number => c.nLayers * layerMacs(c) + c.vocabSize * c.dim;
+
+function draftHeadMacs(c: LlamaConfig, o: StageCostOptions): number {
+  const rows = o.draftRows ?? c.vocabSize;
+  if (rows === 0) return 0;
+  return rows * c.dim + (o.draftAffine ? c.dim * c.dim : 0);
+}
+
+/**
+ * Boundaries that minimise the costliest stage under `stageMacs` (so the tick, which is the slowest
+ * stage, is as short as the layer granularity allows): stage 1 also carries the draft head, the last the
+ * classifier. With `exitLayer` the first boundary is fixed and only the rest are balanced. Ties go to
+ * the plan whose stages are closest to equal layer counts.
+ */
+export function balancedBoundaries(
+  c: LlamaConfig,
+  k: number,
+  o: StageCostOptions & { exitLayer?: number } = {},
+): number[] {
+  const N = c.nLayers;
+  const equal = stageBoundaries(N, k, o.exitLayer); // validates k and E
+  if (k === 1) return equal;
+  const L = layerMacs(c);
+  const head = draftHeadMacs(c, o);
+  const cls = c.vocabSize * c.dim;
+  const extra = (j: number) => (j === 0 ? head : 0) + (j === k - 1 ? cls : 0);
+  // best[j][e]: the smallest possible max stage cost of stages 0..j covering layers [0, e)
+  const best: number[][] = Array.from({ length: k }, () => new Array(N + 1).fill(Number.POSITIVE_INFINITY));
+  const from: number[][] = Array.from({ length: k }, () => new Array(N + 1).fill(-1));
+  for (let e = 1; e <= N - (k - 1); e++) {
+    if (o.exitLayer !== undefined && e !== o.exitLayer) continue;
+    best[0][e] = e * L + extra(0);
+    from[0][e] = 0;
+  }
+  const eps = 1e-9 * forwardMacs(c);
+  for (let j = 1; j < k; j++) {
+    for (let e = j + 1; e <= N - (k - 1 - j); e++) {
+      if (j === k - 1 && e !== N) continue;
+      for (let a = j; a < e; a++) {
+        if (!Number.isFinite(best[j - 1][a])) continue;
+        const m = Math.max(best[j - 1][a], (e - a) * L + extra(j));
+        const prev = from[j][e];
+        // ties: prefer the boundary the equal split would pick
+        const closer = prev >= 0 && Math.abs(a - equal[j]) < Math.abs(prev - equal[j]);
+        if (m < best[j][e] - eps || (Math.abs(m - best[j][e]) <= eps && closer)) {
+          best[j][e] = m;
+          from[j][e] = a;
+        }
+      }
+    }
+  }
+  const b = new Array<number>(k + 1);
+  b[k] = N;
+  for (let j = k - 1; j >= 0; j--) b[j] = from[j][b[j + 1]];
+  return b;
+}
+
+/** The plan a pipeline runs: balanced (default) or equal layer counts, with the stage-1 exit at b[1]. */
+export function planBoundaries(
+  c: LlamaConfig,
+  k: number,
+  o: StageCostOptions & { exitLayer?: number; split?: StageSplit } = {},
+): number[] {
+  return (o.split ?? 'balanced') === 'equal'
+    ? stageBoundaries(c.nLayers, k, o.exitLayer)
+    : balancedBoundaries(c, k, o);
 }
 
 /** Stage specs of a plan (no exit heads). */
@@ -97,6 +204,8 @@ export interface PipelineOptions {
   name: Extract<DecoderName, 'ppsd' | 'spd'>;
   config: LlamaConfig;
   controlledAcceptance?: ControlledAcceptance;
+  /** The plan the stages were built for (reported in the stats). */
+  plan?: PipelinePlan;
 }
 
 export class PipelineDecoder implements Decoder {
@@ -133,9 +242,11 @@ export class PipelineDecoder implements Decoder {
     const stats = startStats(request, this.name);
     const busy = new Float64Array(k);
     const started = performance.now();
+    const tick = { ticks: 0, tickMs: 0, computeMs: 0, plan: this.opts.plan };
     const finish = () => {
       const wall = performance.now() - started;
       stats.stages = Array.from(busy, (b) => ({ busyMs: b, idleMs: Math.max(0, wall - b) }));
+      stats.pipeline = tick;
       return stats;
     };
     if (maxTokens <= 0) return finish();
@@ -172,8 +283,12 @@ export class PipelineDecoder implements Decoder {
       let slots: (InFlight | null)[] = new Array(k).fill(null);
       slots[0] = { pos: P - 1, token: prompt[P - 1] };
       const runs: (Promise<OutReply> | null)[] = new Array(k).fill(null);
-      while (stats.tokens < maxTokens && !signal?.aborted && !this.closing) {
-        for (let s = 0; s < k; s++) {
+      let drafting: Promise<void> | undefined;
+      // Posts every stage's run for `slots` before any other main-thread work (the deepest stage first:
+      // it carries the classifier, so the costliest run starts earliest); then SPD's drafter works
+      // while the stages run.
+      const post = () => {
+        for (let s = k - 1; s >= 0; s--) {
           const e = slots[s];
           if (!e) {
             runs[s] = null;
@@ -189,14 +304,26 @@ export class PipelineDecoder implements Decoder {
           truncateAt[s] = undefined;
           e.hidden = undefined; // transferred to the Worker
         }
-        const drafting = slots[0] ? drafter.beginTick?.(slots[0]) : undefined;
-        const [outs] = await Promise.all([Promise.all(runs), drafting]);
+        drafting = slots[0] ? drafter.beginTick?.(slots[0]) : undefined;
+      };
+      const loopStart = performance.now();
+      let posted = false;
+      while (stats.tokens < maxTokens && !signal?.aborted && !this.closing) {
+        if (!posted) post();
+        posted = false;
+        const outs = await Promise.all(runs);
+        if (drafting) await drafting;
+        drafting = undefined;
+        let slowest = 0;
         for (let s = 0; s < k; s++) {
           const out = outs[s];
           if (!out) continue;
           busy[s] += out.busyMs;
+          if (out.busyMs > slowest) slowest = out.busyMs;
           drafter.observe?.(s, slots[s]!.pos, out);
         }
+        tick.ticks++;
+        tick.computeMs += slowest;
 
         const next: (InFlight | null)[] = new Array(k).fill(null);
         let emitted: number | undefined;
@@ -229,7 +356,10 @@ export class PipelineDecoder implements Decoder {
         }
         for (let s = k - 1; s >= 1; s--) {
           const e = slots[s - 1];
-          if (e) next[s] = { ...e, hidden: outs[s - 1]!.hidden };
+          if (e) {
+            e.hidden = outs[s - 1]!.hidden;
+            next[s] = e;
+          }
         }
         const newest = slots[0];
         if (newest && newest.pos + 1 <= lastFed) {
@@ -239,8 +369,18 @@ export class PipelineDecoder implements Decoder {
         }
         if (restart && restart.pos <= lastFed) next[0] = restart;
         slots = next;
+        tick.tickMs = performance.now() - loopStart;
         if (emitted !== undefined) {
           stats.tokens++;
+          // The next tick's runs go out before the token is handed to the consumer, so the stages
+          // compute while it works. If the consumer stops here, the Workers finish these runs unobserved
+          // (their caches are reset by the next generation's first run).
+          if (stats.tokens < maxTokens && !signal?.aborted && !this.closing) {
+            post();
+            posted = true;
+            for (const r of runs) r?.catch(() => {});
+            (drafting as Promise<void> | undefined)?.catch(() => {});
+          }
           yield [emitted];
         }
       }
