@@ -1,7 +1,15 @@
 import path from 'node:path';
 import type { Decoder, DecoderName } from './decode/decoder';
 import { exitHeadFor } from './decode/heads';
-import { createDecoder, type DecoderContext, stageBoundaries } from './decode/index';
+import {
+  createDecoder,
+  type DecoderContext,
+  defaultDraftRows,
+  draftVocabFor,
+  planBoundaries,
+  type StageSplit,
+  stageBoundaries,
+} from './decode/index';
 import { loadSpdDrafter } from './decode/spd-drafter';
 import type { SkipSet } from './model/llama';
 import type { LoadedPackage } from './package';
@@ -13,8 +21,12 @@ export interface DecoderPlan {
   devices?: Device[];
   /** Pipeline depth k for ppsd/spd (and EESD's default exit N/k); default devices.length, at least 2. */
   stages?: number;
-  /** Early-exit layer E (default: the first stage boundary, about N/k). */
+  /** Early-exit layer E (default: the first stage boundary of the plan's split). */
   exitLayer?: number;
+  /** ppsd/spd stage boundaries: equal modelled cost per stage (default) or equal layer counts. */
+  split?: StageSplit;
+  /** Rows PPSD's draft head scores: a frequency-ranked vocabulary subset (default defaultDraftRows). */
+  draftRows?: number;
   /** ORT intra-op threads per stage (default 1: a CPU device is one core). */
   threadsPerStage?: number;
   /** EESD/DV draft length: fixed, or adaptive (default). */
@@ -50,7 +62,11 @@ export async function openDecoder(
     allowCpuFallback: plan.allowCpuFallback,
     log: plan.log,
   };
-  const exitLayer = plan.exitLayer ?? stageBoundaries(N, k, undefined)[1];
+  const equalExit = plan.exitLayer ?? stageBoundaries(N, k, undefined)[1];
+  const draftRows = Math.min(plan.draftRows ?? defaultDraftRows(model.config.vocabSize), model.config.vocabSize);
+  /** E of the pipeline plan: the first boundary of the balanced (or equal) split unless fixed. */
+  const pipelineExit = (rows: number) =>
+    plan.exitLayer ?? planBoundaries(model.config, k, { draftRows: rows, split: plan.split })[1];
   switch (name) {
     case 'ar':
       // One session over the whole model; on CPU it gets every core the plan names.
@@ -59,15 +75,25 @@ export async function openDecoder(
         threadsPerStage: devices[0] === 'cpu' ? (plan.threadsPerStage ?? 1) * devices.length : 1,
       });
     case 'eesd':
-    case 'ppsd':
+      return createDecoder(name, {
+        ...ctx,
+        exitLayer: equalExit,
+        exitHead: await exitHeadFor(dir, manifest, model, equalExit),
+      });
+    case 'ppsd': {
+      const exitLayer = pipelineExit(draftRows);
+      const { vocab } = await draftVocabFor(pkg, draftRows);
       return createDecoder(name, {
         ...ctx,
         exitLayer,
         exitHead: await exitHeadFor(dir, manifest, model, exitLayer),
+        draftVocab: vocab,
       });
+    }
     case 'dv':
       return createDecoder('dv', { ...ctx, skipSet: storedSkipSet(manifest.skipSet) });
     case 'spd': {
+      const exitLayer = pipelineExit(0);
       const stored = manifest.drafters?.spd as
         | { file: string; stages?: number; exitLayer?: number }
         | undefined;

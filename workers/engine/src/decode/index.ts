@@ -21,7 +21,7 @@ import {
 import { DECODER_NAMES, type Decoder, type DecoderName } from './decoder';
 import { DvSpeculator, defaultSkipSet } from './dv';
 import { EesdSpeculator } from './eesd';
-import { stageBoundaries } from './pipeline';
+import { type StageSplit, stageBoundaries } from './pipeline';
 import { createPpsdDecoder } from './ppsd';
 import { createSpdDecoder } from './spd';
 import type { SpdDrafterWeights } from './spd-drafter';
@@ -35,6 +35,10 @@ export interface DecoderContext {
   exitLayer?: number;
   /** Early-exit head at E (default: the plain logit lens). */
   exitHead?: ExitHead;
+  /** PPSD's cheap draft head: the token ids its exit head scores (default: the whole vocabulary). */
+  draftVocab?: Int32Array;
+  /** Pipeline boundaries when E is not fixed: equal modelled cost per stage (default) or equal layer counts. */
+  split?: StageSplit;
   /** DV's skip set (default: both sub-layers of every second inner layer). */
   skipSet?: SkipSet;
   /** SPD's fitted drafter (default: identity on the deepest in-flight feature). */
@@ -74,6 +78,7 @@ export async function createDecoder(name: DecoderName, ctx: DecoderContext): Pro
   const pipeline = {
     stages: k,
     exitLayer,
+    split: ctx.split,
     devices: ctx.devices,
     threadsPerStage: ctx.threadsPerStage,
     maxSeqLen: ctx.maxSeqLen,
@@ -110,7 +115,7 @@ export async function createDecoder(name: DecoderName, ctx: DecoderContext): Pro
       });
     }
     case 'ppsd':
-      return createPpsdDecoder(model, { ...pipeline, exitHead: ctx.exitHead });
+      return createPpsdDecoder(model, { ...pipeline, exitHead: ctx.exitHead, draftVocab: ctx.draftVocab });
     case 'spd':
       return createSpdDecoder(model, { ...pipeline, drafter: ctx.spdDrafter });
     default:
@@ -129,7 +134,17 @@ export { AdaptiveDraftLength, BlockDecoder, ConfidenceDraftExit, FixedDraftLengt
 export * from './decoder';
 export { DvSpeculator, defaultSkipSet } from './dv';
 export { EesdSpeculator } from './eesd';
-export { PipelineDecoder, stageBoundaries } from './pipeline';
+export { DEFAULT_VOCAB_CORPUS, defaultDraftRows, draftVocabFor, frequencyRankedVocab } from './draft-vocab';
+export {
+  balancedBoundaries,
+  forwardMacs,
+  layerMacs,
+  PipelineDecoder,
+  planBoundaries,
+  type StageSplit,
+  stageBoundaries,
+  stageMacs,
+} from './pipeline';
 export { createPpsdDecoder, type PipelineSetup } from './ppsd';
 export { createSpdDecoder } from './spd';
 export {

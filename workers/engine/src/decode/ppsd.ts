@@ -3,55 +3,118 @@
  * pipeline of pipeline.ts with the early-exit head at the end of stage 1 as the drafter. Stage 1's run
  * returns the exit logits of its token along with its hidden state, so the draft for the next position
  * is ready the moment the tick ends and enters stage 1 on the next tick.
+ *
+ * Plan: by default the stage boundaries equalise the modelled cost per stage (pipeline.ts
+ * `balancedBoundaries`: stage 1 carries the draft head, the last stage the classifier), so E = b[1] may
+ * differ from N / k; `split: 'equal'` keeps equal layer counts. The draft head may score only a
+ * frequency-ranked subset of the vocabulary (`draftVocab`): q is zero outside it, so the speculative rule
+ * stays exact (a drafted token always has q > 0), and greedy drafts the argmax within the subset.
  */
 import type { ExitHead, LlamaModel } from '../model/llama';
 import {
   PipelineDecoder,
   type PipelineDrafter,
+  planBoundaries,
+  type StageSplit,
   type StageWorkersOptions,
   specsOf,
-  stageBoundaries,
+  stageMacs,
   startStageWorkers,
 } from './pipeline';
-import type { Sampler } from './sampling';
+import { argmax, type Sampler } from './sampling';
 import { type ControlledAcceptance, type Draft, draftFrom } from './spec-rule';
 import type { OutReply } from './stage-protocol';
 
 export interface PipelineSetup extends StageWorkersOptions {
   /** k, the number of stages (default 2). */
   stages?: number;
-  /** E, the layer the first stage ends at (default round(N / k)). */
+  /** E, the layer the first stage ends at (default: from the plan's split). */
   exitLayer?: number;
+  /** How the boundaries are chosen when E is not fixed: equal modelled cost (default) or equal layer counts. */
+  split?: StageSplit;
   controlledAcceptance?: ControlledAcceptance;
 }
 
 /** Drafts from the exit logits stage 1 returns with each run. */
 export class ExitHeadDrafter implements PipelineDrafter {
+  /**
+   * @param vocab the token ids the exit logits score (column i = token vocab[i]); absent: the whole vocabulary
+   * @param vocabSize the model's vocabulary (q is expanded to it for the sampling rule)
+   */
+  constructor(
+    private readonly vocab?: Int32Array,
+    private readonly vocabSize = 0,
+  ) {}
   reset(): void {}
   draft(stage1Out: OutReply, sampler: Sampler): Draft {
-    if (!stage1Out.exitLogits) throw new Error('ppsd: stage 1 returned no exit logits');
-    return draftFrom(sampler, stage1Out.exitLogits);
+    const logits = stage1Out.exitLogits;
+    if (!logits) throw new Error('ppsd: stage 1 returned no exit logits');
+    const vocab = this.vocab;
+    if (!vocab) return draftFrom(sampler, logits);
+    if (sampler.greedy) return { token: vocab[argmax(logits)] };
+    return subsetDraft(sampler, logits, vocab, this.vocabSize);
   }
+}
+
+/** A sampled draft over a vocabulary subset, with q expanded to the full vocabulary (zero outside it). */
+export function subsetDraft(
+  sampler: Sampler,
+  logits: ArrayLike<number>,
+  vocab: Int32Array,
+  vocabSize: number,
+): Draft {
+  const qSub = sampler.distribution(logits);
+  const token = vocab[sampler.draw(qSub)];
+  const q = new Float64Array(vocabSize);
+  for (let i = 0; i < vocab.length; i++) q[vocab[i]] = qSub[i];
+  return { token, q };
+}
+
+/** The exit head with its classifier restricted to `vocab` (the rows gathered into their own weight). */
+export function withDraftVocab(model: LlamaModel, exit: ExitHead, vocab: Int32Array | undefined): ExitHead {
+  if (!vocab || vocab.length >= model.config.vocabSize) return { afterLayer: exit.afterLayer, affine: exit.affine };
+  const { dim, vocabSize } = model.config;
+  const cls = model.weights.classifier;
+  const rows = new Float32Array(vocab.length * dim);
+  for (let i = 0; i < vocab.length; i++) {
+    const t = vocab[i];
+    if (!Number.isInteger(t) || t < 0 || t >= vocabSize)
+      throw new RangeError(`draft vocabulary: token ${t} outside [0, ${vocabSize})`);
+    rows.set(cls.subarray(t * dim, (t + 1) * dim), i * dim);
+  }
+  return { ...exit, vocab, classifierRows: rows };
 }
 
 export async function createPpsdDecoder(
   model: LlamaModel,
-  setup: PipelineSetup & { exitHead?: ExitHead } = {},
+  setup: PipelineSetup & { exitHead?: ExitHead; draftVocab?: Int32Array } = {},
 ): Promise<PipelineDecoder> {
+  const c = model.config;
+  const k = setup.stages ?? 2;
   const E = setup.exitLayer ?? setup.exitHead?.afterLayer;
-  const b = stageBoundaries(model.config.nLayers, setup.stages ?? 2, E);
-  const exit: ExitHead = setup.exitHead ?? { afterLayer: b[1] };
-  if (exit.afterLayer !== b[1]) {
+  const vocab = setup.draftVocab && setup.draftVocab.length < c.vocabSize ? setup.draftVocab : undefined;
+  const cost = { draftRows: vocab?.length ?? c.vocabSize, draftAffine: !!setup.exitHead?.affine };
+  const split = setup.split ?? 'balanced';
+  const b = planBoundaries(c, k, { ...cost, exitLayer: E, split });
+  const base: ExitHead = setup.exitHead ?? { afterLayer: b[1] };
+  if (base.afterLayer !== b[1]) {
     throw new Error(
-      `ppsd: the exit head sits after layer ${exit.afterLayer}, but stage 1 ends at layer ${b[1]}`,
+      `ppsd: the exit head sits after layer ${base.afterLayer}, but stage 1 ends at layer ${b[1]}`,
     );
   }
+  const exit = withDraftVocab(model, base, vocab);
   const specs = specsOf(b);
   specs[0] = { ...specs[0], exit };
   const stages = await startStageWorkers(model, specs, setup);
-  return new PipelineDecoder(stages, new ExitHeadDrafter(), {
+  return new PipelineDecoder(stages, new ExitHeadDrafter(vocab, c.vocabSize), {
     name: 'ppsd',
-    config: model.config,
+    config: c,
     controlledAcceptance: setup.controlledAcceptance,
+    plan: {
+      boundaries: b,
+      split: E === undefined ? split : 'fixed',
+      draftRows: cost.draftRows,
+      stageMacs: stageMacs(c, b, cost),
+    },
   });
 }

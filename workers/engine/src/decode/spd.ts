@@ -11,8 +11,9 @@ import {
   type InFlight,
   PipelineDecoder,
   type PipelineDrafter,
+  planBoundaries,
   specsOf,
-  stageBoundaries,
+  stageMacs,
   startStageWorkers,
 } from './pipeline';
 import type { PipelineSetup } from './ppsd';
@@ -109,7 +110,9 @@ export async function createSpdDecoder(
   setup: PipelineSetup & { drafter?: SpdDrafterWeights } = {},
 ): Promise<PipelineDecoder> {
   const k = setup.stages ?? 2;
-  const b = stageBoundaries(model.config.nLayers, k, setup.exitLayer);
+  // no head in stage 1: the drafter runs on the controller
+  const split = setup.split ?? 'balanced';
+  const b = planBoundaries(model.config, k, { draftRows: 0, exitLayer: setup.exitLayer, split });
   const weights = setup.drafter ?? identitySpdDrafter(model.config.dim, b[k - 1]);
   validateSpdDrafter(weights, model.config.dim);
   const lags = spdFeatureLags(weights.depths, b);
@@ -129,5 +132,10 @@ export async function createSpdDecoder(
     name: 'spd',
     config: model.config,
     controlledAcceptance: setup.controlledAcceptance,
+    plan: {
+      boundaries: b,
+      split: setup.exitLayer === undefined ? split : 'fixed',
+      stageMacs: stageMacs(model.config, b, { draftRows: 0 }),
+    },
   });
 }

@@ -72,7 +72,9 @@ export class WorkerStage {
     const ready = new Promise<void>((resolve, reject) => {
       ws.ready = { resolve, reject };
     });
-    const info = { config: model.config, spec, maxSeqLen };
+    // The Worker needs the spec's shape only: the head weights are already inside the graph bytes.
+    const light: StageSpec = { ...spec, exit: spec.exit && { afterLayer: spec.exit.afterLayer } };
+    const info = { config: model.config, spec: light, maxSeqLen };
     const msg: ToWorker = {
       type: 'init',
       graph,

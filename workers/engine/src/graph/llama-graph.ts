@@ -224,7 +224,7 @@ function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipM
 }
 
 /** Final norm + classifier on the last R rows of x [T, dim] (after an optional affine map) -> [R, vocab]. */
-function head(s: Ctx, x: Tensor, logitRows: Tensor, affine?: ExitHead['affine']): Tensor {
+function head(s: Ctx, x: Tensor, logitRows: Tensor, affine?: ExitHead['affine'], rows?: Float32Array): Tensor {
   const { g, model } = s;
   const { dim, vocabSize } = model.config;
   let h = g.slice(x, g.neg(logitRows), g.i64([INT64_MAX]), [0]); // [R, dim]
@@ -234,7 +234,10 @@ function head(s: Ctx, x: Tensor, logitRows: Tensor, affine?: ExitHead['affine'])
   }
   h = rmsnorm(s, h, model.weights.finalNorm, 'finalNorm'); // [R, dim]
   const tied = model.weights.classifier === model.weights.tokenEmbedding;
-  const cls = g.weight(tied ? 'tokenEmbedding' : 'classifier', model.weights.classifier, [vocabSize, dim]);
+  // an exit head over a vocabulary subset brings its own gathered classifier rows
+  const cls = rows
+    ? g.weight('exit.classifier', rows, [rows.length / dim, dim])
+    : g.weight(tied ? 'tokenEmbedding' : 'classifier', model.weights.classifier, [vocabSize, dim]);
   return g.linear(h, cls); // [R, vocab]
 }
 
@@ -339,7 +342,9 @@ function stageGraph(model: LlamaModel, spec: StageSpec, opts: StageGraphOptions)
   const exitAt = (n: number) => {
     if (exit?.afterLayer !== n) return;
     g.output(IO.exitHidden, x, 'float32', ['T', c.dim]);
-    g.output(IO.exitLogits, head(ctx, x, logitRows!, exit.affine), 'float32', ['R', c.vocabSize]);
+    const rows = exit.classifierRows;
+    const width = rows ? rows.length / c.dim : c.vocabSize;
+    g.output(IO.exitLogits, head(ctx, x, logitRows!, exit.affine, rows), 'float32', ['R', width]);
   };
   exitAt(firstLayer);
   for (let l = firstLayer; l < endLayer; l++) {

@@ -56,6 +56,13 @@ export interface LlamaModel {
 export interface ExitHead {
   afterLayer: number; // 1-based count of layers run before the exit (E in the design note)
   affine?: { weight: Float32Array; bias: Float32Array };
+  /**
+   * Cheap draft head: score only these token ids (a frequency-ranked subset of the vocabulary).
+   * `classifierRows` holds the matching classifier rows [vocab.length, dim], gathered before graph
+   * building; the head's logits are then [R, vocab.length], column i scoring token vocab[i].
+   */
+  vocab?: Int32Array;
+  classifierRows?: Float32Array;
 }
 
 /** Sub-layers a layer-skipping draft (Draft & Verify) leaves out; layer indices are 0-based. */
