@@ -20,4 +20,5 @@ export {
   readManifest,
   verifyPackage,
 } from './package';
+export { checkDevice, type Device, type DevicePlan, resolveDevicePlan } from './runtime';
 export { loadTokenizer, type Tokenizer } from './tokenizer';

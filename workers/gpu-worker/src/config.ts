@@ -17,6 +17,8 @@ export interface WorkerConfig {
   cacheDir: string;
   /** Device plan, one pipeline stage per entry; 'auto' is resolved at start (see resolveDevices). */
   devices: string[] | 'auto';
+  /** PPSD_ALLOW_CPU_FALLBACK: run a stage whose GPU provider is unavailable on CPU (logged) instead of failing. */
+  allowCpuFallback: boolean;
   decoder: DecoderName;
   concurrency: number;
   asgName: string | null;
@@ -103,6 +105,7 @@ export function loadConfig(env: Env = process.env): WorkerConfig {
     packageDir,
     cacheDir: str('PPSD_CACHE_DIR', join(process.cwd(), '.data', 'cache')),
     devices,
+    allowCpuFallback: ['1', 'true', 'yes'].includes(str('PPSD_ALLOW_CPU_FALLBACK', 'false').toLowerCase()),
     decoder: decoderRaw as DecoderName,
     concurrency: int('PPSD_CONCURRENCY', 1),
     asgName: env.PPSD_ASG_NAME?.trim() || null,
@@ -116,18 +119,4 @@ export function loadConfig(env: Env = process.env): WorkerConfig {
   };
   if (problems.length) throw new ConfigError(`invalid worker configuration:\n  - ${problems.join('\n  - ')}`);
   return cfg;
-}
-
-/**
- * 'auto' device plan: one stage per visible CUDA device when CUDA_VISIBLE_DEVICES/NVIDIA_VISIBLE_DEVICES
- * names some, otherwise a single CPU stage.
- */
-export function resolveDevices(devices: WorkerConfig['devices'], env: Env = process.env): string[] {
-  if (devices !== 'auto') return devices;
-  const visible = (env.CUDA_VISIBLE_DEVICES ?? env.NVIDIA_VISIBLE_DEVICES ?? '').trim();
-  if (visible && visible !== 'none' && visible !== 'void') {
-    const ids = visible === 'all' ? ['0'] : visible.split(',').filter(Boolean);
-    return ids.map((_, i) => `cuda:${i}`);
-  }
-  return ['cpu'];
 }

@@ -16,6 +16,7 @@ export interface EngineOpenOptions {
   decoder: DecoderName;
   devices: string[];
   maxSeqLen?: number;
+  allowCpuFallback: boolean;
   /** The caller verified every checksum moments ago (fresh S3 pull): skip the engine's own pass. */
   verified?: boolean;
   log: (msg: string) => void;
@@ -29,7 +30,7 @@ export async function openEngine(dir: string, opts: EngineOpenOptions): Promise<
     devices: opts.devices as EngineOptions['devices'],
     ...(opts.maxSeqLen ? { maxSeqLen: opts.maxSeqLen } : {}),
     verified: opts.verified === true,
-    allowCpuFallback: true,
+    allowCpuFallback: opts.allowCpuFallback,
     log: opts.log,
   });
 }

@@ -149,7 +149,13 @@ export function createProcessor(
         decoder = resolveDecoder(data.speculation, deps.defaultDecoder, deps.decoders);
         await deps.ensureDecoder?.(decoder);
       } catch (err) {
-        await finish({ kind: 'error', err: err as Error, completionTokens: 0, stats: undefined, final: true });
+        await finish({
+          kind: 'error',
+          err: err as Error,
+          completionTokens: 0,
+          stats: undefined,
+          final: true,
+        });
         throw new UnrecoverableError((err as Error).message);
       }
       void publish(

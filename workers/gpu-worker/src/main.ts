@@ -6,10 +6,11 @@
  * SIGTERM/SIGINT drain (./drain.ts). Exit codes: 0 drained, 1 start-up failure, 2 bad configuration.
  */
 import { DECODER_NAMES, type GenerationJob, type JobResult, QUEUE_PREFIX, queueName } from '@ppsd/contract';
+import { resolveDevicePlan } from '@ppsd/engine';
 import { type Job, Worker } from 'bullmq';
 import { Redis, type RedisOptions } from 'ioredis';
 import { CancelRegistry } from './cancel';
-import { ConfigError, loadConfig, resolveDevices, type WorkerConfig } from './config';
+import { ConfigError, loadConfig, type WorkerConfig } from './config';
 import { createDrain, installSignalHandlers } from './drain';
 import { DecoderSupport, openEngine } from './engine';
 import type { WorkerEngine } from './engine-types';
@@ -41,7 +42,20 @@ async function main(): Promise<void> {
     throw err;
   }
   const log = (msg: string) => console.error(`[worker ${cfg.workerId}] ${msg}`);
-  const devices = resolveDevices(cfg.devices);
+  // The device plan is checked before anything else: a missing GPU provider, driver or library fails
+  // here with what to install (or becomes CPU when PPSD_ALLOW_CPU_FALLBACK allows it, logged).
+  let devices: string[];
+  try {
+    const plan = resolveDevicePlan(cfg.devices === 'auto' ? 'auto' : cfg.devices.join(','), {
+      allowCpuFallback: cfg.allowCpuFallback,
+      log,
+    });
+    devices = plan.devices;
+    log(`device plan: ${devices.join(',')} (${plan.reason})`);
+  } catch (err) {
+    log(`device plan: ${(err as Error).message}`);
+    process.exit(2);
+  }
   const redis = new Redis(cfg.redisUrl, redisOptions);
   let redisDown = false;
   redis.on('error', (err: Error) => {
@@ -116,6 +130,7 @@ async function main(): Promise<void> {
     decoder: cfg.decoder,
     devices,
     maxSeqLen: cfg.maxSeqLen,
+    allowCpuFallback: cfg.allowCpuFallback,
     verified: freshlyVerified,
     log,
   });
