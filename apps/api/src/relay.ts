@@ -6,7 +6,7 @@
 import type { StreamEntry } from './adapters/redis-events';
 import type { AppContext } from './context';
 import type { JobMeta } from './jobs';
-import { chunker, outcomeOf } from './openai';
+import { chunker, type Outcome, outcomeOf } from './openai';
 import { sseResponse } from './sse';
 
 export interface RelayOptions {
@@ -103,4 +103,35 @@ export function relayStream(
     },
     { keepAliveMs: ctx.config.keepAliveMs, requestSignal },
   );
+}
+
+/** The OpenAI request fields that decide how an admitted job is answered. */
+export interface AnswerOptions {
+  stream?: boolean | null;
+  stream_options?: { include_usage?: boolean | null } | null;
+  cancel_on_disconnect?: boolean | null;
+}
+
+/**
+ * Answers an admitted job the OpenAI way: SSE chunks when the request streams, else the final object
+ * (`toObject`: a text_completion or a chat.completion) once the job ends. 499 when the client left first.
+ */
+export async function answerJob(
+  ctx: AppContext,
+  meta: JobMeta,
+  request: Request,
+  body: AnswerOptions,
+  o: { chat: boolean; toObject: (meta: JobMeta, outcome: Outcome) => unknown },
+): Promise<Response> {
+  const cancelOnDisconnect = body.cancel_on_disconnect === true;
+  if (body.stream) {
+    return relayStream(ctx, meta, request.signal, {
+      chat: o.chat,
+      includeUsage: body.stream_options?.include_usage === true,
+      cancelOnDisconnect,
+    });
+  }
+  const entries = await waitForEnd(ctx, meta, request.signal, cancelOnDisconnect);
+  if (!entries) return new Response(null, { status: 499 });
+  return Response.json(o.toObject(meta, outcomeOf(meta, entries)));
 }

@@ -4,8 +4,8 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { renderChatPrompt } from '@ppsd/contract';
 import type { AppContext } from '../context';
 import { router } from '../context';
-import { chatObject, outcomeOf } from '../openai';
-import { relayStream, waitForEnd } from '../relay';
+import { chatObject } from '../openai';
+import { answerJob } from '../relay';
 import { ChatRequest, ChatResponse, errorResponses, IdempotencyHeader } from '../schemas';
 import { chatMessages, idempotencyKeyOf, samplingInput } from './params';
 
@@ -45,17 +45,6 @@ export function chatRoutes(ctx: AppContext) {
       maxTokens: body.max_completion_tokens ?? sampling.maxTokens,
       idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
     });
-    const signal = c.req.raw.signal;
-    const cancelOnDisconnect = body.cancel_on_disconnect === true;
-    if (body.stream) {
-      return relayStream(ctx, meta, signal, {
-        chat: true,
-        includeUsage: body.stream_options?.include_usage === true,
-        cancelOnDisconnect,
-      });
-    }
-    const entries = await waitForEnd(ctx, meta, signal, cancelOnDisconnect);
-    if (!entries) return c.body(null, 499 as never);
-    return c.json(chatObject(meta, outcomeOf(meta, entries)), 200);
+    return answerJob(ctx, meta, c.req.raw, body, { chat: true, toObject: chatObject });
   });
 }

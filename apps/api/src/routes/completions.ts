@@ -2,8 +2,8 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import type { AppContext } from '../context';
 import { router } from '../context';
-import { completionObject, outcomeOf } from '../openai';
-import { relayStream, waitForEnd } from '../relay';
+import { completionObject } from '../openai';
+import { answerJob } from '../relay';
 import { CompletionRequest, CompletionResponse, errorResponses, IdempotencyHeader } from '../schemas';
 import { idempotencyKeyOf, samplingInput } from './params';
 
@@ -40,17 +40,6 @@ export function completionsRoutes(ctx: AppContext) {
       ...samplingInput(body),
       idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
     });
-    const signal = c.req.raw.signal;
-    const cancelOnDisconnect = body.cancel_on_disconnect === true;
-    if (body.stream) {
-      return relayStream(ctx, meta, signal, {
-        chat: false,
-        includeUsage: body.stream_options?.include_usage === true,
-        cancelOnDisconnect,
-      });
-    }
-    const entries = await waitForEnd(ctx, meta, signal, cancelOnDisconnect);
-    if (!entries) return c.body(null, 499 as never);
-    return c.json(completionObject(meta, outcomeOf(meta, entries)), 200);
+    return answerJob(ctx, meta, c.req.raw, body, { chat: false, toObject: completionObject });
   });
 }

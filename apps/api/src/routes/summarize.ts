@@ -4,8 +4,8 @@ import { createRoute, z } from '@hono/zod-openapi';
 import { renderSummarizePrompt } from '@ppsd/contract';
 import type { AppContext } from '../context';
 import { router } from '../context';
-import { completionObject, outcomeOf } from '../openai';
-import { relayStream, waitForEnd } from '../relay';
+import { completionObject } from '../openai';
+import { answerJob } from '../relay';
 import { CompletionResponse, errorResponses, IdempotencyHeader, SummarizeRequest } from '../schemas';
 import { idempotencyKeyOf, samplingInput } from './params';
 
@@ -42,17 +42,6 @@ export function summarizeRoutes(ctx: AppContext) {
       ...samplingInput(body),
       idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
     });
-    const signal = c.req.raw.signal;
-    const cancelOnDisconnect = body.cancel_on_disconnect === true;
-    if (body.stream) {
-      return relayStream(ctx, meta, signal, {
-        chat: false,
-        includeUsage: body.stream_options?.include_usage === true,
-        cancelOnDisconnect,
-      });
-    }
-    const entries = await waitForEnd(ctx, meta, signal, cancelOnDisconnect);
-    if (!entries) return c.body(null, 499 as never);
-    return c.json(completionObject(meta, outcomeOf(meta, entries)), 200);
+    return answerJob(ctx, meta, c.req.raw, body, { chat: false, toObject: completionObject });
   });
 }
