@@ -122,6 +122,11 @@ describe('sampling: every decoder draws from the AR distribution', () => {
     { name: 'dv adaptive exit', decoder: 'dv', ctx: { skipSet: { attention: [1, 2], mlp: [2] } } },
     { name: 'ppsd k=2', decoder: 'ppsd', ctx: { stages: 2 } },
     { name: 'ppsd k=3', decoder: 'ppsd', ctx: { stages: 3 } },
+    {
+      name: 'ppsd k=2, draft head over a vocabulary subset (q zero elsewhere)',
+      decoder: 'ppsd',
+      ctx: { stages: 2, draftVocab: Int32Array.of(0, 1, 3, 4, 6, 9, 10, 14) },
+    },
     { name: 'spd k=2', decoder: 'spd', ctx: { stages: 2 } },
     {
       name: 'ppsd k=2, controlled acceptance 0.5 (forced drafts, one-hot q)',

@@ -136,6 +136,23 @@ suite(
       ctx: () => ({ skipSet: { attention: [2], mlp: [1, 2] }, draftLength: 4 }),
     },
     { name: 'ppsd k=2', decoder: 'ppsd', ctx: () => ({ stages: 2 }), stages: 2 },
+    { name: 'ppsd k=2, equal split', decoder: 'ppsd', ctx: () => ({ stages: 2, split: 'equal' }), stages: 2 },
+    {
+      name: 'ppsd k=2, draft head over a 6-token vocabulary subset',
+      decoder: 'ppsd',
+      ctx: () => ({ stages: 2, draftVocab: Int32Array.of(0, 2, 3, 5, 8, 13) }),
+      stages: 2,
+    },
+    {
+      name: 'ppsd k=3, affine head over a vocabulary subset',
+      decoder: 'ppsd',
+      ctx: (m) => ({
+        stages: 3,
+        exitHead: affineHead(m, 2, 3),
+        draftVocab: Int32Array.of(1, 4, 6, 7, 11, 12, 15),
+      }),
+      stages: 3,
+    },
     { name: 'ppsd k=3', decoder: 'ppsd', ctx: () => ({ stages: 3 }), stages: 3 },
     {
       name: 'ppsd k=4, affine head',
@@ -166,7 +183,13 @@ suite(
       decoder: 'dv',
       ctx: () => ({ skipSet: { attention: [2, 3], mlp: [3] } }),
     },
-    { name: 'ppsd k=2 (E=3)', decoder: 'ppsd', ctx: () => ({ stages: 2 }), stages: 2 },
+    { name: 'ppsd k=2', decoder: 'ppsd', ctx: () => ({ stages: 2 }), stages: 2 },
+    {
+      name: 'ppsd k=2, draft head over the 128 lowest ids',
+      decoder: 'ppsd',
+      ctx: () => ({ stages: 2, draftVocab: Int32Array.from({ length: 128 }, (_, i) => i) }),
+      stages: 2,
+    },
     { name: 'ppsd k=3 (E=2)', decoder: 'ppsd', ctx: () => ({ stages: 3 }), stages: 3 },
     { name: 'ppsd k=5 (E=1)', decoder: 'ppsd', ctx: () => ({ stages: 5 }), stages: 5 },
     { name: 'spd k=2, identity drafter', decoder: 'spd', ctx: () => ({ stages: 2 }), stages: 2 },

@@ -3,7 +3,21 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { specsOf, stageBoundaries } from '../../workers/engine/src/decode/pipeline';
+import { frequencyRankedVocab } from '../../workers/engine/src/decode/draft-vocab';
+import {
+  balancedBoundaries,
+  forwardMacs,
+  layerCost,
+  layerMacs,
+  planBoundaries,
+  specsOf,
+  stageBoundaries,
+  stageMacs,
+  sublayerSpecs,
+  sublayerSplit,
+  sublayerStageMacs,
+} from '../../workers/engine/src/decode/pipeline';
+import { withDraftVocab } from '../../workers/engine/src/decode/ppsd';
 import {
   identitySpdDrafter,
   loadSpdDrafter,
@@ -36,6 +50,112 @@ describe('stage plans', () => {
     expect(() => stageBoundaries(3, 4)).toThrow(/at least 4 layers/);
     expect(() => stageBoundaries(4, 3, 3)).toThrow(/too few layers/);
     expect(() => stageBoundaries(4, 2, 0)).toThrow(/exit layer/);
+  });
+});
+
+describe('cost-balanced stage plans', () => {
+  // Llama-2 110M shape and stories260K's
+  const c110 = llamaConfig({
+    dim: 768,
+    hiddenDim: 2048,
+    nLayers: 12,
+    nHeads: 12,
+    nKvHeads: 12,
+    vocabSize: 32000,
+  });
+  const c260 = llamaConfig({ dim: 64, hiddenDim: 172, nLayers: 5, nHeads: 8, nKvHeads: 4, vocabSize: 512 });
+
+  it('models a layer as its projections + MLP and each stage with its heads', () => {
+    expect(layerMacs(c110)).toBe(768 * (768 + 2 * 768) + 768 * 768 + 3 * 768 * 2048);
+    expect(layerMacs(c260)).toBe(64 * (64 + 2 * 32) + 64 * 64 + 3 * 64 * 172); // GQA: kv dim 32
+    const L = layerCost(c110);
+    expect(stageMacs(c110, [0, 6, 12])).toEqual([6 * L + 32000 * 768, 6 * L + 32000 * 768]);
+    expect(stageMacs(c110, [0, 7, 12], { draftRows: 4096, draftAffine: true })).toEqual([
+      7 * L + 4096 * 768 + 768 * 768,
+      5 * L + 32000 * 768,
+    ]);
+    expect(stageMacs(c110, [0, 6, 12], { draftRows: 0 })[0]).toBe(6 * L); // SPD: no head in stage 1
+    expect(forwardMacs(c110)).toBe(12 * L + 32000 * 768);
+  });
+
+  it('minimises the costliest stage: the last stage carries the classifier, stage 1 the draft head', () => {
+    // full-vocabulary exit head: both stages carry a 32000-row head, equal layers are balanced
+    expect(balancedBoundaries(c110, 2)).toEqual([0, 6, 12]);
+    // a 4096-row draft head: stage 1 takes more layers
+    const b = balancedBoundaries(c110, 2, { draftRows: 4096 });
+    expect(b).toEqual([0, 7, 12]);
+    const worst = (bb: number[]) => Math.max(...stageMacs(c110, bb, { draftRows: 4096 }));
+    for (let E = 1; E < 12; E++) expect(worst(b)).toBeLessThanOrEqual(worst([0, E, 12]));
+    // SPD (no head in stage 1) on stories260K: the classifier pushes a layer into stage 1
+    expect(balancedBoundaries(c260, 2, { draftRows: 0 })).toEqual([0, 3, 5]);
+    // k = 3 and 4: every plan is valid and no other plan has a cheaper costliest stage
+    for (const k of [3, 4]) {
+      const bk = balancedBoundaries(c110, k, { draftRows: 4096 });
+      expect(bk).toHaveLength(k + 1);
+      expect(bk[0]).toBe(0);
+      expect(bk[k]).toBe(12);
+      for (let j = 0; j < k; j++) expect(bk[j + 1]).toBeGreaterThan(bk[j]);
+      const best = Math.max(...stageMacs(c110, bk, { draftRows: 4096 }));
+      const all = (prefix: number[]): number[][] =>
+        prefix.length === k
+          ? [[...prefix, 12]]
+          : Array.from({ length: 12 - prefix[prefix.length - 1] - (k - prefix.length) }, (_, i) =>
+              all([...prefix, prefix[prefix.length - 1] + 1 + i]),
+            ).flat();
+      for (const other of all([0])) {
+        expect(best).toBeLessThanOrEqual(Math.max(...stageMacs(c110, other, { draftRows: 4096 })) + 1e-6);
+      }
+    }
+  });
+
+  it('k = 2 may split inside a layer (attention in stage 1, MLP in stage 2) when that balances better', () => {
+    const o = { draftRows: 4096 };
+    expect(sublayerSplit(c110, 2, o)).toBe(7);
+    const split = Math.max(...sublayerStageMacs(c110, 7, o));
+    expect(split).toBeLessThan(Math.max(...stageMacs(c110, balancedBoundaries(c110, 2, o), o)));
+    // the two parts add up to the whole model plus the draft head
+    expect(sublayerStageMacs(c110, 7, o).reduce((a, b) => a + b)).toBeCloseTo(
+      forwardMacs(c110) + 4096 * 768,
+      3,
+    );
+    expect(sublayerSpecs(12, 7)).toEqual([
+      { firstLayer: 0, endLayer: 8, skip: { attention: [], mlp: [7] } },
+      { firstLayer: 7, endLayer: 12, skip: { attention: [7], mlp: [] } },
+    ]);
+    expect(sublayerSplit(c110, 2)).toBeUndefined(); // full heads: whole layers are already balanced
+    expect(sublayerSplit(c110, 3, o)).toBeUndefined(); // k = 2 only
+  });
+
+  it('keeps a fixed exit layer, and equal layer counts on request', () => {
+    expect(balancedBoundaries(c110, 3, { exitLayer: 2 })[1]).toBe(2);
+    expect(planBoundaries(c110, 2, { draftRows: 4096, split: 'equal' })).toEqual([0, 6, 12]);
+    expect(planBoundaries(c110, 2, { draftRows: 4096 })).toEqual([0, 7, 12]);
+    expect(() => balancedBoundaries(c110, 13)).toThrow(/at least 13 layers/);
+  });
+});
+
+describe('draft vocabulary subset', () => {
+  it('ranks ids by frequency (ties and unseen ids by id) and returns them ascending', () => {
+    expect(Array.from(frequencyRankedVocab([5, 5, 5, 2, 2, 7, 9, 9, 9, 9], 3, 10))).toEqual([2, 5, 9]);
+    expect(Array.from(frequencyRankedVocab([4], 3, 10))).toEqual([0, 1, 4]);
+    expect(() => frequencyRankedVocab([], 11, 10)).toThrow(/draft vocabulary size/);
+  });
+
+  it('gathers the classifier rows of the subset into the exit head', () => {
+    const model = tinyModel();
+    const { dim } = model.config;
+    const vocab = Int32Array.of(1, 4, 9);
+    const head = withDraftVocab(model, { afterLayer: 2 }, vocab);
+    expect(head.vocab).toBe(vocab);
+    expect(head.classifierRows).toHaveLength(3 * dim);
+    for (const [i, t] of vocab.entries()) {
+      expect(Array.from(head.classifierRows!.subarray(i * dim, (i + 1) * dim))).toEqual(
+        Array.from(model.weights.classifier.subarray(t * dim, (t + 1) * dim)),
+      );
+    }
+    // the whole vocabulary: no subset
+    const all = Int32Array.from({ length: model.config.vocabSize }, (_, i) => i);
+    expect(withDraftVocab(model, { afterLayer: 2 }, all).classifierRows).toBeUndefined();
   });
 });
 

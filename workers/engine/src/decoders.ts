@@ -63,7 +63,10 @@ export async function openDecoder(
     log: plan.log,
   };
   const equalExit = plan.exitLayer ?? stageBoundaries(N, k, undefined)[1];
-  const draftRows = Math.min(plan.draftRows ?? defaultDraftRows(model.config.vocabSize), model.config.vocabSize);
+  const draftRows = Math.min(
+    plan.draftRows ?? defaultDraftRows(model.config.vocabSize),
+    model.config.vocabSize,
+  );
   /** E of the pipeline plan: the first boundary of the balanced (or equal) split unless fixed. */
   const pipelineExit = (rows: number) =>
     plan.exitLayer ?? planBoundaries(model.config, k, { draftRows: rows, split: plan.split })[1];

@@ -24,6 +24,9 @@ interface BenchJson {
     boundaries: number[];
     exitLayer: number;
     exitHead: string;
+    split?: string;
+    draftVocab?: string;
+    stageMacs?: number[];
     spdDrafter: string;
     skipSet: unknown;
     maxTokens: number;
@@ -77,6 +80,13 @@ export function replaceSection(doc: string, body: string): string {
   return `${doc.trimEnd()}${doc.trim() ? '\n\n' : ''}${section}\n`;
 }
 
+/** PPSD's own plan when it differs from the setup's (a split inside a layer), from the runs' stats. */
+function ppsdPlanNote(r: BenchJson): string {
+  const plan = r.summaries.find((x) => x.label === 'ppsd')?.plan;
+  if (!plan || plan.splitLayer === undefined) return '';
+  return `; PPSD splits inside layer ${plan.splitLayer} (its attention ends stage 1, where the exit head reads the hidden state; its MLP starts stage 2), modelled cost per stage ${plan.stageMacs.map((x) => `${(x / 1e6).toFixed(1)}M`).join(' / ')}`;
+}
+
 /** Where the time goes for the pipeline rows, in words. */
 export function timeNotes(s: Summary[], k: number): string[] {
   const ar = s.find((x) => x.label === 'ar-1core');
@@ -84,8 +94,14 @@ export function timeNotes(s: Summary[], k: number): string[] {
   for (const x of s.filter((y) => y.msPerTick !== undefined)) {
     const busy = x.stages!.map((st) => `${(100 * st.busyFraction).toFixed(0)}%`).join(' / ');
     const arMs = ar ? 1000 / ar.tokensPerSecond : Number.NaN;
+    const perStage = x.stageBusyPerTickMs
+      ? ` (each stage's run per tick: ${x.stageBusyPerTickMs.map((b) => b.toFixed(2)).join(' / ')} ms)`
+      : '';
+    const plan = x.plan
+      ? `; plan [${x.plan.boundaries.join(', ')}] (${x.plan.split}${x.plan.draftRows !== undefined ? `, draft head ${x.plan.draftRows} rows` : ''}), modelled MACs per stage ${x.plan.stageMacs.map((m) => `${(m / 1e6).toFixed(m < 1e6 ? 3 : 1)}M`).join(' / ')}`
+      : '';
     lines.push(
-      `- ${x.label}${x.alpha !== null ? ` (alpha ${x.alpha})` : ''}: ${x.msPerTick!.toFixed(3)} ms per tick, of which the busiest stage computes ${x.maxStageBusyPerTickMs!.toFixed(3)} ms and ${x.overheadPerTickMs!.toFixed(3)} ms is messaging, control and drafting on the critical path (AR on one core: ${arMs.toFixed(3)} ms per token, so an ideal tick is ${(arMs / k).toFixed(3)} ms); stages busy ${busy} of the generation.`,
+      `- ${x.label}${x.alpha !== null ? ` (alpha ${x.alpha})` : ''}: ${x.msPerTick!.toFixed(3)} ms per tick, of which the slowest stage's run computes ${x.maxStageBusyPerTickMs!.toFixed(3)} ms${perStage} and ${x.overheadPerTickMs!.toFixed(3)} ms is messaging, control and drafting on the critical path (AR on one core: ${arMs.toFixed(3)} ms per token, so an ideal tick is ${(arMs / k).toFixed(3)} ms); stages busy ${busy} of the generation${plan}.`,
     );
   }
   return lines;
@@ -200,7 +216,7 @@ export async function writeBenchDocs(
       );
     }
     parts.push(
-      `Plan: k = ${m.stages} stages, layers [${m.boundaries.join(', ')}]; ${m.exitHead}; SPD: ${m.spdDrafter}; DV skip set: ${JSON.stringify(m.skipSet)}${m.skipSetSource ? ` (${m.skipSetSource})` : ''}.`,
+      `Plan: k = ${m.stages} stages, layers [${m.boundaries.join(', ')}]${m.split ? ` (${m.split} split${m.stageMacs ? `, modelled cost per stage ${m.stageMacs.map((x) => `${(x / 1e6).toFixed(x < 1e6 ? 3 : 1)}M`).join(' / ')} MAC-equivalents` : ''})` : ''}; ${m.exitHead}${m.draftVocab ? `; PPSD draft head: ${m.draftVocab}` : ''}${ppsdPlanNote(r)}; SPD: ${m.spdDrafter}; DV skip set: ${JSON.stringify(m.skipSet)}${m.skipSetSource ? ` (${m.skipSetSource})` : ''}.`,
       `${m.maxTokens} tokens per generation, ${m.prompts.length} prompts, ${m.repeats} repeats; ${m.machine.cores} cores (${m.machine.cpu ?? 'cpu'}); load average before ${m.machine.loadavgBefore.map((x) => x.toFixed(2)).join(' ')}, after ${m.machine.loadavgAfter.map((x) => x.toFixed(2)).join(' ')}; ${m.date.slice(0, 16)}Z, ${m.wallSeconds} s.`,
       '',
       '```',

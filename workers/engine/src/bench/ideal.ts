@@ -21,6 +21,15 @@ export function planSpeedup(alpha: number, boundaries: number[]): number {
   return (N / deepest / k) * pipelineSpeedup(alpha, k);
 }
 
+/**
+ * The same from the cost model (pipeline.ts stageMacs): AR costs a full forward per token, a tick the
+ * costliest stage (heads included): (forward / (k x costliest)) x k / (alpha + (1 - alpha) k).
+ */
+export function costPlanSpeedup(alpha: number, stageMacs: number[], forwardMacs: number): number {
+  const k = stageMacs.length;
+  return (forwardMacs / Math.max(...stageMacs) / k) * pipelineSpeedup(alpha, k);
+}
+
 /** Expected tokens per draft-then-verify block of gamma drafts: (1 - alpha^(gamma+1)) / (1 - alpha). */
 export function expectedBlockTokens(alpha: number, gamma: number): number {
   checkAlpha(alpha);

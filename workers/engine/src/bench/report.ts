@@ -2,9 +2,11 @@
  * Benchmark arithmetic and reporting: medians, acceptance, speedups over both AR baselines, ideal
  * speedups at the measured acceptance, efficiency, and where a pipeline's time goes.
  */
+import type { PipelinePlan } from '../decode/decoder';
+import { forwardMacs } from '../decode/pipeline';
 import type { LlamaConfig, SkipSet } from '../model/llama';
 import type { RunRecord } from './harness';
-import { dvSpeedup, eesdSpeedup, efficiency, pipelineSpeedup, planSpeedup } from './ideal';
+import { costPlanSpeedup, dvSpeedup, eesdSpeedup, efficiency, pipelineSpeedup, planSpeedup } from './ideal';
 
 export interface BenchSetup {
   config: LlamaConfig;
@@ -45,6 +47,10 @@ export interface Summary {
   msPerTick?: number;
   maxStageBusyPerTickMs?: number;
   overheadPerTickMs?: number;
+  /** Each stage's busy time per tick (decode loop). */
+  stageBusyPerTickMs?: number[];
+  /** The pipeline's plan (boundaries, split, draft-head rows, modelled MACs per stage). */
+  plan?: PipelinePlan;
 }
 
 export function median(xs: number[]): number {
@@ -169,6 +175,29 @@ export function summarize(records: RunRecord[], setup: BenchSetup): Summary[] {
       s.msPerTick = wall / ticks;
       s.maxStageBusyPerTickMs = Math.max(...busy) / ticks;
       s.overheadPerTickMs = s.msPerTick - s.maxStageBusyPerTickMs;
+      // Measured by the pipeline itself (decode loop only, prefill excluded): ticks, their wall time and
+      // per tick the slowest stage's run, so "rest" is what is left on the critical path.
+      const measured = withStages.filter((r) => r.stats.pipeline && r.stats.pipeline.ticks > 0);
+      if (measured.length === withStages.length) {
+        let n2 = 0;
+        let tickMs = 0;
+        let computeMs = 0;
+        for (const r of measured) {
+          n2 += r.stats.pipeline!.ticks;
+          tickMs += r.stats.pipeline!.tickMs;
+          computeMs += r.stats.pipeline!.computeMs;
+        }
+        s.ticks = n2;
+        s.msPerTick = tickMs / n2;
+        s.maxStageBusyPerTickMs = computeMs / n2;
+        s.overheadPerTickMs = s.msPerTick - s.maxStageBusyPerTickMs;
+        s.stageBusyPerTickMs = busy.map((b) => b / n2);
+      }
+      const plan = withStages[0].stats.pipeline?.plan;
+      if (plan) {
+        s.plan = plan;
+        if (acc !== null) s.idealPlan = costPlanSpeedup(acc, plan.stageMacs, forwardMacs(config));
+      }
     }
     out.push(s);
   }

@@ -4,11 +4,19 @@
  */
 import path from 'node:path';
 import { expectedSpeedup } from '../calibrate/exit-heads';
+import { defaultDraftRows, draftVocabFor } from '../decode/draft-vocab';
 import { exitHeadFor, listExitHeads } from '../decode/heads';
-import { stageBoundaries } from '../decode/pipeline';
+import {
+  balancedBoundaries,
+  forwardMacs,
+  planBoundaries,
+  type StageSplit,
+  stageMacs,
+} from '../decode/pipeline';
 import { loadSpdDrafter, type SpdDrafterWeights } from '../decode/spd-drafter';
 import type { ExitHead, SkipSet } from '../model/llama';
 import type { LoadedPackage } from '../package';
+import { costPlanSpeedup } from './ideal';
 
 /** The skip set stored by `ppsd tune-skip`, if any. */
 export function skipSetFromManifest(m: LoadedPackage['manifest']): SkipSet | undefined {
@@ -18,29 +26,60 @@ export function skipSetFromManifest(m: LoadedPackage['manifest']): SkipSet | und
   return { attention: ints(s.attention), mlp: ints(s.mlp) };
 }
 
+/** How a benchmark lays out its pipelines. */
+export interface PlanOptions {
+  /** Equal modelled cost per stage (default) or equal layer counts. */
+  split?: StageSplit;
+  /** Rows of PPSD's cheap draft head (default defaultDraftRows(vocab); >= vocab: the full head). */
+  draftRows?: number;
+}
+
 /**
  * The exit layer for k stages: `requested` if given; else the stored head with the best expected
- * speedup at its recorded acceptance; else round(N / k).
+ * speedup at its recorded acceptance (balanced split: from the cost model, heads included; equal split:
+ * from layer counts); else the plan's first boundary.
  */
-export function chooseExitLayer(pkg: LoadedPackage, k: number, requested?: number): number {
-  const N = pkg.model.config.nLayers;
+export function chooseExitLayer(
+  pkg: LoadedPackage,
+  k: number,
+  requested?: number,
+  opts: PlanOptions = {},
+): number {
+  const c = pkg.model.config;
+  const N = c.nLayers;
   if (requested !== undefined) return requested;
+  const split = opts.split ?? 'balanced';
+  const draftRows = Math.min(opts.draftRows ?? defaultDraftRows(c.vocabSize), c.vocabSize);
   let best: number | undefined;
   let bestS = -1;
   for (const { layer, record } of listExitHeads(pkg.manifest)) {
-    const s = expectedSpeedup(N, k, layer, record.acceptance);
+    let s: number | undefined;
+    if (split === 'equal') s = expectedSpeedup(N, k, layer, record.acceptance);
+    else if (N - layer >= k - 1) {
+      const cost = { draftRows, draftAffine: true };
+      const b = balancedBoundaries(c, k, { ...cost, exitLayer: layer });
+      s = costPlanSpeedup(record.acceptance, stageMacs(c, b, cost), forwardMacs(c));
+    }
     if (s !== undefined && s > bestS) {
       best = layer;
       bestS = s;
     }
   }
-  return best ?? stageBoundaries(N, k)[1];
+  return best ?? planBoundaries(c, k, { draftRows, split })[1];
 }
 
 export interface ResolvedSetup {
   k: number;
   exitLayer: number;
   boundaries: number[];
+  split: StageSplit;
+  /** Rows of PPSD's draft head, and the token ids when a subset. */
+  draftRows: number;
+  draftVocab?: Int32Array;
+  draftVocabInfo: string;
+  /** Modelled multiply-adds per PPSD stage and of a full forward. */
+  stageMacs: number[];
+  forwardMacs: number;
   exitHead: ExitHead;
   exitHeadInfo: string;
   skipSet?: SkipSet;
@@ -52,10 +91,16 @@ export async function resolveSetup(
   pkg: LoadedPackage,
   k: number,
   requestedExit?: number,
+  opts: PlanOptions = {},
 ): Promise<ResolvedSetup> {
-  const E = chooseExitLayer(pkg, k, requestedExit);
-  const boundaries = stageBoundaries(pkg.model.config.nLayers, k, E);
+  const c = pkg.model.config;
+  const split = opts.split ?? 'balanced';
+  const draftRows = Math.min(opts.draftRows ?? defaultDraftRows(c.vocabSize), c.vocabSize);
+  const E = chooseExitLayer(pkg, k, requestedExit, { split, draftRows });
   const exitHead = await exitHeadFor(pkg.dir, pkg.manifest, pkg.model, E);
+  const cost = { draftRows, draftAffine: !!exitHead.affine };
+  const boundaries = planBoundaries(c, k, { ...cost, exitLayer: E, split });
+  const { vocab, source } = await draftVocabFor(pkg, draftRows);
   const rec = pkg.manifest.exitHeads?.[String(E)] as { kind?: string; acceptance?: number } | undefined;
   const exitHeadInfo = exitHead.affine
     ? `${rec?.kind ?? 'affine'} head at E=${E} (calibrated acceptance ${rec?.acceptance ?? '?'})`
@@ -73,6 +118,12 @@ export async function resolveSetup(
     k,
     exitLayer: E,
     boundaries,
+    split,
+    draftRows,
+    draftVocab: vocab,
+    draftVocabInfo: vocab ? `${draftRows} rows: ${source}` : `full vocabulary (${c.vocabSize} rows)`,
+    stageMacs: stageMacs(c, boundaries, cost),
+    forwardMacs: forwardMacs(c),
     exitHead,
     exitHeadInfo,
     skipSet: skipSetFromManifest(pkg.manifest),

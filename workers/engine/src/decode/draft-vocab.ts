@@ -5,7 +5,7 @@
  * acceptance close to the full head's.
  *
  * Source: the package's tokenizer applied to the shared corpus (../shared/corpus/tinystories-val.txt,
- * 0.6 MB, well under a second), else ids 0..V'-1 when the corpus is missing.
+ * 0.6 MB, about a second for a 32000-token vocabulary); without the corpus the head keeps the whole vocabulary.
  */
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
@@ -58,6 +58,7 @@ export async function draftVocabFor(
       source: `top ${size} by frequency in ${path.basename(corpus)}`,
     };
   } catch {
-    return { vocab: Int32Array.from({ length: size }, (_, i) => i), source: `ids 0..${size - 1} (no corpus)` };
+    // no corpus to rank by: keep the full head rather than guess a subset that would cost acceptance
+    return { source: `full vocabulary (no corpus at ${corpus} to rank a subset by)` };
   }
 }

@@ -39,6 +39,8 @@ export interface DecoderContext {
   draftVocab?: Int32Array;
   /** Pipeline boundaries when E is not fixed: equal modelled cost per stage (default) or equal layer counts. */
   split?: StageSplit;
+  /** PPSD k = 2: allow a split inside a layer when it balances better (default true; see pipeline.ts sublayerSplit). */
+  sublayer?: boolean;
   /** DV's skip set (default: both sub-layers of every second inner layer). */
   skipSet?: SkipSet;
   /** SPD's fitted drafter (default: identity on the deepest in-flight feature). */
@@ -115,7 +117,12 @@ export async function createDecoder(name: DecoderName, ctx: DecoderContext): Pro
       });
     }
     case 'ppsd':
-      return createPpsdDecoder(model, { ...pipeline, exitHead: ctx.exitHead, draftVocab: ctx.draftVocab });
+      return createPpsdDecoder(model, {
+        ...pipeline,
+        exitHead: ctx.exitHead,
+        draftVocab: ctx.draftVocab,
+        sublayer: ctx.sublayer,
+      });
     case 'spd':
       return createSpdDecoder(model, { ...pipeline, drafter: ctx.spdDrafter });
     default:
@@ -132,9 +139,9 @@ function lengthPolicy(draftLength: number | 'adaptive' | undefined, adaptive: ()
 
 export { AdaptiveDraftLength, BlockDecoder, ConfidenceDraftExit, FixedDraftLength } from './block';
 export * from './decoder';
+export { DEFAULT_VOCAB_CORPUS, defaultDraftRows, draftVocabFor, frequencyRankedVocab } from './draft-vocab';
 export { DvSpeculator, defaultSkipSet } from './dv';
 export { EesdSpeculator } from './eesd';
-export { DEFAULT_VOCAB_CORPUS, defaultDraftRows, draftVocabFor, frequencyRankedVocab } from './draft-vocab';
 export {
   balancedBoundaries,
   forwardMacs,

@@ -20,6 +20,9 @@ import {
   specsOf,
   stageMacs,
   startStageWorkers,
+  sublayerSpecs,
+  sublayerSplit,
+  sublayerStageMacs,
 } from './pipeline';
 import { argmax, type Sampler } from './sampling';
 import { type ControlledAcceptance, type Draft, draftFrom } from './spec-rule';
@@ -32,6 +35,11 @@ export interface PipelineSetup extends StageWorkersOptions {
   exitLayer?: number;
   /** How the boundaries are chosen when E is not fixed: equal modelled cost (default) or equal layer counts. */
   split?: StageSplit;
+  /**
+   * PPSD, k = 2, balanced split, logit-lens exit, E not fixed: split inside a layer (its attention in
+   * stage 1, its MLP in stage 2) when that balances the stages better (default true).
+   */
+  sublayer?: boolean;
   controlledAcceptance?: ControlledAcceptance;
 }
 
@@ -72,7 +80,8 @@ export function subsetDraft(
 
 /** The exit head with its classifier restricted to `vocab` (the rows gathered into their own weight). */
 export function withDraftVocab(model: LlamaModel, exit: ExitHead, vocab: Int32Array | undefined): ExitHead {
-  if (!vocab || vocab.length >= model.config.vocabSize) return { afterLayer: exit.afterLayer, affine: exit.affine };
+  if (!vocab || vocab.length >= model.config.vocabSize)
+    return { afterLayer: exit.afterLayer, affine: exit.affine };
   const { dim, vocabSize } = model.config;
   const cls = model.weights.classifier;
   const rows = new Float32Array(vocab.length * dim);
@@ -102,8 +111,17 @@ export async function createPpsdDecoder(
       `ppsd: the exit head sits after layer ${base.afterLayer}, but stage 1 ends at layer ${b[1]}`,
     );
   }
-  const exit = withDraftVocab(model, base, vocab);
-  const specs = specsOf(b);
+  // Split inside a layer when that balances better (logit lens only: a stored head expects whole layers).
+  const sl =
+    setup.sublayer !== false &&
+    split === 'balanced' &&
+    !setup.exitHead?.affine &&
+    (E === undefined || E === planBoundaries(c, k, { ...cost, split })[1])
+      ? sublayerSplit(c, k, cost)
+      : undefined;
+  const exit = withDraftVocab(model, sl === undefined ? base : { afterLayer: sl + 1 }, vocab);
+  const specs = sl === undefined ? specsOf(b) : sublayerSpecs(c.nLayers, sl);
+  if (sl !== undefined) b[1] = sl;
   specs[0] = { ...specs[0], exit };
   const stages = await startStageWorkers(model, specs, setup);
   return new PipelineDecoder(stages, new ExitHeadDrafter(vocab, c.vocabSize), {
@@ -112,9 +130,10 @@ export async function createPpsdDecoder(
     controlledAcceptance: setup.controlledAcceptance,
     plan: {
       boundaries: b,
-      split: E === undefined ? split : 'fixed',
+      split: E === undefined || planBoundaries(c, k, { ...cost, split })[1] === E ? split : 'fixed',
       draftRows: cost.draftRows,
-      stageMacs: stageMacs(c, b, cost),
+      stageMacs: sl === undefined ? stageMacs(c, b, cost) : sublayerStageMacs(c, sl, cost),
+      splitLayer: sl,
     },
   });
 }

@@ -111,8 +111,18 @@ export async function createSpdDecoder(
 ): Promise<PipelineDecoder> {
   const k = setup.stages ?? 2;
   // no head in stage 1: the drafter runs on the controller
-  const split = setup.split ?? 'balanced';
-  const b = planBoundaries(model.config, k, { draftRows: 0, exitLayer: setup.exitLayer, split });
+  let split = setup.split ?? 'balanced';
+  let b = planBoundaries(model.config, k, { draftRows: 0, exitLayer: setup.exitLayer, split });
+  // A fitted drafter reads features at the depths of the plan it was fitted for: when the balanced
+  // plan lacks one of them and no split was asked for, keep the equal-layer plan it fits.
+  const fits = (bb: number[]) => !setup.drafter || setup.drafter.depths.every((d) => bb.indexOf(d) >= 1);
+  if (!fits(b) && setup.split === undefined) {
+    const equal = planBoundaries(model.config, k, { exitLayer: setup.exitLayer, split: 'equal' });
+    if (fits(equal)) {
+      b = equal;
+      split = 'equal';
+    }
+  }
   const weights = setup.drafter ?? identitySpdDrafter(model.config.dim, b[k - 1]);
   validateSpdDrafter(weights, model.config.dim);
   const lags = spdFeatureLags(weights.depths, b);
@@ -134,7 +144,11 @@ export async function createSpdDecoder(
     controlledAcceptance: setup.controlledAcceptance,
     plan: {
       boundaries: b,
-      split: setup.exitLayer === undefined ? split : 'fixed',
+      split:
+        setup.exitLayer === undefined ||
+        planBoundaries(model.config, k, { draftRows: 0, split })[1] === setup.exitLayer
+          ? split
+          : 'fixed',
       stageMacs: stageMacs(model.config, b, { draftRows: 0 }),
     },
   });

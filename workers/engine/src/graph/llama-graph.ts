@@ -224,7 +224,13 @@ function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipM
 }
 
 /** Final norm + classifier on the last R rows of x [T, dim] (after an optional affine map) -> [R, vocab]. */
-function head(s: Ctx, x: Tensor, logitRows: Tensor, affine?: ExitHead['affine'], rows?: Float32Array): Tensor {
+function head(
+  s: Ctx,
+  x: Tensor,
+  logitRows: Tensor,
+  affine?: ExitHead['affine'],
+  rows?: Float32Array,
+): Tensor {
   const { g, model } = s;
   const { dim, vocabSize } = model.config;
   let h = g.slice(x, g.neg(logitRows), g.i64([INT64_MAX]), [0]); // [R, dim]

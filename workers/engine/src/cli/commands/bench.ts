@@ -13,7 +13,8 @@ import { type BenchDecoder, runHarness } from '../../bench/harness';
 import { markdownTable, summarize } from '../../bench/report';
 import { resolveSetup } from '../../bench/setup';
 import type { Decoder, DecoderName } from '../../decode/decoder';
-import { createDecoder, DECODER_NAMES, defaultSkipSet } from '../../decode/index';
+import { createDecoder, DECODER_NAMES, defaultSkipSet, type StageSplit } from '../../decode/index';
+import { sublayerSplit } from '../../decode/pipeline';
 import { loadPackage } from '../../package';
 import { numberFlag, parseCommandArgs, UsageError } from '../args';
 
@@ -29,7 +30,12 @@ options:
   --prompts FILE       one prompt per line (default prompts/bench-prompts.txt)
   --decoders LIST      comma-separated from ar,eesd,dv,ppsd,spd (default all; 'ar' = both AR baselines)
   --stages k           pipeline stages (default 2); AR "all cores" gets k intra-op threads
-  --exit-layer E       exit layer (default: the package's best stored head for k, else round(N/k))
+  --exit-layer E       exit layer (default: the package's best stored head for the plan, else the plan's first boundary)
+  --split MODE         pipeline boundaries: balanced (equal modelled cost per stage, heads included; default) or equal (layer counts)
+  --whole-layers       PPSD: never split inside a layer (default: k = 2 with the logit lens may run one layer's
+                       attention in stage 1 and its MLP in stage 2 when that balances the stages better)
+  --draft-vocab N      rows of PPSD's draft head: the N most frequent tokens of the corpus (default 4096 for
+                       vocabularies >= 16k, else the whole vocabulary; 0 = the whole vocabulary)
   --max-tokens N       tokens per generation (default 64)
   --prompt-count N     use the first N prompts (default all)
   --repeats R          rounds over all prompts (default 3); medians over rounds
@@ -46,6 +52,9 @@ export async function run(argv: string[]): Promise<void> {
       decoders: { type: 'string' },
       stages: { type: 'string' },
       'exit-layer': { type: 'string' },
+      split: { type: 'string' },
+      'draft-vocab': { type: 'string' },
+      'whole-layers': { type: 'boolean' },
       'max-tokens': { type: 'string' },
       'prompt-count': { type: 'string' },
       repeats: { type: 'string' },
@@ -94,12 +103,25 @@ export async function run(argv: string[]): Promise<void> {
   const N = model.config.nLayers;
   if (!Number.isInteger(k) || k < 2 || k > N)
     throw new UsageError(`--stages must be an integer in [2, ${N}]`);
+  const split = (values.split ?? 'balanced') as StageSplit;
+  if (split !== 'balanced' && split !== 'equal') throw new UsageError('--split must be balanced or equal');
+  const dvRows = values['draft-vocab'] ? numberFlag(values['draft-vocab'], 'draft-vocab') : undefined;
   const setup = await resolveSetup(
     pkg,
     k,
     values['exit-layer'] ? numberFlag(values['exit-layer'], 'exit-layer') : undefined,
+    { split, draftRows: dvRows === 0 ? model.config.vocabSize : dvRows },
   );
   const skipSet = setup.skipSet ?? defaultSkipSet(N);
+  // PPSD's own plan may split inside a layer (k = 2, logit lens, balanced): say so
+  const ppsdSplitLayer =
+    !values['whole-layers'] && split === 'balanced' && !setup.exitHead.affine
+      ? sublayerSplit(model.config, k, { draftRows: setup.draftRows })
+      : undefined;
+  const ppsdSplitInfo =
+    ppsdSplitLayer === undefined
+      ? ''
+      : ` PPSD splits inside layer ${ppsdSplitLayer} (its attention ends stage 1, where the exit reads the hidden state; its MLP starts stage 2).`;
   const encoded = prompts.map((p) => Int32Array.from([tokenizer.bosId, ...tokenizer.encode(p)]));
   const longest = Math.max(...encoded.map((p) => p.length));
   const maxSeqLen = numberFlag(
@@ -113,7 +135,7 @@ export async function run(argv: string[]): Promise<void> {
     log('note: controlled acceptance on a model with real weights; results are labelled controlled');
   }
   log(
-    `plan: k=${k}, stages [${setup.boundaries.join(', ')}], ${setup.exitHeadInfo}; SPD: ${setup.spdDrafterInfo}; DV skip set ${JSON.stringify(skipSet)}${setup.skipSet ? ' (tuned)' : ' (default)'}`,
+    `plan: k=${k}, ${split} split, stages [${setup.boundaries.join(', ')}] (modelled MACs ${setup.stageMacs.map((m) => (m / 1e6).toFixed(2)).join(' / ')}M, full forward ${(setup.forwardMacs / 1e6).toFixed(2)}M), ${setup.exitHeadInfo}; PPSD draft head: ${setup.draftVocabInfo};${ppsdSplitInfo} SPD: ${setup.spdDrafterInfo}; DV skip set ${JSON.stringify(skipSet)}${setup.skipSet ? ' (tuned)' : ' (default)'}`,
   );
 
   const decoders: BenchDecoder[] = [];
@@ -126,6 +148,9 @@ export async function run(argv: string[]): Promise<void> {
         stages: k,
         exitLayer: setup.exitLayer,
         exitHead: setup.exitHead,
+        draftVocab: setup.draftVocab,
+        split,
+        sublayer: !values['whole-layers'],
         skipSet,
         spdDrafter: setup.spdDrafter,
         threadsPerStage: extra.threadsPerStage ?? 1,
@@ -161,6 +186,12 @@ export async function run(argv: string[]): Promise<void> {
       boundaries: setup.boundaries,
       exitLayer: setup.exitLayer,
       exitHead: setup.exitHeadInfo,
+      split,
+      ppsdSplitLayer: ppsdSplitLayer ?? null,
+      draftVocab: setup.draftVocabInfo,
+      draftRows: setup.draftRows,
+      stageMacs: setup.stageMacs,
+      forwardMacs: setup.forwardMacs,
       spdDrafter: setup.spdDrafterInfo,
       skipSet,
       skipSetSource: setup.skipSet ? 'tuned (ppsd tune-skip)' : 'default (decode/dv.ts defaultSkipSet)',
@@ -186,7 +217,7 @@ export async function run(argv: string[]): Promise<void> {
       log(`wrote ${values.json}`);
     }
     console.log(
-      `${alphas.length > 0 ? 'Controlled acceptance (drafts replaced by the AR token with probability alpha; drafters still run in full)' : 'Real acceptance'} - ${manifest.name}, k=${k}, stages [${setup.boundaries.join(', ')}], ${maxTokens} tokens x ${prompts.length} prompts x ${repeats} repeats\n`,
+      `${alphas.length > 0 ? 'Controlled acceptance (drafts replaced by the AR token with probability alpha; drafters still run in full)' : 'Real acceptance'} - ${manifest.name}, k=${k}, stages [${setup.boundaries.join(', ')}], ${split} split, PPSD draft head ${setup.draftRows} rows, ${maxTokens} tokens x ${prompts.length} prompts x ${repeats} repeats\n`,
     );
     console.log(table);
     const bad = summaries.filter((s) => !s.lossless);
