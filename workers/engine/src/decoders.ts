@@ -1,17 +1,6 @@
-import path from 'node:path';
 import type { Decoder, DecoderName } from './decode/decoder';
-import { exitHeadFor } from './decode/heads';
-import {
-  createDecoder,
-  type DecoderContext,
-  defaultDraftRows,
-  draftVocabFor,
-  planBoundaries,
-  type StageSplit,
-  stageBoundaries,
-} from './decode/index';
-import { loadSpdDrafter } from './decode/spd-drafter';
-import type { SkipSet } from './model/llama';
+import { createDecoder, type DecoderContext, type StageSplit } from './decode/index';
+import { resolveSetup } from './decoder-setup';
 import type { LoadedPackage } from './package';
 import type { Device } from './runtime';
 
@@ -48,7 +37,7 @@ export async function openDecoder(
   pkg: LoadedPackage,
   plan: DecoderPlan,
 ): Promise<Decoder> {
-  const { model, manifest, dir } = pkg;
+  const { model } = pkg;
   const N = model.config.nLayers;
   const devices = plan.devices?.length ? plan.devices : ['cpu' as Device];
   const k = Math.min(N, plan.stages ?? Math.max(2, devices.length));
@@ -62,61 +51,28 @@ export async function openDecoder(
     allowCpuFallback: plan.allowCpuFallback,
     log: plan.log,
   };
-  const equalExit = plan.exitLayer ?? stageBoundaries(N, k, undefined)[1];
-  const draftRows = Math.min(
-    plan.draftRows ?? defaultDraftRows(model.config.vocabSize),
-    model.config.vocabSize,
-  );
-  /** E of the pipeline plan: the first boundary of the balanced (or equal) split unless fixed. */
-  const pipelineExit = (rows: number) =>
-    plan.exitLayer ?? planBoundaries(model.config, k, { draftRows: rows, split: plan.split })[1];
-  switch (name) {
-    case 'ar':
-      // One session over the whole model; on CPU it gets every core the plan names.
-      return createDecoder('ar', {
-        ...ctx,
-        threadsPerStage: devices[0] === 'cpu' ? (plan.threadsPerStage ?? 1) * devices.length : 1,
-      });
-    case 'eesd':
-      return createDecoder(name, {
-        ...ctx,
-        exitLayer: equalExit,
-        exitHead: await exitHeadFor(dir, manifest, model, equalExit),
-      });
-    case 'ppsd': {
-      const exitLayer = pipelineExit(draftRows);
-      const { vocab } = await draftVocabFor(pkg, draftRows);
-      return createDecoder(name, {
-        ...ctx,
-        exitLayer,
-        exitHead: await exitHeadFor(dir, manifest, model, exitLayer),
-        draftVocab: vocab,
-      });
-    }
-    case 'dv':
-      return createDecoder('dv', { ...ctx, skipSet: storedSkipSet(manifest.skipSet) });
-    case 'spd': {
-      const exitLayer = pipelineExit(0);
-      const stored = manifest.drafters?.spd as
-        | { file: string; stages?: number; exitLayer?: number }
-        | undefined;
-      const fits = stored && (stored.stages ?? k) === k && (stored.exitLayer ?? exitLayer) === exitLayer;
-      if (stored && !fits) {
-        plan.log?.(
-          `the package's SPD drafter was fitted for ${stored.stages} stages / exit ${stored.exitLayer}; ` +
-            `this plan has ${k} / ${exitLayer}: using the identity drafter`,
-        );
-      }
-      const drafter = fits ? await loadSpdDrafter(path.join(dir, stored.file)) : undefined;
-      return createDecoder('spd', { ...ctx, exitLayer, spdDrafter: drafter });
-    }
+  if (name === 'ar') {
+    // One session over the whole model; on CPU it gets every core the plan names.
+    return createDecoder('ar', {
+      ...ctx,
+      threadsPerStage: devices[0] === 'cpu' ? (plan.threadsPerStage ?? 1) * devices.length : 1,
+    });
   }
-}
-
-function storedSkipSet(stored: Record<string, unknown> | undefined): SkipSet | undefined {
-  if (!stored) return undefined;
-  const { attention, mlp } = stored as Partial<SkipSet>;
-  if (!Array.isArray(attention) || !Array.isArray(mlp))
-    throw new Error('package skipSet must list attention and mlp layers');
-  return { attention, mlp };
+  // The same resolution `ppsd bench` measures: exit layer, stored head, draft vocabulary, skip set, drafter.
+  const setup = await resolveSetup(pkg, k, plan.exitLayer, { split: plan.split, draftRows: plan.draftRows });
+  plan.log?.(
+    `${name}: k=${k}, stages [${setup.boundaries.join(', ')}], ${setup.exitHeadInfo}` +
+      (name === 'ppsd' ? `, draft head ${setup.draftVocabInfo}` : '') +
+      (name === 'spd' ? `, ${setup.spdDrafterInfo}` : '') +
+      (name === 'dv' ? `, skip set ${setup.skipSet ? 'tuned' : 'default'}` : ''),
+  );
+  return createDecoder(name, {
+    ...ctx,
+    exitLayer: setup.exitLayer,
+    exitHead: setup.exitHead,
+    draftVocab: setup.draftVocab,
+    split: setup.split,
+    skipSet: setup.skipSet,
+    spdDrafter: setup.spdDrafter,
+  });
 }

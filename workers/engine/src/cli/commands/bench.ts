@@ -11,10 +11,10 @@ import path from 'node:path';
 import { writeBenchDocs } from '../../bench/docs';
 import { type BenchDecoder, runHarness } from '../../bench/harness';
 import { markdownTable, summarize } from '../../bench/report';
-import { resolveSetup } from '../../bench/setup';
 import type { Decoder, DecoderName } from '../../decode/decoder';
 import { createDecoder, DECODER_NAMES, defaultSkipSet, type StageSplit } from '../../decode/index';
 import { sublayerSplit } from '../../decode/pipeline';
+import { resolveSetup } from '../../decoder-setup';
 import { loadPackage } from '../../package';
 import { numberFlag, parseCommandArgs, UsageError } from '../args';
 

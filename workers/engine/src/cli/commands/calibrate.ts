@@ -13,7 +13,6 @@ import { readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { planSpeedup } from '../../bench/ideal';
-import { chooseExitLayer } from '../../bench/setup';
 import { exitAgreement, featureAgreement } from '../../calibrate/agreement';
 import {
   collectHiddenStates,
@@ -33,6 +32,7 @@ import { fitSpdMap, spdFeatures, toSpdWeights } from '../../calibrate/spd';
 import { loadExitHead, saveExitHead } from '../../decode/heads';
 import { stageBoundaries } from '../../decode/pipeline';
 import { saveSpdDrafter, spdFeatureLags } from '../../decode/spd-drafter';
+import { chooseExitLayer } from '../../decoder-setup';
 import type { LlamaModel } from '../../model/llama';
 import { addPackageFile, loadPackage } from '../../package';
 import type { Tokenizer } from '../../tokenizer/tokenizer';

@@ -3,20 +3,20 @@
  * set stored in it (by `ppsd calibrate` / `ppsd tune-skip`), resolved for a k-stage plan.
  */
 import path from 'node:path';
-import { expectedSpeedup } from '../calibrate/exit-heads';
-import { defaultDraftRows, draftVocabFor } from '../decode/draft-vocab';
-import { exitHeadFor, listExitHeads } from '../decode/heads';
+import { costPlanSpeedup } from './bench/ideal';
+import { expectedSpeedup } from './calibrate/exit-heads';
+import { defaultDraftRows, draftVocabFor } from './decode/draft-vocab';
+import { exitHeadFor, listExitHeads } from './decode/heads';
 import {
   balancedBoundaries,
   forwardMacs,
   planBoundaries,
   type StageSplit,
   stageMacs,
-} from '../decode/pipeline';
-import { loadSpdDrafter, type SpdDrafterWeights } from '../decode/spd-drafter';
-import type { ExitHead, SkipSet } from '../model/llama';
-import type { LoadedPackage } from '../package';
-import { costPlanSpeedup } from './ideal';
+} from './decode/pipeline';
+import { loadSpdDrafter, type SpdDrafterWeights } from './decode/spd-drafter';
+import type { ExitHead, SkipSet } from './model/llama';
+import type { LoadedPackage } from './package';
 
 /** The skip set stored by `ppsd tune-skip`, if any. */
 export function skipSetFromManifest(m: LoadedPackage['manifest']): SkipSet | undefined {
