@@ -3,12 +3,10 @@
  * In AWS the same tick runs as a scheduled Lambda (./lambda.ts); this entry is for a container or
  * host that runs it continuously (e.g. next to the local stack, or an ECS task if you prefer one).
  */
-import { AutoScalingClient } from '@aws-sdk/client-auto-scaling';
-import { CloudWatchClient } from '@aws-sdk/client-cloudwatch';
 import { Redis } from 'ioredis';
 import { ConfigError, publisherConfigFromEnv } from './config';
 import { errorMessage, jsonLogger } from './log';
-import { runBacklogPublisher } from './publisher';
+import { awsPublisherOptions, runBacklogPublisher } from './publisher';
 
 const log = jsonLogger('backlog-publisher');
 
@@ -26,19 +24,9 @@ async function main(): Promise<void> {
   log.info('starting', { asg: config.asgName, queues: config.queues, intervalMs: config.intervalMs });
   try {
     await runBacklogPublisher({
-      redis,
-      queues: config.queues,
-      prefix: config.prefix,
-      cloudwatch: new CloudWatchClient({ region: config.region }),
-      autoscaling: new AutoScalingClient({ region: config.region }),
-      asgName: config.asgName,
+      ...awsPublisherOptions(config, redis, log),
       intervalMs: config.intervalMs,
-      namespace: config.namespace,
-      metricName: config.metricName,
-      targetPerWorker: config.targetPerWorker,
-      wakeFromZero: config.wakeFromZero,
       signal: controller.signal,
-      logger: log,
     });
   } finally {
     redis.disconnect();

@@ -1,14 +1,16 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
+  AutoScalingClient,
   type AutoScalingGroup,
   DescribeAutoScalingGroupsCommand,
   type DescribeAutoScalingGroupsCommandOutput,
   SetDesiredCapacityCommand,
 } from '@aws-sdk/client-auto-scaling';
-import { type MetricDatum, PutMetricDataCommand } from '@aws-sdk/client-cloudwatch';
+import { CloudWatchClient, type MetricDatum, PutMetricDataCommand } from '@aws-sdk/client-cloudwatch';
 import type { Redis } from 'ioredis';
 import { createQueueLoadReader, QUEUE_PREFIX, type QueueLoad } from './backlog';
 import { backlogPerWorker, type CapacityDecision, desiredCapacity } from './capacity';
+import type { PublisherConfig } from './config';
 import { type AwsClientLike, errorMessage, type Logger, silentLogger } from './log';
 
 export const DEFAULT_NAMESPACE = 'PPSD';
@@ -210,4 +212,28 @@ export async function runBacklogPublisher(
   } finally {
     await publisher.close();
   }
+}
+
+/**
+ * The publisher's dependencies in AWS, from its validated configuration: the one place the Lambda
+ * (./lambda.ts) and the long-running process (./main.ts) build their clients.
+ */
+export function awsPublisherOptions(
+  config: PublisherConfig,
+  redis: PublisherOptions['redis'],
+  logger: PublisherOptions['logger'],
+): PublisherOptions {
+  return {
+    redis,
+    queues: config.queues,
+    prefix: config.prefix,
+    cloudwatch: new CloudWatchClient({ region: config.region }),
+    autoscaling: new AutoScalingClient({ region: config.region }),
+    asgName: config.asgName,
+    namespace: config.namespace,
+    metricName: config.metricName,
+    targetPerWorker: config.targetPerWorker,
+    wakeFromZero: config.wakeFromZero,
+    logger,
+  };
 }
