@@ -305,16 +305,7 @@ export function createProcessor(
         deviceSeconds: (wallMs / 1000) * deps.stages,
         endedAt: Date.now(),
       };
-      await redis.ppsdSettleUsage(
-        keys.tenantUsage(data.tenant),
-        progressKeys.usageWritten(data.tenant, jobId, attempt),
-        keys.tenantQuota(data.tenant),
-        keys.tenantReservations(data.tenant),
-        encodeUsage(usage)[1],
-        USAGE_GUARD_TTL_SECONDS,
-        jobId,
-        end.final ? '1' : '0',
-      );
+      await writeUsage(redis, usage, end.final);
       const m = keys.metrics(deps.model);
       const counter =
         end.kind === 'completed'
@@ -490,16 +481,7 @@ export async function failUnrun(
     deviceSeconds: 0,
     endedAt: Date.now(),
   };
-  await redis.ppsdSettleUsage(
-    keys.tenantUsage(data.tenant),
-    progressKeys.usageWritten(data.tenant, jobId, attempt),
-    keys.tenantQuota(data.tenant),
-    keys.tenantReservations(data.tenant),
-    encodeUsage(usage)[1],
-    USAGE_GUARD_TTL_SECONDS,
-    jobId,
-    '1',
-  );
+  await writeUsage(redis, usage, true);
   const ev: StreamEvent = {
     type: 'error',
     attempt,
@@ -521,4 +503,25 @@ export async function failUnrun(
     EVENTS_TTL_SECONDS,
   );
   await redis.hincrby(keys.metrics(model), 'request_failure_total', 1);
+}
+
+/**
+ * Writes an attempt's usage record once (guarded per attempt) and, on the job's final attempt, releases
+ * the tenant's quota reservation: one script, so a retry or a re-sent command never counts twice.
+ */
+async function writeUsage(
+  redis: ReturnType<typeof withScripts>,
+  usage: UsageRecord,
+  final: boolean,
+): Promise<void> {
+  await redis.ppsdSettleUsage(
+    keys.tenantUsage(usage.tenant),
+    progressKeys.usageWritten(usage.tenant, usage.jobId, usage.attempt),
+    keys.tenantQuota(usage.tenant),
+    keys.tenantReservations(usage.tenant),
+    encodeUsage(usage)[1],
+    USAGE_GUARD_TTL_SECONDS,
+    usage.jobId,
+    final ? '1' : '0',
+  );
 }
