@@ -10,6 +10,7 @@ import {
   type DecodeRequest,
   type Decoder,
   type DecoderName,
+  SingleGeneration,
   type SpeculationStats,
   startStats,
 } from './decoder';
@@ -130,7 +131,7 @@ export interface BlockDecoderOptions {
 
 export class BlockDecoder implements Decoder {
   readonly name: 'eesd' | 'dv';
-  private active = false;
+  private readonly single = new SingleGeneration();
   private closed = false;
   /** The stage call in progress, so close() never releases a session under a running forward. */
   private inFlight: Promise<unknown> = Promise.resolve();
@@ -142,15 +143,12 @@ export class BlockDecoder implements Decoder {
     this.name = opts.name;
   }
 
-  async *decode(request: DecodeRequest): AsyncGenerator<number[], SpeculationStats, void> {
-    if (this.closed) throw new Error(`${this.name} decoder is closed`);
-    if (this.active) throw new Error(`${this.name} decoder serves one generation at a time`);
-    this.active = true;
-    try {
-      return yield* this.run(request);
-    } finally {
-      this.active = false;
-    }
+  decode(request: DecodeRequest): AsyncGenerator<number[], SpeculationStats, void> {
+    return this.single.run(
+      this.name,
+      () => this.closed,
+      () => this.run(request),
+    );
   }
 
   private async *run(request: DecodeRequest): AsyncGenerator<number[], SpeculationStats, void> {

@@ -117,3 +117,26 @@ export function startStats(request: DecodeRequest, decoder: DecoderName): Specul
   });
   return stats;
 }
+
+/**
+ * One generation at a time per decoder (it owns KV caches) and none after close(): the guard every
+ * stateful decoder wraps its generator in.
+ */
+export class SingleGeneration {
+  private active = false;
+
+  async *run<R>(
+    name: string,
+    isClosed: () => boolean,
+    generation: () => AsyncGenerator<number[], R, void>,
+  ): AsyncGenerator<number[], R, void> {
+    if (isClosed()) throw new Error(`${name} decoder is closed`);
+    if (this.active) throw new Error(`${name} decoder serves one generation at a time`);
+    this.active = true;
+    try {
+      return yield* generation();
+    } finally {
+      this.active = false;
+    }
+  }
+}

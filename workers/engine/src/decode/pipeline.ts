@@ -30,6 +30,7 @@ import {
   type Decoder,
   type DecoderName,
   type PipelinePlan,
+  SingleGeneration,
   type SpeculationStats,
   startStats,
 } from './decoder';
@@ -267,7 +268,7 @@ export interface PipelineOptions {
 export class PipelineDecoder implements Decoder {
   readonly name: 'ppsd' | 'spd';
   private closing?: Promise<void>;
-  private active = false;
+  private readonly single = new SingleGeneration();
 
   constructor(
     private readonly stages: WorkerStage[],
@@ -278,15 +279,12 @@ export class PipelineDecoder implements Decoder {
     this.name = opts.name;
   }
 
-  async *decode(request: DecodeRequest): AsyncGenerator<number[], SpeculationStats, void> {
-    if (this.closing) throw new Error(`${this.name} decoder is closed`);
-    if (this.active) throw new Error(`${this.name} decoder serves one generation at a time`);
-    this.active = true;
-    try {
-      return yield* this.run(request);
-    } finally {
-      this.active = false;
-    }
+  decode(request: DecodeRequest): AsyncGenerator<number[], SpeculationStats, void> {
+    return this.single.run(
+      this.name,
+      () => !!this.closing,
+      () => this.run(request),
+    );
   }
 
   private async *run(request: DecodeRequest): AsyncGenerator<number[], SpeculationStats, void> {
