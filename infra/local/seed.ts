@@ -3,13 +3,14 @@
  * into a model package with the engine's own library calls (what `ppsd import` does), then published to
  * the local bucket unless the bucket already holds the same manifest.
  */
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { readLlama2c } from '../../workers/engine/src/formats/llama2c';
-import { verifyPackage, writePackage } from '../../workers/engine/src/package';
+import { readManifest, verifyPackage, writePackage } from '../../workers/engine/src/package';
 import { publishPackage } from '../../workers/gpu-worker/src/publish';
 import type { S3Location } from '../../workers/gpu-worker/src/s3';
 
@@ -39,6 +40,34 @@ export async function ensureStoriesPackage(
   const model = await readLlama2c(checkpoint);
   await writePackage(dir, model, tokenizer, { name: 'stories260K', source: checkpoint });
   return dir;
+}
+
+/**
+ * Fits an early-exit head into the package once (`ppsd calibrate` with light settings, about half a
+ * minute on 2 cores, progress on stderr), so `speculation: {decoder: 'ppsd' | 'eesd'}` on the local
+ * stack drafts with a calibrated head instead of the plain logit lens. Skipped when a head is stored.
+ */
+export async function ensureCalibrated(dir: string, log: (m: string) => void = () => {}): Promise<void> {
+  const manifest = await readManifest(dir);
+  if (Object.keys(manifest.exitHeads ?? {}).length > 0) return;
+  log(`calibrating an early-exit head for ${dir} (once; ppsd calibrate)`);
+  const args = [
+    'calibrate',
+    dir,
+    '--fit-rows',
+    '6000',
+    '--greedy',
+    '60',
+    '--held-out',
+    '30',
+    '--held-rows',
+    '1000',
+  ];
+  const code = await new Promise<number | null>((done) => {
+    const child = spawn(join(REPO_ROOT, 'bin/ppsd'), args, { stdio: ['ignore', 'ignore', 'inherit'] });
+    child.on('exit', done);
+  });
+  if (code !== 0) throw new Error(`ppsd calibrate ${dir} exited with ${code}`);
 }
 
 /** Publishes `dir` to `dest` unless the bucket already holds a byte-identical manifest. */

@@ -22,7 +22,7 @@ import { join, resolve } from 'node:path';
 import { CreateBucketCommand, HeadBucketCommand } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
 import { makeS3Client } from '../../workers/gpu-worker/src/s3';
-import { ensureStoriesPackage, publishIfChanged, REPO_ROOT } from './seed';
+import { ensureCalibrated, ensureStoriesPackage, publishIfChanged, REPO_ROOT } from './seed';
 
 const MODEL = 'stories260K';
 const BUCKET = 'ppsd-models';
@@ -205,6 +205,7 @@ async function main(): Promise<void> {
   // the package
   const pkgDir = join(DATA, 'packages', MODEL);
   await ensureStoriesPackage(pkgDir, log);
+  await ensureCalibrated(pkgDir, log);
   const published = await publishIfChanged(s3, pkgDir, { bucket: BUCKET, prefix: MODEL }, log);
   log(`package ${MODEL}: ${published ? 'published to' : 'already in'} s3://${BUCKET}/${MODEL}`);
   s3.destroy();

@@ -302,7 +302,8 @@ export function createProcessor(
         draftTokensAccepted: stats.accepted,
         decoder,
         wallMs,
-        deviceSeconds: (wallMs / 1000) * deps.stages,
+        // a pipeline holds one device per stage, whatever the plan's device count
+        deviceSeconds: (wallMs / 1000) * Math.max(deps.stages, end.stats?.stages?.length ?? 0),
         endedAt: Date.now(),
       };
       await writeUsage(redis, usage, end.final);
