@@ -1,4 +1,6 @@
 import { keys } from './keys';
+import { progressKeys, USAGE_GUARD_TTL_SECONDS } from './progress';
+import { encodeUsage, type UsageRecord } from './usage';
 
 /**
  * Tenant quota: reserved at admission (API), released when the job ends for good (worker; or the API when
@@ -114,4 +116,47 @@ export async function releaseReservation(redis: EvalRedis, tenant: string, jobId
     jobId,
   );
   return Number(out);
+}
+
+/**
+ * KEYS: usage stream, per-attempt guard, quota hash, reservations hash. ARGV: usage record JSON, guard
+ * TTL, job id, '1' when the job ends for good. Writes the record once per attempt and, on the final
+ * attempt, releases the reservation: all on the tenant's slot, in one script.
+ */
+const SETTLE_USAGE_LUA = `
+local entry = false
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
+  entry = redis.call('XADD', KEYS[1], '*', 'u', ARGV[1])
+end
+local released = 0
+if ARGV[4] == '1' then
+  local r = redis.call('HGET', KEYS[4], ARGV[3])
+  if r then
+    redis.call('HDEL', KEYS[4], ARGV[3])
+    released = tonumber(r) or 0
+    local left = redis.call('HINCRBY', KEYS[3], 'reserved', -released)
+    if left < 0 then redis.call('HSET', KEYS[3], 'reserved', 0) end
+  end
+end
+return {entry, released}
+`;
+
+/**
+ * The one way a usage record is written, by the worker on every end state of an attempt and by the API
+ * for a job it ended itself: once per attempt (a retried attempt or a re-sent command never counts twice),
+ * releasing the tenant's reservation when `final`.
+ */
+export async function settleUsage(redis: EvalRedis, usage: UsageRecord, final: boolean): Promise<void> {
+  await redis.eval(
+    SETTLE_USAGE_LUA,
+    4,
+    keys.tenantUsage(usage.tenant),
+    progressKeys.usageWritten(usage.tenant, usage.jobId, usage.attempt),
+    keys.tenantQuota(usage.tenant),
+    keys.tenantReservations(usage.tenant),
+    encodeUsage(usage)[1],
+    USAGE_GUARD_TTL_SECONDS,
+    usage.jobId,
+    final ? '1' : '0',
+  );
 }

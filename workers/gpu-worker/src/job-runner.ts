@@ -16,7 +16,6 @@ import {
   type DecoderName,
   EVENTS_MAX_LEN,
   EVENTS_TTL_SECONDS,
-  encodeUsage,
   type FinishReason,
   type GenerationJob,
   type JobResult,
@@ -24,7 +23,7 @@ import {
   progressKeys,
   type Speculation,
   type StreamEvent,
-  USAGE_GUARD_TTL_SECONDS,
+  settleUsage,
   type UsageRecord,
 } from '@ppsd/contract';
 import type { SpeculationStats } from '@ppsd/engine';
@@ -306,7 +305,7 @@ export function createProcessor(
         deviceSeconds: (wallMs / 1000) * Math.max(deps.stages, end.stats?.stages?.length ?? 0),
         endedAt: Date.now(),
       };
-      await writeUsage(redis, usage, end.final);
+      await settleUsage(redis, usage, end.final);
       const m = keys.metrics(deps.model);
       const counter =
         end.kind === 'completed'
@@ -482,7 +481,7 @@ export async function failUnrun(
     deviceSeconds: 0,
     endedAt: Date.now(),
   };
-  await writeUsage(redis, usage, true);
+  await settleUsage(redis, usage, true);
   const ev: StreamEvent = {
     type: 'error',
     attempt,
@@ -504,25 +503,4 @@ export async function failUnrun(
     EVENTS_TTL_SECONDS,
   );
   await redis.hincrby(keys.metrics(model), 'request_failure_total', 1);
-}
-
-/**
- * Writes an attempt's usage record once (guarded per attempt) and, on the job's final attempt, releases
- * the tenant's quota reservation: one script, so a retry or a re-sent command never counts twice.
- */
-async function writeUsage(
-  redis: ReturnType<typeof withScripts>,
-  usage: UsageRecord,
-  final: boolean,
-): Promise<void> {
-  await redis.ppsdSettleUsage(
-    keys.tenantUsage(usage.tenant),
-    progressKeys.usageWritten(usage.tenant, usage.jobId, usage.attempt),
-    keys.tenantQuota(usage.tenant),
-    keys.tenantReservations(usage.tenant),
-    encodeUsage(usage)[1],
-    USAGE_GUARD_TTL_SECONDS,
-    usage.jobId,
-    final ? '1' : '0',
-  );
 }

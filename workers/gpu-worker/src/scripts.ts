@@ -36,34 +36,8 @@ redis.call('PUBLISH', ARGV[3], id)
 return id
 `;
 
-/**
- * Write one attempt's usage record (once) and, on the job's final attempt, release its quota
- * reservation (once). KEYS: usage stream, usage guard, quota hash, reservations hash.
- * ARGV: usage JSON, guard TTL seconds, job id, settle ('1'|'0').
- * Returns {usage entry id or false, tokens released}.
- */
-const SETTLE_USAGE = `
-local usage, guard, quota, reservations = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local entry = false
-if redis.call('SET', guard, '1', 'NX', 'EX', ARGV[2]) then
-  entry = redis.call('XADD', usage, '*', 'u', ARGV[1])
-end
-local released = 0
-if ARGV[4] == '1' then
-  local r = redis.call('HGET', reservations, ARGV[3])
-  if r then
-    redis.call('HDEL', reservations, ARGV[3])
-    released = tonumber(r) or 0
-    local left = redis.call('HINCRBY', quota, 'reserved', -released)
-    if left < 0 then redis.call('HSET', quota, 'reserved', 0) end
-  end
-end
-return {entry, released}
-`;
-
 export interface WorkerScripts {
   ppsdPublishEvent(...args: (string | number)[]): Promise<string | null>;
-  ppsdSettleUsage(...args: (string | number)[]): Promise<[string | null, number]>;
 }
 
 /** Registers the scripts on a connection (EVALSHA with EVAL fallback, also after a Redis restart). */
@@ -71,7 +45,6 @@ export function withScripts(redis: Redis): Redis & WorkerScripts {
   const r = redis as Redis & Partial<WorkerScripts>;
   if (!r.ppsdPublishEvent) {
     redis.defineCommand('ppsdPublishEvent', { numberOfKeys: 3, lua: PUBLISH_EVENT });
-    redis.defineCommand('ppsdSettleUsage', { numberOfKeys: 4, lua: SETTLE_USAGE });
   }
   return redis as Redis & WorkerScripts;
 }

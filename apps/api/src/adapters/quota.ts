@@ -2,16 +2,7 @@
  * Admission against a tenant's limits, in one atomic script on the tenant's slot (see @ppsd/contract
  * quota.ts): Idempotency-Key lookup, unfinished-job limit, token quota reservation.
  */
-import {
-  encodeUsage,
-  keys,
-  progressKeys,
-  QUOTA_RELEASE_LUA,
-  QUOTA_RESERVE_LUA,
-  releaseReservation,
-  USAGE_GUARD_TTL_SECONDS,
-  type UsageRecord,
-} from '@ppsd/contract';
+import { keys, QUOTA_RESERVE_LUA, releaseReservation, settleUsage, type UsageRecord } from '@ppsd/contract';
 import type { Redis } from 'ioredis';
 
 export type Reservation =
@@ -34,13 +25,6 @@ export interface QuotaLimits {
   tenantMaxJobs: number;
   jobTtlSeconds: number;
 }
-
-const RECORD_END_LUA = `
-if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then
-  redis.call('XADD', KEYS[1], '*', 'u', ARGV[1])
-end
-${QUOTA_RELEASE_LUA.replaceAll('KEYS[1]', 'KEYS[3]').replaceAll('KEYS[2]', 'KEYS[4]').replaceAll('ARGV[1]', 'ARGV[3]')}
-`;
 
 export function createQuota(redis: Redis, limits: QuotaLimits) {
   return {
@@ -86,17 +70,7 @@ export function createQuota(redis: Redis, limits: QuotaLimits) {
      * (once, same guard key as the worker's) and the reservation released, atomically on the tenant slot.
      */
     async recordEnd(usage: UsageRecord): Promise<void> {
-      await redis.eval(
-        RECORD_END_LUA,
-        4,
-        keys.tenantUsage(usage.tenant),
-        progressKeys.usageWritten(usage.tenant, usage.jobId, usage.attempt),
-        keys.tenantQuota(usage.tenant),
-        keys.tenantReservations(usage.tenant),
-        encodeUsage(usage)[1],
-        USAGE_GUARD_TTL_SECONDS,
-        usage.jobId,
-      );
+      await settleUsage(redis, usage, true);
     },
 
     async state(tenant: string) {
