@@ -91,10 +91,6 @@ export async function publishIfChanged(
     // not there yet
   }
   log(`publishing ${dir} to s3://${dest.bucket}/${dest.prefix}`);
-  await publishPackage(client, dir, dest, {
-    verify: async (d) => {
-      await verifyPackage(d);
-    },
-  });
+  await publishPackage(client, dir, dest, { verify: verifyPackage });
   return true;
 }

@@ -1,8 +1,10 @@
 /** Pipeline plumbing: stage plans, stage Workers (transfer, truncation, safe shutdown), the SPD drafter. */
+
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { SHAPES } from '../../workers/engine/src/cli/commands/synth';
 import { frequencyRankedVocab } from '../../workers/engine/src/decode/draft-vocab';
 import {
   balancedBoundaries,
@@ -55,14 +57,7 @@ describe('stage plans', () => {
 
 describe('cost-balanced stage plans', () => {
   // Llama-2 110M shape and stories260K's
-  const c110 = llamaConfig({
-    dim: 768,
-    hiddenDim: 2048,
-    nLayers: 12,
-    nHeads: 12,
-    nKvHeads: 12,
-    vocabSize: 32000,
-  });
+  const c110 = llamaConfig(SHAPES['llama2-110m'].shape);
   const c260 = llamaConfig({ dim: 64, hiddenDim: 172, nLayers: 5, nHeads: 8, nKvHeads: 4, vocabSize: 512 });
 
   it('models a layer as its projections + MLP and each stage with its heads', () => {

@@ -14,7 +14,7 @@ import { Worker } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { jobMetaKey } from '../../apps/api/src/jobs';
-import { KEY_B, MODEL, parseSse, startApi, type TestApi } from '../helpers/api-app';
+import { doneEvent, KEY_B, MODEL, parseSse, startApi, type TestApi } from '../helpers/api-app';
 import { type RedisServer, startRedis } from '../helpers/redis-server';
 
 let server: RedisServer;
@@ -210,22 +210,7 @@ describe('Idempotency-Key', () => {
     });
     const reader = again.body!.getReader();
     await api.emit(jobId, { type: 'tokens', attempt: 1, index: 0, ids: [5], text: 'Hi' });
-    await api.emit(jobId, {
-      type: 'done',
-      attempt: 1,
-      result: {
-        text: 'Hi',
-        finishReason: 'stop',
-        usage: { prompt_tokens: 2, completion_tokens: 1, total_tokens: 3 },
-        speculation: {
-          decoder: 'ar',
-          draftsProposed: 0,
-          draftsAccepted: 0,
-          acceptanceRate: 0,
-          meanAcceptedLength: 1,
-        },
-      },
-    });
+    await api.emit(jobId, doneEvent('Hi', 1, 2));
     let text = '';
     for (;;) {
       const { done, value } = await reader.read();

@@ -13,10 +13,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultConfig } from '../../apps/api/src/config';
 import { loadModelRegistry } from '../../apps/api/src/models';
 import { pullPromptFiles } from '../../apps/api/src/runtime';
+import { verifyPackage } from '../../workers/engine/src/package';
 import { PackageVerificationError, pullPackage } from '../../workers/gpu-worker/src/package-cache';
 import { publishPackage } from '../../workers/gpu-worker/src/publish';
 import { parseS3Url } from '../../workers/gpu-worker/src/s3';
-import { verifyPackageDir } from '../../workers/gpu-worker/src/verify';
 import { startS3, type TestS3 } from '../helpers/s3-server';
 import { ROOT, storiesPackage } from '../helpers/stack';
 
@@ -112,7 +112,7 @@ describe('package pull', () => {
   const src = { bucket: BUCKET, prefix: 'pull/stories260K' };
   beforeAll(async () => {
     await publishPackage(s3.client, pkg.dir, parseS3Url(`s3://${src.bucket}/${src.prefix}`), {
-      verify: verifyPackageDir,
+      verify: verifyPackage,
     });
   });
 
@@ -120,14 +120,14 @@ describe('package pull', () => {
     const logs: string[] = [];
     const first = await pullPackage(s3.client, src, {
       cacheDir,
-      verify: verifyPackageDir,
+      verify: verifyPackage,
       log: (m) => logs.push(m),
     });
     expect(first.fromCache).toBe(false);
     expect(first.dir.startsWith(join(cacheDir, BUCKET, 'pull/stories260K'))).toBe(true);
-    await verifyPackageDir(first.dir);
+    await verifyPackage(first.dir);
     expect(logs.join('\n')).toMatch(/weights\.safetensors .* sha256 ok/);
-    const second = await pullPackage(s3.client, src, { cacheDir, verify: verifyPackageDir });
+    const second = await pullPackage(s3.client, src, { cacheDir, verify: verifyPackage });
     expect(second.fromCache).toBe(true);
     expect(second.dir).toBe(first.dir);
     // no staging folders left behind
@@ -147,7 +147,7 @@ describe('package pull', () => {
     const err = await pullPackage(
       s3.client,
       { bucket: BUCKET, prefix },
-      { cacheDir, verify: verifyPackageDir },
+      { cacheDir, verify: verifyPackage },
     ).catch((e) => e);
     expect(err).toBeInstanceOf(PackageVerificationError);
     expect(err.file).toBe('weights.safetensors');

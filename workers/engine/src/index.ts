@@ -13,8 +13,10 @@ export type {
 } from './generate/generate';
 export type { LlamaConfig, LlamaModel } from './model/llama';
 export {
+  hashBytes,
   type LoadedPackage,
   loadPackage,
+  MANIFEST_FILE,
   type PackageManifest,
   parseManifest,
   readManifest,

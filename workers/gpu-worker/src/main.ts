@@ -6,7 +6,8 @@
  * SIGTERM/SIGINT drain (./drain.ts). Exit codes: 0 drained, 1 start-up failure, 2 bad configuration.
  */
 import { DECODER_NAMES, type GenerationJob, type JobResult, QUEUE_PREFIX, queueName } from '@ppsd/contract';
-import { resolveDevicePlan } from '@ppsd/engine';
+import { resolveDevicePlan, verifyPackage } from '@ppsd/engine';
+
 import { type Job, Worker } from 'bullmq';
 import { Redis, type RedisOptions } from 'ioredis';
 import { CancelRegistry } from './cancel';
@@ -20,7 +21,6 @@ import { pullPackage } from './package-cache';
 import { createProtection } from './protection';
 import { verifyPackageFiles } from './publish';
 import { makeS3Client } from './s3';
-import { verifyPackageDir } from './verify';
 
 export const redisOptions: RedisOptions = {
   maxRetriesPerRequest: null, // BullMQ requirement: commands wait for a reconnect instead of failing
@@ -110,7 +110,7 @@ async function main(): Promise<void> {
       const pulled = await pullPackage(client, cfg.s3, {
         cacheDir: cfg.cacheDir,
         log,
-        verify: verifyPackageDir,
+        verify: verifyPackage,
       });
       packageDir = pulled.dir;
       freshlyVerified = !pulled.fromCache; // a cached copy is re-hashed by the engine at open

@@ -14,10 +14,12 @@ import { dirname, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
-import { type PackageManifest, parseManifest } from '@ppsd/engine';
+import { hashBytes, MANIFEST_FILE, type PackageManifest, parseManifest } from '@ppsd/engine';
+
+export { MANIFEST_FILE };
+
 import { objectKey } from './s3';
 
-export const MANIFEST_FILE = 'manifest.json';
 const MARKER_FILE = '.ppsd-verified.json';
 
 export interface PackageSource {
@@ -72,7 +74,7 @@ export interface PullOptions {
   cacheDir: string;
   log?: (msg: string) => void;
   /** Extra whole-package verification (the engine's verifyPackage) run on the staged folder. */
-  verify?: (dir: string) => Promise<void>;
+  verify?: (dir: string) => Promise<unknown>;
   /** Parallel downloads (default 4). */
   parallel?: number;
 }
@@ -264,7 +266,7 @@ async function getObjectBytes(client: S3Client, bucket: string, key: string): Pr
   return Buffer.from(await res.Body.transformToByteArray());
 }
 
-export const sha256 = (bytes: Uint8Array): string => createHash('sha256').update(bytes).digest('hex');
+const sha256 = (bytes: Uint8Array): string => hashBytes(bytes).sha256;
 
 export function formatBytes(n: number): string {
   if (n < 1024) return `${n} B`;

@@ -21,7 +21,7 @@ export interface PublishProgress {
 
 export interface PublishOptions {
   /** Extra whole-package verification (the engine's verifyPackage). */
-  verify?: (dir: string) => Promise<void>;
+  verify?: (dir: string) => Promise<unknown>;
   onProgress?: (p: PublishProgress) => void;
   log?: (msg: string) => void;
   partSize?: number;
