@@ -62,6 +62,11 @@ describe('ppsd bench (tiny run on stories260K)', () => {
     const saved = JSON.parse(await readFile(json, 'utf8'));
     expect(saved.meta.acceptanceMode).toBe('real');
     expect(saved.records.filter((r: { label: string }) => r.label === 'ppsd')[0].matchesAr).toBe(true);
+    // the stage probe ran on PPSD's Workers and its ceiling reached the summary
+    expect(saved.probes.ppsd.aloneMs).toHaveLength(2);
+    expect(saved.probes.ppsd.togetherMs.every((t: number) => t > 0)).toBe(true);
+    const ppsdRow = saved.summaries.find((s: { label: string }) => s.label === 'ppsd');
+    expect(ppsdRow.ceiling.efficiency).toBeGreaterThan(0);
 
     const docs = path.join(root, 'BENCHMARKS.md');
     await writeFile(docs, '# Benchmarks\n\n<!-- other:start -->\nmine\n<!-- other:end -->\n');
@@ -71,6 +76,7 @@ describe('ppsd bench (tiny run on stories260K)', () => {
     expect(text).toContain(START);
     expect(text).toContain(END);
     expect(text).toContain('![speedup against alpha](img/chart.svg)');
+    expect(text).toContain('Machine ceiling (stage probe)');
     expect(await readFile(path.join(root, 'img/chart.svg'), 'utf8')).toContain('<svg');
   }, 180_000);
 });

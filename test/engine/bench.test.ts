@@ -146,7 +146,19 @@ describe('benchmark arithmetic', () => {
     expect(ppsd.msPerTick! - ppsd.maxStageBusyPerTickMs!).toBeCloseTo(ppsd.overheadPerTickMs!, 12);
     expect(s.map((x) => x.label)).toEqual(['ar-1core', 'ar-all-cores', 'ppsd']);
     const md = markdownTable(s, { controlled: false });
-    expect(md).toContain('| ppsd | 150.0 | 0.800 | 1.50x | 1.20x | 1.67 | 0.90 | 60% / 50% |');
+    expect(md).toContain('| ppsd | 150.0 | 0.800 | 1.50x | 1.20x | 1.67 | 0.90 | - | 60% / 50% |');
+    expect(ppsd.ceiling).toBeUndefined();
+
+    // with a stage probe for the ppsd row: AR 10 ms/token; the floor tick 6 ms, refills 0.2 x 5.5 ms
+    const probes = { ppsd: { context: 64, runs: 4, rounds: 1, aloneMs: [5.5, 5], togetherMs: [6, 5.8] } };
+    const probed = summarize(records, { config, stages: 2, boundaries: [0, 2, 4], exitLayer: 2, probes });
+    const c = probed.find((x) => x.label === 'ppsd')!.ceiling!;
+    expect(c.speedup).toBeCloseTo(10 / (6 + 0.2 * 5.5), 10);
+    expect(c.efficiency).toBeCloseTo(c.speedup / pipelineSpeedup(0.8, 2), 10);
+    expect(probed.find((x) => x.label === 'ar-1core')!.ceiling).toBeUndefined();
+    expect(markdownTable(probed, { controlled: false })).toContain(
+      `| 1.67 | 0.90 | ${c.efficiency.toFixed(2)} | 60% / 50% |`,
+    );
   });
 
   it('medianRate takes the median over repeats', () => {

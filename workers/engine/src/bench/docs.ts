@@ -11,6 +11,7 @@ import { type ChartSeries, lineChartSvg } from './chart';
 import type { RunRecord } from './harness';
 import { dvSpeedup, eesdSpeedup, pipelineSpeedup } from './ideal';
 import { markdownTable, type Summary, summarize } from './report';
+import type { StageProbe } from './stage-probe';
 
 export const START = '<!-- decoder-bench:start -->';
 export const END = '<!-- decoder-bench:end -->';
@@ -40,6 +41,8 @@ interface BenchJson {
     skipSetSource?: string;
   };
   summaries: Summary[];
+  /** Stage probes by row label (absent in results saved before the probe existed). */
+  probes?: Record<string, StageProbe>;
   records: RunRecord[];
 }
 
@@ -60,6 +63,7 @@ function resummarize(r: BenchJson): void {
     boundaries: m.boundaries,
     exitLayer: m.exitLayer,
     skipSet: skip,
+    probes: r.probes,
   });
 }
 
@@ -100,8 +104,13 @@ export function timeNotes(s: Summary[], k: number): string[] {
     const plan = x.plan
       ? `; plan [${x.plan.boundaries.join(', ')}] (${x.plan.split}${x.plan.draftRows !== undefined ? `, draft head ${x.plan.draftRows} rows` : ''}), modelled MACs per stage ${x.plan.stageMacs.map((m) => `${(m / 1e6).toFixed(m < 1e6 ? 3 : 1)}M`).join(' / ')}`
       : '';
+    const c = x.ceiling;
+    const ms = (v: number[]) => v.map((t) => t.toFixed(2)).join(' / ');
+    const ceiling = c
+      ? ` Machine ceiling (stage probe): the stages' runs take ${ms(c.aloneMs)} ms alone and ${ms(c.togetherMs)} ms all at once (${c.slowdown.map((r) => `+${(100 * (r - 1)).toFixed(0)}%`).join(' / ')}: the cores share the memory bandwidth every weight-streaming forward needs), so no tick can be shorter than ${c.floorTickMs.toFixed(2)} ms; with each rejection's refill at stage 1's run alone, the best possible at this acceptance is ${c.speedup.toFixed(2)}x, efficiency ${c.efficiency.toFixed(2)} (measured ${x.efficiency?.toFixed(2) ?? '-'}).`
+      : '';
     lines.push(
-      `- ${x.label}${x.alpha !== null ? ` (alpha ${x.alpha})` : ''}: ${x.msPerTick!.toFixed(3)} ms per tick, of which the slowest stage's run computes ${x.maxStageBusyPerTickMs!.toFixed(3)} ms${perStage} and ${x.overheadPerTickMs!.toFixed(3)} ms is messaging, control and drafting on the critical path (AR on one core: ${arMs.toFixed(3)} ms per token, so an ideal tick is ${(arMs / k).toFixed(3)} ms); stages busy ${busy} of the generation${plan}.`,
+      `- ${x.label}${x.alpha !== null ? ` (alpha ${x.alpha})` : ''}: ${x.msPerTick!.toFixed(3)} ms per tick, of which the slowest stage's run computes ${x.maxStageBusyPerTickMs!.toFixed(3)} ms${perStage} and ${x.overheadPerTickMs!.toFixed(3)} ms is messaging, control and drafting on the critical path (AR on one core: ${arMs.toFixed(3)} ms per token, so an ideal tick is ${(arMs / k).toFixed(3)} ms); stages busy ${busy} of the generation${plan}.${ceiling}`,
     );
   }
   return lines;

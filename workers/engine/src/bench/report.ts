@@ -7,6 +7,8 @@ import { forwardMacs } from '../decode/pipeline';
 import type { LlamaConfig, SkipSet } from '../model/llama';
 import type { RunRecord } from './harness';
 import { costPlanSpeedup, dvSpeedup, eesdSpeedup, efficiency, pipelineSpeedup, planSpeedup } from './ideal';
+import { type ProbeCeiling, probeCeiling, type StageProbe } from './stage-probe';
+import { median } from './stats';
 
 export interface BenchSetup {
   config: LlamaConfig;
@@ -16,6 +18,8 @@ export interface BenchSetup {
   /** EESD's exit layer (its draft runs layers [0, E)). */
   exitLayer: number;
   skipSet?: SkipSet;
+  /** Pipelines' stage probes by row label (stage-probe.ts): the machine's ceiling for each row. */
+  probes?: Record<string, StageProbe>;
 }
 
 export interface StageSummary {
@@ -51,14 +55,11 @@ export interface Summary {
   stageBusyPerTickMs?: number[];
   /** The pipeline's plan (boundaries, split, draft-head rows, modelled MACs per stage). */
   plan?: PipelinePlan;
+  /** Pipelines: the best this machine allows at the measured acceptance (from the stage probe). */
+  ceiling?: ProbeCeiling;
 }
 
-export function median(xs: number[]): number {
-  if (xs.length === 0) return Number.NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
+export { median } from './stats';
 
 /** Decoding rate of a group of runs: tokens after the first per second of decode time. */
 export function pooledRate(runs: Pick<RunRecord, 'tokens' | 'decodeMs'>[]): number {
@@ -154,6 +155,8 @@ export function summarize(records: RunRecord[], setup: BenchSetup): Summary[] {
       efficiency: ideal === null ? null : efficiency(rate / ar1Rate, ideal),
       lossless: runs.every((r) => r.matchesAr !== false),
     };
+    const probe = setup.probes?.[label];
+    if (probe && acc !== null) s.ceiling = probeCeiling(probe, 1000 / ar1Rate, acc);
     const withStages = runs.filter((r) => r.stats.stages && r.stats.stages.length > 0);
     if (withStages.length > 0) {
       const n = withStages[0].stats.stages!.length;
@@ -209,11 +212,14 @@ export function summarize(records: RunRecord[], setup: BenchSetup): Summary[] {
 const f = (x: number | null | undefined, d = 2) =>
   x === null || x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(d);
 
-/** The results as a markdown table (plus a per-stage line for the pipelines). */
+/**
+ * The results as a markdown table. "ceiling": the efficiency the machine allows a pipeline at that
+ * acceptance (stage probe: its stages' runs together, no messaging), where one was probed.
+ */
 export function markdownTable(summaries: Summary[], opts: { controlled: boolean }): string {
   const lines = [
-    `| decoder | ${opts.controlled ? 'alpha (controlled) | ' : ''}tokens/s | acceptance | speedup vs AR 1 core | vs AR all cores | ideal S | efficiency | stage busy (per stage) | ms/tick: stage compute + rest |`,
-    `|---|${opts.controlled ? '---|' : ''}---|---|---|---|---|---|---|---|`,
+    `| decoder | ${opts.controlled ? 'alpha (controlled) | ' : ''}tokens/s | acceptance | speedup vs AR 1 core | vs AR all cores | ideal S | efficiency | ceiling | stage busy (per stage) | ms/tick: stage compute + rest |`,
+    `|---|${opts.controlled ? '---|' : ''}---|---|---|---|---|---|---|---|---|`,
   ];
   for (const s of summaries) {
     const stages = s.stages
@@ -224,7 +230,7 @@ export function markdownTable(summaries: Summary[], opts: { controlled: boolean 
         ? `${f(s.msPerTick)} = ${f(s.maxStageBusyPerTickMs)} + ${f(s.overheadPerTickMs)}`
         : '-';
     lines.push(
-      `| ${s.label}${s.lossless ? '' : ' (NOT LOSSLESS)'} | ${opts.controlled ? `${s.alpha ?? '-'} | ` : ''}${f(s.tokensPerSecond, 1)} | ${f(s.acceptance, 3)} | ${f(s.speedupVsAr1)}x | ${f(s.speedupVsArAll)}x | ${f(s.ideal)}${s.idealPlan !== null && s.ideal !== null && Math.abs(s.idealPlan - s.ideal) > 0.005 ? ` (plan ${f(s.idealPlan)})` : ''} | ${f(s.efficiency)} | ${stages} | ${tick} |`,
+      `| ${s.label}${s.lossless ? '' : ' (NOT LOSSLESS)'} | ${opts.controlled ? `${s.alpha ?? '-'} | ` : ''}${f(s.tokensPerSecond, 1)} | ${f(s.acceptance, 3)} | ${f(s.speedupVsAr1)}x | ${f(s.speedupVsArAll)}x | ${f(s.ideal)}${s.idealPlan !== null && s.ideal !== null && Math.abs(s.idealPlan - s.ideal) > 0.005 ? ` (plan ${f(s.idealPlan)})` : ''} | ${f(s.efficiency)} | ${f(s.ceiling?.efficiency)} | ${stages} | ${tick} |`,
     );
   }
   return lines.join('\n');

@@ -279,6 +279,14 @@ export class PipelineDecoder implements Decoder {
     this.name = opts.name;
   }
 
+  /**
+   * The stage Workers, for measuring them between generations (`ppsd bench`'s stage probe). Never touch
+   * them while a generation runs: their caches belong to it.
+   */
+  get stageWorkers(): readonly WorkerStage[] {
+    return this.stages;
+  }
+
   decode(request: DecodeRequest): AsyncGenerator<number[], SpeculationStats, void> {
     return this.single.run(
       this.name,

@@ -11,9 +11,10 @@ import path from 'node:path';
 import { writeBenchDocs } from '../../bench/docs';
 import { type BenchDecoder, runHarness } from '../../bench/harness';
 import { markdownTable, summarize } from '../../bench/report';
+import { probeStages, type StageProbe } from '../../bench/stage-probe';
 import type { Decoder, DecoderName } from '../../decode/decoder';
 import { createDecoder, DECODER_NAMES, defaultSkipSet, type StageSplit } from '../../decode/index';
-import { sublayerSplit } from '../../decode/pipeline';
+import { PipelineDecoder, sublayerSplit } from '../../decode/pipeline';
 import { resolveSetup } from '../../decoder-setup';
 import { loadPackage } from '../../package';
 import { numberFlag, parseCommandArgs, UsageError } from '../args';
@@ -42,7 +43,9 @@ options:
   --alpha LIST         controlled acceptance, e.g. 0.5,0.7,0.8,0.9 (random-weight models; labelled as such)
   --json FILE          write every run and the summary as JSON
   --markdown           print the table as markdown (default: also printed)
-  --max-seq N          KV cache size for the sessions (default min(model, 512))`;
+  --max-seq N          KV cache size for the sessions (default min(model, 512))
+  --no-probe           skip the stage probe (each pipeline's stages timed alone and all together after the
+                       runs: the tick floor and efficiency ceiling the machine allows, reported as "ceiling")`;
 
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parseCommandArgs(
@@ -62,6 +65,7 @@ export async function run(argv: string[]): Promise<void> {
       json: { type: 'string' },
       markdown: { type: 'boolean' },
       'max-seq': { type: 'string' },
+      'no-probe': { type: 'boolean' },
       report: { type: 'string' },
       docs: { type: 'string' },
       chart: { type: 'string' },
@@ -167,6 +171,18 @@ export async function run(argv: string[]): Promise<void> {
     const loadBefore = os.loadavg();
     const t0 = performance.now();
     const records = await runHarness(decoders, { prompts: encoded, maxTokens, repeats, alphas, log });
+    const probes: Record<string, StageProbe> = {};
+    if (!values['no-probe']) {
+      for (const d of decoders) {
+        if (!(d.decoder instanceof PipelineDecoder)) continue;
+        log(`probing ${d.label}'s stages: each alone, then all together`);
+        probes[d.label] = await probeStages(d.decoder.stageWorkers, { dim: model.config.dim });
+        const p = probes[d.label];
+        log(
+          `${d.label}: stage runs alone ${p.aloneMs.map((x) => x.toFixed(2)).join(' / ')} ms, together ${p.togetherMs.map((x) => x.toFixed(2)).join(' / ')} ms`,
+        );
+      }
+    }
     const wallS = (performance.now() - t0) / 1000;
     const summaries = summarize(records, {
       config: model.config,
@@ -174,6 +190,7 @@ export async function run(argv: string[]): Promise<void> {
       boundaries: setup.boundaries,
       exitLayer: setup.exitLayer,
       skipSet,
+      probes,
     });
     const table = markdownTable(summaries, { controlled: alphas.length > 0 });
     const meta = {
@@ -213,7 +230,7 @@ export async function run(argv: string[]): Promise<void> {
         'tokens/s = (tokens - 1) / time from the first to the last token (prefill excluded); medians over repeats of all prompts pooled',
     };
     if (values.json) {
-      await writeFile(values.json, `${JSON.stringify({ meta, summaries, records }, null, 1)}\n`);
+      await writeFile(values.json, `${JSON.stringify({ meta, summaries, probes, records }, null, 1)}\n`);
       log(`wrote ${values.json}`);
     }
     console.log(
