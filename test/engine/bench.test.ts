@@ -150,7 +150,16 @@ describe('benchmark arithmetic', () => {
     expect(ppsd.ceiling).toBeUndefined();
 
     // with a stage probe for the ppsd row: AR 10 ms/token; the floor tick 6 ms, refills 0.2 x 5.5 ms
-    const probes = { ppsd: { context: 64, runs: 4, rounds: 1, aloneMs: [5.5, 5], togetherMs: [6, 5.8] } };
+    const probes = {
+      ppsd: {
+        context: 64,
+        runs: 4,
+        rounds: 1,
+        aloneMs: [5.5, 5],
+        togetherMs: [6, 5.8],
+        lockstepMs: [6.2, 6],
+      },
+    };
     const probed = summarize(records, { config, stages: 2, boundaries: [0, 2, 4], exitLayer: 2, probes });
     const c = probed.find((x) => x.label === 'ppsd')!.ceiling!;
     expect(c.speedup).toBeCloseTo(10 / (6 + 0.2 * 5.5), 10);

@@ -25,9 +25,14 @@ export interface StageProbe {
   /** Runs per stage per measurement, and interleaved alone/together rounds. */
   runs: number;
   rounds: number;
-  /** Median compute per run (inside the Worker) of each stage alone, and with all stages running. */
+  /**
+   * Median compute per run (inside the Worker) of each stage: alone; with all stages looping on their
+   * own at once (the hardware's floor); and in lockstep, every stage starting together and the next
+   * round waiting for the slowest (a tick-synchronous controller with no messaging cost).
+   */
   aloneMs: number[];
   togetherMs: number[];
+  lockstepMs: number[];
 }
 
 export interface ProbeOptions {
@@ -39,8 +44,8 @@ export interface ProbeOptions {
 }
 
 /**
- * Measures `stages` (a pipeline's Workers, idle: call it between generations). Leaves every cache empty
- * (the next generation's prefill starts from position 0 anyway).
+ * Measures `stages` (a pipeline's Workers, idle: call it between generations), `rounds` times each way,
+ * interleaved. Leaves every cache empty (the next generation's prefill starts from position 0 anyway).
  */
 export async function probeStages(stages: readonly ProbedStage[], o: ProbeOptions): Promise<StageProbe> {
   const context = o.context ?? 64;
@@ -63,21 +68,47 @@ export async function probeStages(stages: readonly ProbedStage[], o: ProbeOption
   };
   const alone: number[][] = stages.map(() => []);
   const together: number[][] = stages.map(() => []);
+  const lockstep: number[][] = stages.map(() => []);
   try {
     for (let r = 0; r < rounds; r++) {
       for (let s = 0; s < k; s++) await loop(s, alone[s]);
       await Promise.all(stages.map((_, s) => loop(s, together[s])));
+      for (let i = 0; i < runs; i++) {
+        const busy = await Promise.all(stages.map((_, s) => once(s)));
+        busy.forEach((b, s) => lockstep[s].push(b));
+      }
     }
   } finally {
     for (const st of stages) st.truncate(0);
   }
-  return { context, runs, rounds, aloneMs: alone.map(median), togetherMs: together.map(median) };
+  return {
+    context,
+    runs,
+    rounds,
+    aloneMs: alone.map(median),
+    togetherMs: together.map(median),
+    lockstepMs: lockstep.map(median),
+  };
+}
+
+/** Two probes of the same stages (e.g. before and after a benchmark) as one: runs pooled, medians averaged. */
+export function poolProbes(a: StageProbe, b: StageProbe): StageProbe {
+  const mean = (x: number[], y: number[]) => x.map((v, i) => (v + y[i]) / 2);
+  return {
+    context: a.context,
+    runs: a.runs,
+    rounds: a.rounds + b.rounds,
+    aloneMs: mean(a.aloneMs, b.aloneMs),
+    togetherMs: mean(a.togetherMs, b.togetherMs),
+    lockstepMs: mean(a.lockstepMs, b.lockstepMs),
+  };
 }
 
 export interface ProbeCeiling {
   /** The probe's medians (ms per run), repeated here so a report needs only the summary. */
   aloneMs: number[];
   togetherMs: number[];
+  lockstepMs?: number[];
   /** The shortest possible tick with every stage busy: the slowest stage's together-run. */
   floorTickMs: number;
   /** Each stage's slowdown from running together: together / alone. */
@@ -100,6 +131,7 @@ export function probeCeiling(p: StageProbe, arMsPerToken: number, alpha: number)
   return {
     aloneMs: p.aloneMs,
     togetherMs: p.togetherMs,
+    lockstepMs: p.lockstepMs,
     floorTickMs,
     slowdown: p.togetherMs.map((t, s) => t / p.aloneMs[s]),
     speedup,

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { writeBenchDocs } from '../../bench/docs';
 import { type BenchDecoder, runHarness } from '../../bench/harness';
 import { markdownTable, summarize } from '../../bench/report';
-import { probeStages, type StageProbe } from '../../bench/stage-probe';
+import { poolProbes, probeStages, type StageProbe } from '../../bench/stage-probe';
 import type { Decoder, DecoderName } from '../../decode/decoder';
 import { createDecoder, DECODER_NAMES, defaultSkipSet, type StageSplit } from '../../decode/index';
 import { PipelineDecoder, sublayerSplit } from '../../decode/pipeline';
@@ -44,8 +44,9 @@ options:
   --json FILE          write every run and the summary as JSON
   --markdown           print the table as markdown (default: also printed)
   --max-seq N          KV cache size for the sessions (default min(model, 512))
-  --no-probe           skip the stage probe (each pipeline's stages timed alone and all together after the
-                       runs: the tick floor and efficiency ceiling the machine allows, reported as "ceiling")`;
+  --no-probe           skip the stage probe (before and after the runs, each pipeline's stages timed alone, all
+                       looping at once and in lockstep: the tick floor and efficiency ceiling the machine
+                       allows, reported as "ceiling")`;
 
 export async function run(argv: string[]): Promise<void> {
   const { values, positionals } = parseCommandArgs(
@@ -170,19 +171,28 @@ export async function run(argv: string[]): Promise<void> {
 
     const loadBefore = os.loadavg();
     const t0 = performance.now();
-    const records = await runHarness(decoders, { prompts: encoded, maxTokens, repeats, alphas, log });
-    const probes: Record<string, StageProbe> = {};
-    if (!values['no-probe']) {
+    // The stage probe runs before and after the decoders (pooled), so a machine whose speed drifts during
+    // the benchmark is probed under both conditions.
+    const probe = async (when: string): Promise<Record<string, StageProbe>> => {
+      const out: Record<string, StageProbe> = {};
+      if (values['no-probe']) return out;
       for (const d of decoders) {
         if (!(d.decoder instanceof PipelineDecoder)) continue;
-        log(`probing ${d.label}'s stages: each alone, then all together`);
-        probes[d.label] = await probeStages(d.decoder.stageWorkers, { dim: model.config.dim });
-        const p = probes[d.label];
+        log(`probing ${d.label}'s stages ${when}: each alone, all looping at once, and in lockstep`);
+        const p = await probeStages(d.decoder.stageWorkers, { dim: model.config.dim, rounds: 2 });
+        const ms = (v: number[]) => v.map((x) => x.toFixed(2)).join(' / ');
         log(
-          `${d.label}: stage runs alone ${p.aloneMs.map((x) => x.toFixed(2)).join(' / ')} ms, together ${p.togetherMs.map((x) => x.toFixed(2)).join(' / ')} ms`,
+          `${d.label}: alone ${ms(p.aloneMs)} ms, together ${ms(p.togetherMs)} ms, lockstep ${ms(p.lockstepMs)} ms`,
         );
+        out[d.label] = p;
       }
-    }
+      return out;
+    };
+    const before = await probe('before the runs');
+    const records = await runHarness(decoders, { prompts: encoded, maxTokens, repeats, alphas, log });
+    const after = await probe('after the runs');
+    const probes: Record<string, StageProbe> = {};
+    for (const label of Object.keys(after)) probes[label] = poolProbes(before[label], after[label]);
     const wallS = (performance.now() - t0) / 1000;
     const summaries = summarize(records, {
       config: model.config,
