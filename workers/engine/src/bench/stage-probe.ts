@@ -75,7 +75,7 @@ export async function probeStages(stages: readonly ProbedStage[], o: ProbeOption
       await Promise.all(stages.map((_, s) => loop(s, together[s])));
       for (let i = 0; i < runs; i++) {
         const busy = await Promise.all(stages.map((_, s) => once(s)));
-        busy.forEach((b, s) => lockstep[s].push(b));
+        for (let s = 0; s < k; s++) lockstep[s].push(busy[s]);
       }
     }
   } finally {
