@@ -151,6 +151,17 @@ function chartSeries(controlled: BenchJson | undefined, real: BenchJson | undefi
           points: grid.map((a) => ({ x: a, y: dvSpeedup(a, gamma, c) })),
         });
     }
+    const ceiling = sums
+      .filter((x) => x.label === 'ppsd' && x.ceiling && x.acceptance !== null)
+      .map((x) => ({ x: x.acceptance!, y: x.ceiling!.speedup }));
+    if (ceiling.length > 0)
+      series.push({
+        name: 'ppsd ceiling (stage probe)',
+        color: COLORS.ppsd,
+        markers: true,
+        shape: 'square',
+        points: ceiling.sort((a, b) => a.x - b.x),
+      });
     for (const label of ['eesd', 'dv', 'ppsd', 'spd']) {
       const pts = sums
         .filter((x) => x.label === label && x.alpha !== null)
@@ -248,6 +259,7 @@ export async function writeBenchDocs(
     yRange: [0, 2.2],
     notes: [
       'Dashed: ideal speedup at k and measured draft lengths. Circles: 110M-shape random model, controlled acceptance.',
+      'Squares: the best PPSD could do on this machine (its stages timed running together, no messaging).',
       'Diamonds: stories260K with its calibrated head (real acceptance). Same machine, one run each.',
     ],
   });
