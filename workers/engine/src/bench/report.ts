@@ -59,8 +59,6 @@ export interface Summary {
   ceiling?: ProbeCeiling;
 }
 
-export { median } from './stats';
-
 /** Decoding rate of a group of runs: tokens after the first per second of decode time. */
 export function pooledRate(runs: Pick<RunRecord, 'tokens' | 'decodeMs'>[]): number {
   let toks = 0;

@@ -105,10 +105,8 @@ export function poolProbes(a: StageProbe, b: StageProbe): StageProbe {
 }
 
 export interface ProbeCeiling {
-  /** The probe's medians (ms per run), repeated here so a report needs only the summary. */
-  aloneMs: number[];
-  togetherMs: number[];
-  lockstepMs?: number[];
+  /** The probe it was computed from (so a report needs only the summary). */
+  probe: StageProbe;
   /** The shortest possible tick with every stage busy: the slowest stage's together-run. */
   floorTickMs: number;
   /** Each stage's slowdown from running together: together / alone. */
@@ -129,9 +127,7 @@ export function probeCeiling(p: StageProbe, arMsPerToken: number, alpha: number)
   const perToken = floorTickMs + (1 - alpha) * (k - 1) * p.aloneMs[0];
   const speedup = arMsPerToken / perToken;
   return {
-    aloneMs: p.aloneMs,
-    togetherMs: p.togetherMs,
-    lockstepMs: p.lockstepMs,
+    probe: p,
     floorTickMs,
     slowdown: p.togetherMs.map((t, s) => t / p.aloneMs[s]),
     speedup,

@@ -7,7 +7,8 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { timeGeneration } from '../../bench/harness';
-import { median, pooledRate } from '../../bench/report';
+import { pooledRate } from '../../bench/report';
+import { median } from '../../bench/stats';
 import { searchSkipSet, skipKey } from '../../calibrate/skip-search';
 import { createDecoder } from '../../decode/index';
 import type { SkipSet } from '../../model/llama';
