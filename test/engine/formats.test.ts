@@ -11,6 +11,7 @@ import {
   writeSafetensors,
 } from '../../workers/engine/src/formats/safetensors';
 import { headDim, type LlamaModel } from '../../workers/engine/src/model/llama';
+import { dense } from '../../workers/engine/src/model/matrix';
 import { createReferenceStage, referenceForward } from '../../workers/engine/src/model/reference';
 import { readLlama2cTokenizer } from '../../workers/engine/src/tokenizer/llama2c';
 import { distinctClassifier, legacySections, toLegacyUntied, toVersion1 } from '../helpers/llama2c-files';
@@ -50,13 +51,13 @@ describe('llama2.c checkpoints', () => {
     });
     expect(stories.weights.classifier).toBe(stories.weights.tokenEmbedding);
     const { parts } = legacySections(legacyBytes);
-    expect(stories.weights.tokenEmbedding).toEqual(f32(parts.emb));
+    expect(dense(stories.weights.tokenEmbedding)).toEqual(f32(parts.emb));
     const c = stories.config;
     const kvSize = c.nKvHeads * headDim(c) * c.dim;
     // wv is stored as-is; wq and wk have their rows permuted within each head.
-    expect(stories.weights.layers[2].wv).toEqual(f32(parts.wv).subarray(2 * kvSize, 3 * kvSize));
+    expect(dense(stories.weights.layers[2].wv)).toEqual(f32(parts.wv).subarray(2 * kvSize, 3 * kvSize));
     const rawWq1 = f32(parts.wq).subarray(c.dim * c.dim, 2 * c.dim * c.dim);
-    expect(stories.weights.layers[1].wq).toEqual(
+    expect(dense(stories.weights.layers[1].wq)).toEqual(
       interleavedToRotateHalf(rawWq1, c.nHeads, headDim(c), c.dim),
     );
     expect(stories.weights.finalNorm).toEqual(f32(parts.rmsFinal));
@@ -99,7 +100,7 @@ describe('llama2.c checkpoints', () => {
     const v1 = await readLlama2c(at('v1-untied.bin'));
     for (const m of [legacy, v1]) {
       expect(m.config.tiedEmbeddings).toBe(false);
-      expect(m.weights.classifier).toEqual(f32(classifier));
+      expect(dense(m.weights.classifier)).toEqual(f32(classifier));
       expect(m.weights.tokenEmbedding).toEqual(stories.weights.tokenEmbedding);
     }
     expectSameWeights(legacy, v1);

@@ -11,6 +11,7 @@ import {
   ropeTables,
   validateStageSpec,
 } from '../../workers/engine/src/graph';
+import { dense, type Matrix } from '../../workers/engine/src/model/matrix';
 import { llamaConfig, randomLlama } from '../../workers/engine/src/model/random';
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
@@ -78,10 +79,13 @@ describe('stage graph', () => {
   it('writes every weight once (tied embeddings share one initializer)', () => {
     const floats = (m: typeof tied, first: number, end: number, cls: boolean) => {
       let n = 0;
-      for (let l = first; l < end; l++) for (const w of Object.values(m.weights.layers[l])) n += w.length;
-      if (first === 0) n += m.weights.tokenEmbedding.length;
+      for (let l = first; l < end; l++)
+        for (const w of Object.values(m.weights.layers[l]))
+          n += w instanceof Float32Array ? w.length : w.rows * w.cols;
+      const size = (w: Matrix) => w.rows * w.cols;
+      if (first === 0) n += size(m.weights.tokenEmbedding);
       if (cls && (first !== 0 || m.weights.classifier !== m.weights.tokenEmbedding))
-        n += m.weights.classifier.length;
+        n += size(m.weights.classifier);
       if (cls) n += m.weights.finalNorm.length;
       return n + 2 * 8 * 4; // + rope tables [maxSeq, hd]
     };
@@ -142,7 +146,7 @@ describe('stage graph', () => {
     expect(external).toBeGreaterThan(0.5 * inline.length); // every weight of 1 KiB or more moved out
     expect(Math.abs(ext.bytes.length + external - inline.length)).toBeLessThan(16_000);
     // the external entries are views of the model's own arrays (no copy)
-    const wq = untied.weights.layers[0].wq;
+    const wq = dense(untied.weights.layers[0].wq);
     const e = ext.externalData.find((d) => d.path === 'l0.wq.bin')!;
     expect(e.data.buffer).toBe(wq.buffer);
     expect(e.data.byteLength).toBe(wq.byteLength);
@@ -191,7 +195,7 @@ describe('randomLlama', () => {
     expect(a.weights.layers[1].w2).toEqual(b.weights.layers[1].w2);
     expect(a.weights.layers[1].w2).not.toEqual(d.weights.layers[1].w2);
     expect(a.weights.classifier).not.toBe(a.weights.tokenEmbedding);
-    const wq = a.weights.layers[0].wq;
+    const wq = dense(a.weights.layers[0].wq);
     const mean = wq.reduce((s, x) => s + x, 0) / wq.length;
     const std = Math.sqrt(wq.reduce((s, x) => s + (x - mean) ** 2, 0) / wq.length);
     expect(Math.abs(mean)).toBeLessThan(0.002);

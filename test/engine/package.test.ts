@@ -45,7 +45,7 @@ describe('model packages', () => {
       name: 'basic',
       architecture: 'llama',
       config: stories.config,
-      dtype: 'float32',
+      dtype: 'f32',
       tokenizer: { file: 'tokenizer.bin', kind: 'llama2c' },
       weights: 'weights.safetensors',
     });

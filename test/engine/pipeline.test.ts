@@ -29,6 +29,7 @@ import {
   spdFeatureLags,
 } from '../../workers/engine/src/decode/spd-drafter';
 import { WorkerStage } from '../../workers/engine/src/decode/worker-stage';
+import { denseRows } from '../../workers/engine/src/model/matrix';
 import { fillNormal, llamaConfig, randomLlama, uniformRng } from '../../workers/engine/src/model/random';
 import { referenceForward, referenceHead } from '../../workers/engine/src/model/reference';
 import { tinyModel } from './decoder-helpers';
@@ -145,7 +146,7 @@ describe('draft vocabulary subset', () => {
     expect(head.classifierRows).toHaveLength(3 * dim);
     for (const [i, t] of vocab.entries()) {
       expect(Array.from(head.classifierRows!.subarray(i * dim, (i + 1) * dim))).toEqual(
-        Array.from(model.weights.classifier.subarray(t * dim, (t + 1) * dim)),
+        Array.from(denseRows(model.weights.classifier, t, t + 1)),
       );
     }
     // the whole vocabulary: no subset
@@ -239,7 +240,7 @@ describe('spd drafter', () => {
     try {
       const token = 5;
       const f = [fillNormal(new Float32Array(dim), rand, 1), fillNormal(new Float32Array(dim), rand, 1)];
-      const emb = model.weights.tokenEmbedding.subarray(token * dim, (token + 1) * dim);
+      const emb = denseRows(model.weights.tokenEmbedding, token, token + 1);
       const want = referenceHead(model, spdDraftHidden(weights, emb, f));
       const features = new Float32Array(2 * dim);
       features.set(f[0], 0);

@@ -1,8 +1,9 @@
 import { expect } from 'vitest';
 import { modelToHfTensors } from '../../workers/engine/src/formats/hf-llama';
 import type { LlamaModel } from '../../workers/engine/src/model/llama';
+import { dense } from '../../workers/engine/src/model/matrix';
 
-const bytes = (a: Float32Array): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+const bytes = (a: ArrayBufferView): Buffer => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
 
 /** Same config and every tensor (classifier included) equal bit for bit. */
 export function expectSameWeights(a: LlamaModel, b: LlamaModel): void {
@@ -12,7 +13,10 @@ export function expectSameWeights(a: LlamaModel, b: LlamaModel): void {
   expect(ta.map(([name]) => name)).toEqual(tb.map(([name]) => name));
   ta.forEach(([name, t], i) => {
     expect(tb[i][1].shape, name).toEqual(t.shape);
+    expect(tb[i][1].dtype, name).toEqual(t.dtype);
     expect(bytes(t.data).equals(bytes(tb[i][1].data)), name).toBe(true);
   });
-  expect(bytes(a.weights.classifier).equals(bytes(b.weights.classifier)), 'classifier').toBe(true);
+  expect(bytes(dense(a.weights.classifier)).equals(bytes(dense(b.weights.classifier))), 'classifier').toBe(
+    true,
+  );
 }

@@ -13,6 +13,7 @@
  * feature vector: the exit head uses h_E; the SPD drafter concatenates its multi-depth features.
  */
 import type { LlamaModel } from '../model/llama';
+import { denseCached } from '../model/matrix';
 import { uniformRng } from '../model/random';
 import { argmaxAt, linearRows, softmaxInPlace } from './linalg';
 import type { AffineMap } from './lsq';
@@ -85,7 +86,7 @@ export function distillLossAndGrad(
   const dim = c.dim;
   const V = c.vocabSize;
   const g = model.weights.finalNorm;
-  const C = model.weights.classifier;
+  const C = denseCached(model.weights.classifier);
   const ce = opts.ceWeight ?? 0;
   const tau = opts.temperature ?? 1;
   const res: LossAndGrad = out ?? {

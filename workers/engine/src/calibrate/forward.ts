@@ -9,6 +9,7 @@
  */
 import { ropeTables } from '../graph/rope';
 import { headDim, type LlamaModel } from '../model/llama';
+import { denseCached, denseRows } from '../model/matrix';
 import { linearRows, rmsnormRows } from './linalg';
 
 export interface BlockHiddens {
@@ -64,7 +65,7 @@ export class HiddenStateModel {
     for (let t = 0; t < T; t++) {
       const tok = tokens[t];
       if (!(tok >= 0 && tok < c.vocabSize)) throw new Error(`token ${tok} outside vocab`);
-      x.set(w.tokenEmbedding.subarray(tok * dim, (tok + 1) * dim), t * dim);
+      x.set(denseRows(w.tokenEmbedding, tok, tok + 1), t * dim);
     }
     const hidden: Float32Array[] = [x.slice()];
     const xb = new Float32Array(T * dim);
@@ -96,9 +97,9 @@ export class HiddenStateModel {
       const vc = this.v[l];
       // attention
       rmsnormRows(x, T, dim, lw.attnNorm, c.normEps, xb);
-      linearRows(xb, T, dim, lw.wq, nH * hd, q);
-      linearRows(xb, T, dim, lw.wk, kvDim, kc.subarray(P * kvDim, (P + T) * kvDim));
-      linearRows(xb, T, dim, lw.wv, kvDim, vc.subarray(P * kvDim, (P + T) * kvDim));
+      linearRows(xb, T, dim, denseCached(lw.wq), nH * hd, q);
+      linearRows(xb, T, dim, denseCached(lw.wk), kvDim, kc.subarray(P * kvDim, (P + T) * kvDim));
+      linearRows(xb, T, dim, denseCached(lw.wv), kvDim, vc.subarray(P * kvDim, (P + T) * kvDim));
       for (let t = 0; t < T; t++) {
         rope(q, t * nH * hd, P + t, nH);
         rope(kc, (P + t) * kvDim, P + t, c.nKvHeads);
@@ -132,14 +133,14 @@ export class HiddenStateModel {
           }
         }
       }
-      linearRows(o, T, nH * hd, lw.wo, dim, y);
+      linearRows(o, T, nH * hd, denseCached(lw.wo), dim, y);
       for (let i = 0; i < T * dim; i++) x[i] += y[i];
       // SwiGLU MLP
       rmsnormRows(x, T, dim, lw.ffnNorm, c.normEps, xb);
-      linearRows(xb, T, dim, lw.w1, c.hiddenDim, h1);
-      linearRows(xb, T, dim, lw.w3, c.hiddenDim, h3);
+      linearRows(xb, T, dim, denseCached(lw.w1), c.hiddenDim, h1);
+      linearRows(xb, T, dim, denseCached(lw.w3), c.hiddenDim, h3);
       for (let i = 0; i < T * c.hiddenDim; i++) h1[i] = (h1[i] / (1 + Math.exp(-h1[i]))) * h3[i];
-      linearRows(h1, T, c.hiddenDim, lw.w2, dim, y);
+      linearRows(h1, T, c.hiddenDim, denseCached(lw.w2), dim, y);
       for (let i = 0; i < T * dim; i++) x[i] += y[i];
       hidden.push(x.slice());
     }
@@ -167,6 +168,6 @@ export function headLogits(
   const n = new Float32Array(rows * c.dim);
   rmsnormRows(u, rows, c.dim, model.weights.finalNorm, c.normEps, n);
   const logits = new Float32Array(rows * c.vocabSize);
-  linearRows(n, rows, c.dim, model.weights.classifier, c.vocabSize, logits);
+  linearRows(n, rows, c.dim, denseCached(model.weights.classifier), c.vocabSize, logits);
   return logits;
 }

@@ -1,4 +1,5 @@
 import { type ParseArgsConfig, parseArgs } from 'node:util';
+import { MATRIX_DTYPES, type MatrixDtype } from '../model/matrix';
 
 /** An error the user caused (bad flag, missing file): printed without a stack trace, exit code 2. */
 export class UsageError extends Error {
@@ -32,3 +33,15 @@ export function numberFlag(value: string | undefined, name: string, fallback?: n
   if (!Number.isFinite(n)) throw new UsageError(`--${name} must be a number, got '${value}'`);
   return n;
 }
+
+/** `--dtype`: one of the package dtypes (model/matrix.ts). */
+export function dtypeFlag(value: string | undefined, fallback: MatrixDtype): MatrixDtype {
+  if (value === undefined) return fallback;
+  if (!(MATRIX_DTYPES as readonly string[]).includes(value))
+    throw new UsageError(`--dtype must be one of ${MATRIX_DTYPES.join(', ')}, got '${value}'`);
+  return value as MatrixDtype;
+}
+
+/** Help text for --dtype, shared by import, synth and quantize. */
+export const DTYPE_HELP = `f32 | f16 | bf16 | q8 | q4 (q8/q4: blocks of 32 inputs, one scale per
+                     block; a matrix whose inputs are no multiple of 32 keeps the wider type)`;

@@ -15,6 +15,14 @@ const commands: Record<string, Command> = {
     summary: 'write a random-weight model package of a given shape',
     load: () => import('./commands/synth'),
   },
+  quantize: {
+    summary: 'convert a model package to another dtype (f16, bf16, q8, q4)',
+    load: () => import('./commands/quantize'),
+  },
+  'export-gguf': {
+    summary: 'write a model package as a GGUF file (f32, f16, bf16, q8_0, q4_0) for llama.cpp',
+    load: () => import('./commands/export-gguf'),
+  },
   generate: { summary: 'generate text from a model package', load: () => import('./commands/generate') },
   calibrate: {
     summary: 'fit an early-exit head or the SPD drafter and report acceptance',
@@ -32,7 +40,7 @@ const commands: Record<string, Command> = {
 };
 
 function usage(): string {
-  const lines = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(10)} ${c.summary}`);
+  const lines = Object.entries(commands).map(([name, c]) => `  ${name.padEnd(12)} ${c.summary}`);
   return `usage: ppsd <command> [options]\n\ncommands:\n${lines.join('\n')}\n\nppsd <command> --help for a command's options`;
 }
 

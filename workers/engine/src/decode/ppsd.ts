@@ -11,6 +11,7 @@
  * stays exact (a drafted token always has q > 0), and greedy drafts the argmax within the subset.
  */
 import type { ExitHead, LlamaModel } from '../model/llama';
+import { gatherRows } from '../model/matrix';
 import {
   PipelineDecoder,
   type PipelineDrafter,
@@ -82,16 +83,15 @@ export function subsetDraft(
 export function withDraftVocab(model: LlamaModel, exit: ExitHead, vocab: Int32Array | undefined): ExitHead {
   if (!vocab || vocab.length >= model.config.vocabSize)
     return { afterLayer: exit.afterLayer, affine: exit.affine };
-  const { dim, vocabSize } = model.config;
+  const { vocabSize } = model.config;
   const cls = model.weights.classifier;
-  const rows = new Float32Array(vocab.length * dim);
-  for (let i = 0; i < vocab.length; i++) {
-    const t = vocab[i];
+  for (const t of vocab) {
     if (!Number.isInteger(t) || t < 0 || t >= vocabSize)
       throw new RangeError(`draft vocabulary: token ${t} outside [0, ${vocabSize})`);
-    rows.set(cls.subarray(t * dim, (t + 1) * dim), i * dim);
   }
-  return { ...exit, vocab, classifierRows: rows };
+  // the rows are dequantized to f32: the subset is small, and the draft head then costs the same whatever
+  // the package's dtype (q is the draft distribution; the verify side still uses the stored classifier)
+  return { ...exit, vocab, classifierRows: gatherRows(cls, vocab) };
 }
 
 export async function createPpsdDecoder(

@@ -21,6 +21,7 @@ import type { InferenceSession } from 'onnxruntime-node';
 import { Tensor as OrtTensor } from 'onnxruntime-node';
 import { readSafetensors, type Tensor, writeSafetensors } from '../formats/safetensors';
 import { GraphBuilder } from '../graph/onnx';
+import { embedRows, matmulWeight } from '../graph/weights';
 import type { LlamaModel } from '../model/llama';
 import { createSession } from '../runtime';
 
@@ -153,8 +154,8 @@ export function buildSpdDrafterGraph(model: LlamaModel, w: SpdDrafterWeights): U
   const g = new GraphBuilder('spd_drafter');
   const token = g.input('token', 'int64', [1]);
   const features = g.input('features', 'float32', [n, dim]);
-  const table = g.weight('tokenEmbedding', model.weights.tokenEmbedding, [vocabSize, dim]);
-  const x = g.concat([g.gather(table, token), g.reshape(features, [1, n * dim])], 1); // [1, width]
+  const emb = embedRows(g, model.weights.tokenEmbedding, token, 'tokenEmbedding'); // [1, dim]
+  const x = g.concat([emb, g.reshape(features, [1, n * dim])], 1); // [1, width]
   const h = g.linear(
     x,
     g.weight('drafter.weight', all, [dim, width]),
@@ -165,8 +166,8 @@ export function buildSpdDrafterGraph(model: LlamaModel, w: SpdDrafterWeights): U
     g.div(h, g.sqrt(g.add(ms, g.f32(normEps)))),
     g.weight('finalNorm', model.weights.finalNorm, [dim]),
   );
-  const classifier = g.weight('classifier', model.weights.classifier, [vocabSize, dim]);
-  g.output('logits', g.linear(normed, classifier), 'float32', [1, vocabSize]);
+  const logits = matmulWeight(g, normed, model.weights.classifier, 'classifier');
+  g.output('logits', logits, 'float32', [1, vocabSize]);
   return g.toBytes();
 }
 

@@ -2,8 +2,15 @@
  * The Hugging Face Llama naming of config fields and tensors (LlamaForCausalLM), shared by the HF folder
  * reader/writer and the model package (whose weights.safetensors uses the same tensor names).
  */
-import { type LayerWeights, type LlamaConfig, type LlamaModel, tensorShapes } from '../model/llama';
-import type { Tensor } from './safetensors';
+import {
+  type LayerWeights,
+  type LlamaConfig,
+  type LlamaModel,
+  type MatrixKey,
+  tensorShapes,
+} from '../model/llama';
+import { f32Matrix, isBlock, type Matrix, type MatrixDtype, nBlocks } from '../model/matrix';
+import type { StoredTensor, Tensor } from './safetensors';
 
 const LAYER_TENSORS: Record<keyof LayerWeights, string> = {
   attnNorm: 'input_layernorm.weight',
@@ -24,18 +31,60 @@ export const LM_HEAD = 'lm_head.weight';
 export const layerTensorName = (layer: number, key: keyof LayerWeights): string =>
   `model.layers.${layer}.${LAYER_TENSORS[key]}`;
 
-/** Every tensor of the model under its HF name, in HF order; `lm_head.weight` only when untied. */
-export function modelToHfTensors(model: LlamaModel): [string, Tensor][] {
-  const c = model.config;
-  const shapes = tensorShapes(c);
+/** Suffixes of the extra tensors a blockwise matrix `<name>` brings (its codes are `<name>` itself). */
+export const SCALES_SUFFIX = '.scales';
+export const ZERO_POINTS_SUFFIX = '.zero_points';
+
+/** Per-tensor storage, as the manifest records it. */
+export interface TensorDtype {
+  dtype: MatrixDtype;
+  blockSize?: number;
+}
+
+/** The stored tensors of one matrix: itself, or its codes + scales (+ zero points). */
+function matrixTensors(name: string, m: Matrix): [string, StoredTensor][] {
+  if (m.dtype === 'f32') return [[name, { dtype: 'F32', shape: [m.rows, m.cols], data: m.data }]];
+  if (!isBlock(m)) {
+    return [[name, { dtype: m.dtype === 'f16' ? 'F16' : 'BF16', shape: [m.rows, m.cols], data: m.data }]];
+  }
+  const nb = nBlocks(m);
+  const out: [string, StoredTensor][] = [
+    [name, { dtype: 'U8', shape: [m.rows, nb, m.codes.length / (m.rows * nb)], data: m.codes }],
+    [name + SCALES_SUFFIX, { dtype: 'F32', shape: [m.rows, nb], data: m.scales }],
+  ];
+  if (m.zeroPoints)
+    out.push([name + ZERO_POINTS_SUFFIX, { dtype: 'F32', shape: [m.rows, nb], data: m.zeroPoints }]);
+  return out;
+}
+
+/** Every matrix and norm of the model under its HF name, in HF order; `lm_head.weight` only when untied. */
+function hfEntries(model: LlamaModel): [string, Matrix | Float32Array][] {
   const w = model.weights;
-  const out: [string, Tensor][] = [[EMBED_TOKENS, { shape: shapes.tokenEmbedding, data: w.tokenEmbedding }]];
+  const out: [string, Matrix | Float32Array][] = [[EMBED_TOKENS, w.tokenEmbedding]];
   w.layers.forEach((layer, l) => {
-    for (const key of LAYER_KEYS)
-      out.push([layerTensorName(l, key), { shape: shapes[key], data: layer[key] }]);
+    for (const key of LAYER_KEYS) out.push([layerTensorName(l, key), layer[key]]);
   });
-  out.push([FINAL_NORM, { shape: shapes.finalNorm, data: w.finalNorm }]);
-  if (!c.tiedEmbeddings) out.push([LM_HEAD, { shape: shapes.classifier, data: w.classifier }]);
+  out.push([FINAL_NORM, w.finalNorm]);
+  if (!model.config.tiedEmbeddings) out.push([LM_HEAD, w.classifier]);
+  return out;
+}
+
+/** Every tensor of the model as stored, under HF names (blockwise matrices as codes + scales). */
+export function modelToHfTensors(model: LlamaModel): [string, StoredTensor][] {
+  return hfEntries(model).flatMap(([name, t]): [string, StoredTensor][] =>
+    t instanceof Float32Array
+      ? [[name, { dtype: 'F32', shape: [t.length], data: t }]]
+      : matrixTensors(name, t),
+  );
+}
+
+/** The dtype of every matrix by HF name (norms are always f32 and not listed). */
+export function modelTensorDtypes(model: LlamaModel): Record<string, TensorDtype> {
+  const out: Record<string, TensorDtype> = {};
+  for (const [name, t] of hfEntries(model)) {
+    if (t instanceof Float32Array) continue;
+    out[name] = isBlock(t) ? { dtype: t.dtype, blockSize: t.blockSize } : { dtype: t.dtype };
+  }
   return out;
 }
 
@@ -47,35 +96,92 @@ export function requiredHfTensorNames(c: LlamaConfig): string[] {
   return names;
 }
 
-/**
- * Builds the model from HF-named tensors, checking every shape against the config. `where` names the
- * source in error messages.
- */
-export function modelFromHfTensors(
-  config: LlamaConfig,
-  tensors: Map<string, Tensor>,
-  where: string,
-): LlamaModel {
-  const shapes = tensorShapes(config);
-  const take = (name: string, shape: number[]): Float32Array => {
-    const t = tensors.get(name);
-    if (!t) throw new Error(`${where}: missing tensor '${name}'`);
-    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+type AnyTensor = Tensor | StoredTensor;
+const sameShape = (a: number[], b: number[]) => a.length === b.length && a.every((d, i) => d === b[i]);
+
+/** A matrix [rows, cols] from its stored tensor(s); `where` names the source in errors. */
+function takeMatrix(tensors: Map<string, AnyTensor>, name: string, shape: number[], where: string): Matrix {
+  const t = tensors.get(name);
+  if (!t) throw new Error(`${where}: missing tensor '${name}'`);
+  const [rows, cols] = shape;
+  const scales = tensors.get(name + SCALES_SUFFIX);
+  if (!scales) {
+    if (!sameShape(t.shape, shape))
       throw new Error(
         `${where}: tensor '${name}' has shape [${t.shape}], expected [${shape}] for this config`,
       );
-    }
-    return t.data;
+    if (!('dtype' in t) || t.dtype === 'F32') return f32Matrix(t.data as Float32Array, rows, cols);
+    if (t.dtype === 'U8')
+      throw new Error(`${where}: tensor '${name}' is U8 but has no '${name}${SCALES_SUFFIX}'`);
+    return { dtype: t.dtype === 'F16' ? 'f16' : 'bf16', rows, cols, data: t.data };
+  }
+  // blockwise: codes U8 [rows, nBlocks, blockBytes], scales F32 [rows, nBlocks]
+  const [r, nb, blockBytes] = t.shape;
+  const blockSize = cols / nb;
+  const bits = (8 * blockBytes) / blockSize;
+  const zp = tensors.get(name + ZERO_POINTS_SUFFIX);
+  const bad = (why: string): never => {
+    throw new Error(`${where}: blockwise tensor '${name}' ${why}`);
   };
-  const tokenEmbedding = take(EMBED_TOKENS, shapes.tokenEmbedding);
+  if (!('dtype' in t) || t.dtype !== 'U8' || t.shape.length !== 3) bad('must be U8 [rows, blocks, bytes]');
+  if (r !== rows || !Number.isInteger(blockSize) || (bits !== 4 && bits !== 8))
+    bad(`has shape [${t.shape}], which is no 4- or 8-bit blocking of [${shape}]`);
+  if (!('dtype' in scales) || scales.dtype !== 'F32' || !sameShape(scales.shape, [rows, nb]))
+    bad(`needs F32 scales [${rows}, ${nb}]`);
+  if (zp && (!('dtype' in zp) || zp.dtype !== 'F32' || !sameShape(zp.shape, [rows, nb])))
+    bad(`needs F32 zero points [${rows}, ${nb}]`);
+  return {
+    dtype: bits === 4 ? 'q4' : 'q8',
+    rows,
+    cols,
+    blockSize,
+    codes: t.data as Uint8Array,
+    scales: scales.data as Float32Array,
+    ...(zp ? { zeroPoints: zp.data as Float32Array } : {}),
+  };
+}
+
+/**
+ * Builds the model from HF-named tensors (f32 Tensors, or StoredTensors in any package dtype), checking
+ * every shape against the config. `where` names the source in error messages.
+ */
+export function modelFromHfTensors(
+  config: LlamaConfig,
+  tensors: Map<string, AnyTensor>,
+  where: string,
+): LlamaModel {
+  const shapes = tensorShapes(config);
+  const norm = (name: string, shape: number[]): Float32Array => {
+    const t = tensors.get(name);
+    if (!t) throw new Error(`${where}: missing tensor '${name}'`);
+    if (!sameShape(t.shape, shape))
+      throw new Error(
+        `${where}: tensor '${name}' has shape [${t.shape}], expected [${shape}] for this config`,
+      );
+    if ('dtype' in t && t.dtype !== 'F32')
+      throw new Error(`${where}: norm '${name}' must be F32, is ${t.dtype}`);
+    return t.data as Float32Array;
+  };
+  const tokenEmbedding = takeMatrix(tensors, EMBED_TOKENS, shapes.tokenEmbedding, where);
   const layers: LayerWeights[] = [];
   for (let l = 0; l < config.nLayers; l++) {
-    const layer = {} as LayerWeights;
-    for (const key of LAYER_KEYS) layer[key] = take(layerTensorName(l, key), shapes[key]);
-    layers.push(layer);
+    const m = (key: MatrixKey) => takeMatrix(tensors, layerTensorName(l, key), shapes[key], where);
+    layers.push({
+      attnNorm: norm(layerTensorName(l, 'attnNorm'), shapes.attnNorm),
+      wq: m('wq'),
+      wk: m('wk'),
+      wv: m('wv'),
+      wo: m('wo'),
+      ffnNorm: norm(layerTensorName(l, 'ffnNorm'), shapes.ffnNorm),
+      w1: m('w1'),
+      w2: m('w2'),
+      w3: m('w3'),
+    });
   }
-  const finalNorm = take(FINAL_NORM, shapes.finalNorm);
-  const classifier = config.tiedEmbeddings ? tokenEmbedding : take(LM_HEAD, shapes.classifier);
+  const finalNorm = norm(FINAL_NORM, shapes.finalNorm);
+  const classifier = config.tiedEmbeddings
+    ? tokenEmbedding
+    : takeMatrix(tensors, LM_HEAD, shapes.classifier, where);
   return { config, weights: { tokenEmbedding, layers, finalNorm, classifier } };
 }
 

@@ -15,7 +15,8 @@
  */
 import { type FileHandle, open } from 'node:fs/promises';
 import { endianness } from 'node:os';
-import { headDim, type LayerWeights, type LlamaConfig, type LlamaModel } from '../model/llama';
+import { f32Weights, headDim, type LayerWeights, type LlamaConfig, type LlamaModel } from '../model/llama';
+import { dense, f32Matrix, permuteRows } from '../model/matrix';
 import { bytesOf, readExactly, readInto } from './file-io';
 import type { ProgressFn } from './progress';
 
@@ -234,29 +235,44 @@ function assemble(
   finalNorm: Float32Array,
   classifier: Float32Array,
 ): LlamaModel {
-  const layers: LayerWeights[] = [];
-  for (let l = 0; l < config.nLayers; l++) {
-    layers.push({
-      attnNorm: stacked.attnNorm[l],
-      wq: stacked.wq[l],
-      wk: stacked.wk[l],
-      wv: stacked.wv[l],
-      wo: stacked.wo[l],
-      ffnNorm: stacked.ffnNorm[l],
-      w1: stacked.w1[l],
-      w2: stacked.w2[l],
-      w3: stacked.w3[l],
-    });
-  }
-  return { config, weights: { tokenEmbedding, layers, finalNorm, classifier } };
+  const layers = Array.from({ length: config.nLayers }, (_, l) => {
+    const layer = {} as Record<keyof LayerWeights, Float32Array>;
+    for (const key of Object.keys(stacked) as (keyof LayerWeights)[]) layer[key] = stacked[key][l];
+    return layer;
+  });
+  return { config, weights: f32Weights(config, { tokenEmbedding, layers, finalNorm, classifier }) };
 }
 
 function permuteRopeWeights(model: LlamaModel): void {
   const c = model.config;
   for (const layer of model.weights.layers) {
-    layer.wq = interleavedToRotateHalf(layer.wq, c.nHeads, headDim(c), c.dim);
-    layer.wk = interleavedToRotateHalf(layer.wk, c.nKvHeads, headDim(c), c.dim);
+    layer.wq = permuteRows(layer.wq, rotateHalfRowOrder(c.nHeads, headDim(c)));
+    layer.wk = permuteRows(layer.wk, rotateHalfRowOrder(c.nKvHeads, headDim(c)));
   }
+}
+
+/**
+ * The row order that turns a q/k projection [nHeads*hd, cols] from interleaved rotary pairs into
+ * rotate_half: within each head, row 2i+j moves to j*hd/2 + i (HF's
+ * `w.view(n_heads, hd/2, 2, cols).transpose(1, 2)`). order[dst] = src.
+ */
+export function rotateHalfRowOrder(nHeads: number, hd: number): Int32Array {
+  const order = new Int32Array(nHeads * hd);
+  const half = hd / 2;
+  for (let h = 0; h < nHeads; h++)
+    for (let i = 0; i < half; i++)
+      for (let j = 0; j < 2; j++) order[h * hd + j * half + i] = h * hd + 2 * i + j;
+  return order;
+}
+
+/** The inverse order (rotate_half -> interleaved), for writers of interleaved formats. */
+export function interleavedRowOrder(nHeads: number, hd: number): Int32Array {
+  const forward = rotateHalfRowOrder(nHeads, hd);
+  const inverse = new Int32Array(forward.length);
+  forward.forEach((src, dst) => {
+    inverse[src] = dst;
+  });
+  return inverse;
 }
 
 /**
@@ -269,16 +285,5 @@ export function interleavedToRotateHalf(
   hd: number,
   cols: number,
 ): Float32Array {
-  const out = new Float32Array(w.length);
-  const half = hd / 2;
-  for (let h = 0; h < nHeads; h++) {
-    for (let i = 0; i < half; i++) {
-      for (let j = 0; j < 2; j++) {
-        const src = (h * hd + 2 * i + j) * cols;
-        const dst = (h * hd + j * half + i) * cols;
-        out.set(w.subarray(src, src + cols), dst);
-      }
-    }
-  }
-  return out;
+  return dense(permuteRows(f32Matrix(w, nHeads * hd, cols), rotateHalfRowOrder(nHeads, hd)));
 }

@@ -17,6 +17,17 @@ export interface Tensor {
   data: Float32Array;
 }
 
+/** A tensor exactly as stored (16-bit floats as their bit patterns, quantized codes as bytes). */
+export type StoredTensor =
+  | { dtype: 'F32'; shape: number[]; data: Float32Array }
+  | { dtype: 'F16' | 'BF16'; shape: number[]; data: Uint16Array }
+  | { dtype: 'U8'; shape: number[]; data: Uint8Array };
+export type StoredDtype = StoredTensor['dtype'];
+const STORED_DTYPES = new Set<string>(['F32', 'F16', 'BF16', 'U8']);
+
+/** The dtype a tensor is written as (a plain Tensor is F32). */
+const dtypeOf = (t: Tensor | StoredTensor): StoredDtype => ('dtype' in t ? t.dtype : 'F32');
+
 /** One header entry; `begin`/`end` are byte offsets relative to the start of the data section. */
 export interface TensorEntry {
   dtype: string;
@@ -180,6 +191,53 @@ export async function readSafetensors(
   }
 }
 
+/**
+ * Reads the named tensors (default: all) as they are stored: F32, F16, BF16 and U8 without conversion
+ * (model packages keep 16-bit and quantized weights in their own dtype).
+ */
+export async function readStoredTensors(
+  path: string,
+  options: { names?: Iterable<string>; onProgress?: ProgressFn } = {},
+): Promise<{ tensors: Map<string, StoredTensor>; metadata: Record<string, string> }> {
+  assertLittleEndianHost();
+  const fh = await open(path, 'r');
+  try {
+    const header = await readHeader(fh, path);
+    const names = options.names ? [...options.names] : [...header.tensors.keys()];
+    const total = names.reduce((sum, n) => sum + byteSpan(header, path, n), 0);
+    let done = 0;
+    const tensors = new Map<string, StoredTensor>();
+    for (const name of names) {
+      const entry = header.tensors.get(name)!;
+      if (!STORED_DTYPES.has(entry.dtype)) {
+        throw new SafetensorsError(
+          `${path}: tensor '${name}' has dtype ${entry.dtype}; only F32, F16, BF16 and U8`,
+        );
+      }
+      const count = entry.shape.reduce((a, b) => a * b, 1);
+      const data =
+        entry.dtype === 'F32'
+          ? new Float32Array(count)
+          : entry.dtype === 'U8'
+            ? new Uint8Array(count)
+            : new Uint16Array(count);
+      await readInto(fh, new Uint8Array(data.buffer), header.dataOffset + entry.begin, path);
+      tensors.set(name, { dtype: entry.dtype, shape: entry.shape, data } as StoredTensor);
+      done += entry.end - entry.begin;
+      options.onProgress?.(done, total);
+    }
+    return { tensors, metadata: header.metadata };
+  } finally {
+    await fh.close();
+  }
+}
+
+function byteSpan(header: SafetensorsHeader, path: string, name: string): number {
+  const entry = header.tensors.get(name);
+  if (!entry) throw new SafetensorsError(`${path}: has no tensor '${name}'`);
+  return entry.end - entry.begin;
+}
+
 async function readTensorData(
   fh: FileHandle,
   path: string,
@@ -236,12 +294,12 @@ function halfTable(): Float32Array {
 }
 
 /**
- * Writes float32 tensors in the given order. The file appears under its final name only when complete
+ * Writes tensors in the given order (plain Tensors as F32, StoredTensors in their own dtype). The file appears under its final name only when complete
  * (written to a temporary name, then renamed). Returns its size and sha256.
  */
 export async function writeSafetensors(
   path: string,
-  tensors: Iterable<[string, Tensor]>,
+  tensors: Iterable<[string, Tensor | StoredTensor]>,
   options: { metadata?: Record<string, string>; onProgress?: ProgressFn } = {},
 ): Promise<{ bytes: number; sha256: string }> {
   assertLittleEndianHost();
@@ -256,11 +314,16 @@ export async function writeSafetensors(
         `tensor '${name}': shape ${JSON.stringify(t.shape)} needs ${count} values, got ${t.data.length}`,
       );
     }
-    headerObj[name] = { dtype: 'F32', shape: t.shape, data_offsets: [offset, offset + t.data.byteLength] };
+    headerObj[name] = {
+      dtype: dtypeOf(t),
+      shape: t.shape,
+      data_offsets: [offset, offset + t.data.byteLength],
+    };
     offset += t.data.byteLength;
   }
   let headerJson = Buffer.from(JSON.stringify(headerObj), 'utf8');
-  // Pad with spaces (allowed by the format) so the data section, and every F32 tensor, is 8-byte aligned.
+  // Pad with spaces (allowed by the format) so the data section is 8-byte aligned (readers copy each tensor
+  // into its own array, so tensors after an odd-sized one need no alignment of their own).
   const padded = Math.ceil(headerJson.length / 8) * 8;
   headerJson = Buffer.concat([headerJson, Buffer.alloc(padded - headerJson.length, 0x20)]);
   const prefix = Buffer.alloc(8);

@@ -1,5 +1,6 @@
 /**
- * The ONNX graph of one pipeline stage of a Llama model: layers [firstLayer, endLayer), fp32.
+ * The ONNX graph of one pipeline stage of a Llama model: layers [firstLayer, endLayer); activations f32,
+ * matrices in the package's dtypes (graph/weights.ts).
  *
  * Graph interface, host-resident cache (default; T new rows, P cached positions, R logit rows,
  * L = endLayer - firstLayer, j = 0..L-1 the stage-local layer index):
@@ -29,10 +30,17 @@
  *            present_v.<j> float [kvH, P+T, hd]
  *   (tokens/hidden_in, positions, logit_rows, hidden/logits/exit_* as above; no new_k/new_v)
  */
-import { type ExitHead, headDim, type LayerWeights, type LlamaModel } from '../model/llama';
+import { type ExitHead, headDim, type LayerWeights, type LlamaModel, type MatrixKey } from '../model/llama';
 import type { StageSpec } from '../model/stage';
 import { type ExternalModel, GraphBuilder, INT64_MAX, type Tensor } from './onnx';
-import { ropeTables } from './rope';
+import { type RopeTables, ropeTables } from './rope';
+import {
+  type AccuracyLevel,
+  embedRows,
+  type MatrixGraphOptions,
+  matmulWeight,
+  matmulWeights,
+} from './weights';
 
 export interface StageGraphOptions {
   /** Rows of the rotary tables = longest context the stage accepts (default config.maxSeqLen). */
@@ -48,6 +56,8 @@ export interface StageGraphOptions {
    * that keep outputs on the device (WebGPU); implies standard-op attention.
    */
   kvCache?: 'host' | 'device';
+  /** MatMulNBits accuracy_level for q8/q4 matrices (default DEFAULT_ACCURACY_LEVEL). */
+  accuracyLevel?: AccuracyLevel;
 }
 
 /** Names of the graph's inputs and outputs (the runtime feeds and reads these). */
@@ -99,6 +109,9 @@ interface Ctx {
   attention: 'fused' | 'standard' | 'device';
   pastK: Tensor[]; // per layer: [P+1, kvH, hd] (host cache) or [kvH, hd, P] (device cache)
   pastV: Tensor[]; // per layer: [P+1, kvH, hd] (host cache) or [kvH, P, hd] (device cache)
+  matmul: MatrixGraphOptions; // how quantized matrices compute
+  /** com.microsoft RotaryEmbedding inputs (contrib-op graphs): positions [1, T], cos/sin [maxSeq, hd/2]. */
+  rotary?: { positions: Tensor; cos: Tensor; sin: Tensor };
 }
 
 /** RMSNorm, in the Pow/ReduceMean/Add/Sqrt/Div/Mul form ORT fuses into SimplifiedLayerNormalization. */
@@ -182,23 +195,33 @@ function attendDevice(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor) {
 function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipMlp: boolean) {
   const { g, nH, kvH, hd } = s;
   const w: LayerWeights = s.model.weights.layers[l];
-  const dim = s.model.config.dim;
-  const hidden = s.model.config.hiddenDim;
-  const W = (name: keyof LayerWeights, rows: number, cols: number) =>
-    g.weight(`l${l}.${name}`, w[name], [rows, cols]);
+  // y = x W^T for the layer's matrix `key`, in whatever dtype the package stores it
+  const W = (x: Tensor, key: MatrixKey) => matmulWeight(g, x, w[key], `l${l}.${key}`, s.matmul);
   let k: Tensor | undefined;
   let v: Tensor | undefined;
   let present: { k: Tensor; v: Tensor } | undefined;
 
   if (!skipAttn) {
-    // attention rmsnorm, then q, k, v for the new rows
+    // attention rmsnorm, then q, k, v for the new rows (one projection when the storage allows)
     const xb = rmsnorm(s, x, w.attnNorm, `l${l}.attnNorm`); // [T, dim]
-    let q = g.reshape(g.linear(xb, W('wq', nH * hd, dim)), [-1, nH, hd]); // [T, nH, hd]
-    k = g.reshape(g.linear(xb, W('wk', kvH * hd, dim)), [-1, kvH, hd]); // [T, kvH, hd]
-    v = g.reshape(g.linear(xb, W('wv', kvH * hd, dim)), [-1, kvH, hd]); // [T, kvH, hd]
+    const [q2, k2, v2] = matmulWeights(g, xb, [w.wq, w.wk, w.wv], `l${l}.wqkv`, s.matmul);
+    v = g.reshape(v2, [-1, kvH, hd]); // [T, kvH, hd]
     // RoPE relative positional encoding
-    q = rope(s, q); // [T, nH, hd]
-    k = rope(s, k); // [T, kvH, hd]
+    let q: Tensor;
+    if (s.rotary) {
+      // q and k rotate alike per head: one contrib op over both ([T, (nH + kvH) * hd])
+      const qk = g.rotaryEmbedding(
+        g.unsqueeze(g.concat([q2, k2], -1), [0]),
+        s.rotary.positions,
+        s.rotary.cos,
+        s.rotary.sin,
+        nH + kvH,
+      );
+      [q, k] = g.split(g.reshape(qk, [-1, nH + kvH, hd]), 1, [nH, kvH]); // [T, nH, hd], [T, kvH, hd]
+    } else {
+      q = rope(s, g.reshape(q2, [-1, nH, hd])); // [T, nH, hd]
+      k = rope(s, g.reshape(k2, [-1, kvH, hd])); // [T, kvH, hd]
+    }
     // multi-head (grouped-query) attention over the cached prefix and the new rows
     let o: Tensor; // [T, nH*hd]
     if (s.attention === 'device') {
@@ -209,16 +232,15 @@ function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipM
       o = s.attention === 'fused' ? attendFused(s, j, q, k, v) : attendStandard(s, j, q, k, v);
     }
     // output projection and residual
-    x = g.add(x, g.linear(o, W('wo', dim, nH * hd))); // [T, dim]
+    x = g.add(x, W(o, 'wo')); // [T, dim]
   }
 
   if (!skipMlp) {
     // ffn rmsnorm, then SwiGLU: w2(silu(w1 x) * w3 x)
     const xb = rmsnorm(s, x, w.ffnNorm, `l${l}.ffnNorm`); // [T, dim]
-    const gate = g.linear(xb, W('w1', hidden, dim)); // [T, hidden]
-    const up = g.linear(xb, W('w3', hidden, dim)); // [T, hidden]
+    const [gate, up] = matmulWeights(g, xb, [w.w1, w.w3], `l${l}.w13`, s.matmul); // [T, hidden] each
     const h = g.mul(g.mul(gate, g.sigmoid(gate)), up); // [T, hidden]
-    x = g.add(x, g.linear(h, W('w2', dim, hidden))); // [T, dim]
+    x = g.add(x, W(h, 'w2')); // [T, dim]
   }
   return { x, k, v, present };
 }
@@ -232,19 +254,31 @@ function head(
   rows?: Float32Array,
 ): Tensor {
   const { g, model } = s;
-  const { dim, vocabSize } = model.config;
+  const { dim } = model.config;
   let h = g.slice(x, g.neg(logitRows), g.i64([INT64_MAX]), [0]); // [R, dim]
   if (affine) {
     const w = g.weight('exit.weight', affine.weight, [dim, dim]);
     h = g.linear(h, w, g.weight('exit.bias', affine.bias, [dim])); // [R, dim] = W h + b
   }
   h = rmsnorm(s, h, model.weights.finalNorm, 'finalNorm'); // [R, dim]
+  // an exit head over a vocabulary subset brings its own gathered classifier rows (f32)
+  if (rows) return g.linear(h, g.weight('exit.classifier', rows, [rows.length / dim, dim])); // [R, |subset|]
   const tied = model.weights.classifier === model.weights.tokenEmbedding;
-  // an exit head over a vocabulary subset brings its own gathered classifier rows
-  const cls = rows
-    ? g.weight('exit.classifier', rows, [rows.length / dim, dim])
-    : g.weight(tied ? 'tokenEmbedding' : 'classifier', model.weights.classifier, [vocabSize, dim]);
-  return g.linear(h, cls); // [R, vocab]
+  return matmulWeight(g, h, model.weights.classifier, tied ? 'tokenEmbedding' : 'classifier', s.matmul); // [R, vocab]
+}
+
+/** The half-width rotary tables (columns i and i + hd/2 share a frequency) for the contrib op. */
+function rotaryInputs(g: GraphBuilder, tables: RopeTables, maxSeq: number, hd: number, positions: Tensor) {
+  const half = (t: Float64Array) => {
+    const out = new Float32Array(maxSeq * (hd / 2));
+    for (let p = 0; p < maxSeq; p++) for (let i = 0; i < hd / 2; i++) out[p * (hd / 2) + i] = t[p * hd + i];
+    return out;
+  };
+  return {
+    positions: g.unsqueeze(positions, [0]), // [1, T]
+    cos: g.weight('rope.cos_half', half(tables.cos), [maxSeq, hd / 2]),
+    sin: g.weight('rope.sin_half', half(tables.sin), [maxSeq, hd / 2]),
+  };
 }
 
 /** Builds the stage's ONNX model (weights inline as initializers) as one Uint8Array. */
@@ -321,6 +355,7 @@ function stageGraph(model: LlamaModel, spec: StageSpec, opts: StageGraphOptions)
   const keyPos = g.concat(device ? [cached, positions] : [cached, g.i64([2 ** 40]), positions], 0); // [S]
   const visible = g.lessOrEqual(g.unsqueeze(keyPos, [0]), g.unsqueeze(positions, [1])); // [T, S]
   const mask = g.where(visible, g.f32(0), g.f32(-1e9)); // [T, S]
+  const attention = device ? 'device' : (opts.attention ?? 'fused');
   const ctx: Ctx = {
     g,
     model,
@@ -332,15 +367,15 @@ function stageGraph(model: LlamaModel, spec: StageSpec, opts: StageGraphOptions)
     mask,
     groupMask: g.tile(mask, [c.nHeads / kvH, 1]), // [grp*T, S]
     pastRows,
-    attention: device ? 'device' : (opts.attention ?? 'fused'),
+    attention,
     pastK,
     pastV,
+    matmul: { accuracyLevel: opts.accuracyLevel },
+    rotary: attention === 'fused' ? rotaryInputs(g, tables, maxSeq, hd, positions) : undefined,
   };
 
   // ---- the layers
-  let x = tokens
-    ? g.gather(g.weight('tokenEmbedding', model.weights.tokenEmbedding, [c.vocabSize, c.dim]), tokens)
-    : input!; // [T, dim]
+  let x = tokens ? embedRows(g, model.weights.tokenEmbedding, tokens, 'tokenEmbedding') : input!; // [T, dim]
   const newK: Tensor[] = [];
   const newV: Tensor[] = [];
   let zeros: Tensor | undefined; // [T, 1, kvH, hd] for skipped attention

@@ -11,9 +11,16 @@ import { Message } from './protobuf';
 
 export type Tensor = string;
 export type Dim = number | string; // fixed size, or a symbolic dimension name
-export type ElemType = 'float32' | 'int64' | 'bool';
+export type ElemType = 'float32' | 'int64' | 'bool' | 'uint8' | 'float16' | 'bfloat16';
 
-const DATA_TYPE: Record<ElemType, number> = { float32: 1, int64: 7, bool: 9 };
+const DATA_TYPE: Record<ElemType, number> = {
+  float32: 1,
+  uint8: 2,
+  int64: 7,
+  bool: 9,
+  float16: 10,
+  bfloat16: 16,
+};
 
 export const IR_VERSION = 8;
 export const OPSET = 17;
@@ -122,6 +129,18 @@ export class GraphBuilder {
     return name;
   }
 
+  /**
+   * A raw initializer of any element type (quantized blocks as uint8, f16 weights as their bits in a
+   * Uint16Array). The same array passed twice yields the same initializer.
+   */
+  initializer(name: string, type: ElemType, dims: number[], data: ArrayBufferView): Tensor {
+    const known = this.initByArray.get(data);
+    if (known) return known;
+    this.inits.push({ name, type, dims, data });
+    this.initByArray.set(data, name);
+    return name;
+  }
+
   /** A small int64 constant (deduplicated). */
   i64(values: number[] | bigint[], dims: number[] = [values.length]): Tensor {
     const key = `i64:${dims}:${values}`;
@@ -145,6 +164,17 @@ export class GraphBuilder {
     if (known) return known;
     const name = `const_${this.consts.size}`;
     this.inits.push({ name, type: 'float32', dims: [], data: Float32Array.of(value) });
+    this.consts.set(key, name);
+    return name;
+  }
+
+  /** A uint8 scalar constant (deduplicated). */
+  u8(value: number): Tensor {
+    const key = `u8:${value}`;
+    const known = this.consts.get(key);
+    if (known) return known;
+    const name = `const_${this.consts.size}`;
+    this.inits.push({ name, type: 'uint8', dims: [], data: Uint8Array.of(value) });
     this.consts.set(key, name);
     return name;
   }
@@ -187,6 +217,9 @@ export class GraphBuilder {
   sqrt = (a: Tensor): Tensor => this.op1('Sqrt', [a]);
   sigmoid = (a: Tensor): Tensor => this.op1('Sigmoid', [a]);
   matmul = (a: Tensor, b: Tensor): Tensor => this.op1('MatMul', [a, b]);
+  cast = (a: Tensor, to: ElemType): Tensor => this.op1('Cast', [a], { to: DATA_TYPE[to] });
+  bitShift = (a: Tensor, b: Tensor, direction: 'LEFT' | 'RIGHT'): Tensor =>
+    this.op1('BitShift', [a, b], { direction });
   softmax = (a: Tensor, axis: number): Tensor => this.op1('Softmax', [a], { axis });
   reduceMean = (a: Tensor, axes: number[]): Tensor => this.op1('ReduceMean', [a], { axes, keepdims: 1 });
   transpose = (a: Tensor, perm: number[]): Tensor => this.op1('Transpose', [a], { perm });
@@ -221,6 +254,21 @@ export class GraphBuilder {
   /** y = a @ b^T (+ c): `b` is a row-major [out, in] weight. */
   linear = (a: Tensor, b: Tensor, c?: Tensor): Tensor =>
     this.op1('Gemm', c ? [a, b, c] : [a, b], { transB: 1 });
+  /** Split along `axis` into parts of the given sizes. */
+  split = (a: Tensor, axis: number, sizes: number[]): Tensor[] =>
+    this.op('Split', [a, this.i64(sizes)], { axis }, sizes.length);
+  /**
+   * com.microsoft RotaryEmbedding (CPU, CUDA, WebGPU), rotate_half layout: x [B, S, heads*hd] ->
+   * the same shape, rotated by the rows `positions` [B, S] of cos/sin [maxSeq, hd/2].
+   */
+  rotaryEmbedding = (x: Tensor, positions: Tensor, cos: Tensor, sin: Tensor, numHeads: number): Tensor =>
+    this.op(
+      'RotaryEmbedding',
+      [x, positions, cos, sin],
+      { interleaved: 0, num_heads: numHeads },
+      1,
+      'com.microsoft',
+    )[0];
   /** Slice with tensor starts/ends (may be computed at run time). */
   slice = (a: Tensor, starts: Tensor, ends: Tensor, axes: number[]): Tensor =>
     this.op1('Slice', [a, starts, ends, this.i64(axes)]);
@@ -264,7 +312,7 @@ export class GraphBuilder {
       for (const d of t.dims) tp.varint(1, d);
       tp.varint(2, DATA_TYPE[t.type]).string(8, t.name);
       const data = bytesOf(t.data);
-      if (t.type === 'float32' && data.byteLength >= minExternalBytes) {
+      if (t.type !== 'int64' && t.type !== 'bool' && data.byteLength >= minExternalBytes) {
         // external_data=13 {key=1, value=2}, data_location=14 (EXTERNAL = 1)
         const path = `${t.name}.bin`;
         const kv = (k: string, v: string) => new Message().string(1, k).string(2, v);

@@ -2,11 +2,14 @@
  * The Llama architecture as the engine sees it: shapes and weights, independent of any file format.
  *
  * Conventions (every importer converts to these):
- * - Linear weights are row-major [out, in] (PyTorch `nn.Linear.weight` layout): y = W x.
+ * - Linear weights are row-major [out, in] (PyTorch `nn.Linear.weight` layout): y = W x, in any of the
+ *   package dtypes (model/matrix.ts).
  * - Rotary embeddings use the Hugging Face "rotate_half" layout: within a head, element i pairs with
  *   element i + headDim/2. llama2.c checkpoints (interleaved pairs) are permuted on import, exactly as
  *   Hugging Face's own conversion script does.
  */
+import { convertMatrix, f32Matrix, type Matrix, type MatrixDtype } from './matrix';
+
 export interface LlamaConfig {
   dim: number; // model width
   hiddenDim: number; // SwiGLU inner width
@@ -24,23 +27,27 @@ export interface LlamaConfig {
 
 export const headDim = (c: LlamaConfig): number => c.dim / c.nHeads;
 
+/** Matrices are stored in any package dtype (see matrix.ts); norm vectors are always f32. */
 export interface LayerWeights {
   attnNorm: Float32Array; // [dim]
-  wq: Float32Array; // [nHeads*headDim, dim]
-  wk: Float32Array; // [nKvHeads*headDim, dim]
-  wv: Float32Array; // [nKvHeads*headDim, dim]
-  wo: Float32Array; // [dim, nHeads*headDim]
+  wq: Matrix; // [nHeads*headDim, dim]
+  wk: Matrix; // [nKvHeads*headDim, dim]
+  wv: Matrix; // [nKvHeads*headDim, dim]
+  wo: Matrix; // [dim, nHeads*headDim]
   ffnNorm: Float32Array; // [dim]
-  w1: Float32Array; // gate [hiddenDim, dim]
-  w2: Float32Array; // down [dim, hiddenDim]
-  w3: Float32Array; // up   [hiddenDim, dim]
+  w1: Matrix; // gate [hiddenDim, dim]
+  w2: Matrix; // down [dim, hiddenDim]
+  w3: Matrix; // up   [hiddenDim, dim]
 }
 
+export type MatrixKey = 'wq' | 'wk' | 'wv' | 'wo' | 'w1' | 'w2' | 'w3';
+export const MATRIX_KEYS: readonly MatrixKey[] = ['wq', 'wk', 'wv', 'wo', 'w1', 'w2', 'w3'];
+
 export interface LlamaWeights {
-  tokenEmbedding: Float32Array; // [vocabSize, dim]
+  tokenEmbedding: Matrix; // [vocabSize, dim]
   layers: LayerWeights[]; // nLayers
   finalNorm: Float32Array; // [dim]
-  classifier: Float32Array; // [vocabSize, dim]; the same array as tokenEmbedding when tied
+  classifier: Matrix; // [vocabSize, dim]; the same object as tokenEmbedding when tied
 }
 
 export interface LlamaModel {
@@ -87,5 +94,76 @@ export function tensorShapes(c: LlamaConfig): Record<string, number[]> {
     w3: [c.hiddenDim, c.dim],
     finalNorm: [c.dim],
     classifier: [c.vocabSize, c.dim],
+  };
+}
+
+/** f32 arrays, as f32-only importers read them, in the layout `tensorShapes` gives. */
+export interface F32Arrays {
+  tokenEmbedding: Float32Array;
+  layers: Record<keyof LayerWeights, Float32Array>[];
+  finalNorm: Float32Array;
+  classifier: Float32Array; // the same array as tokenEmbedding when tied
+}
+
+/** Wraps f32 arrays into model weights (a tied classifier stays the same object as the embedding). */
+export function f32Weights(c: LlamaConfig, a: F32Arrays): LlamaWeights {
+  const shapes = tensorShapes(c);
+  const m = (key: keyof ReturnType<typeof tensorShapes>, data: Float32Array) =>
+    f32Matrix(data, shapes[key][0], shapes[key][1]);
+  const tokenEmbedding = m('tokenEmbedding', a.tokenEmbedding);
+  const layers = a.layers.map((l) => ({
+    attnNorm: l.attnNorm,
+    wq: m('wq', l.wq),
+    wk: m('wk', l.wk),
+    wv: m('wv', l.wv),
+    wo: m('wo', l.wo),
+    ffnNorm: l.ffnNorm,
+    w1: m('w1', l.w1),
+    w2: m('w2', l.w2),
+    w3: m('w3', l.w3),
+  }));
+  const classifier = a.classifier === a.tokenEmbedding ? tokenEmbedding : m('classifier', a.classifier);
+  return { tokenEmbedding, layers, finalNorm: a.finalNorm, classifier };
+}
+
+/** Every matrix of the model with its HF-style role, each object once (a tied classifier is skipped). */
+export function modelMatrices(w: LlamaWeights): { name: string; matrix: Matrix }[] {
+  const out = [{ name: 'tokenEmbedding', matrix: w.tokenEmbedding }];
+  w.layers.forEach((layer, l) => {
+    for (const key of MATRIX_KEYS) out.push({ name: `l${l}.${key}`, matrix: layer[key] });
+  });
+  if (w.classifier !== w.tokenEmbedding) out.push({ name: 'classifier', matrix: w.classifier });
+  return out;
+}
+
+/**
+ * The model with every matrix converted to `dtype` (norms stay f32; a matrix whose inputs are no multiple
+ * of the block keeps its own dtype). A tied classifier stays tied. `onProgress(done, total)` counts values.
+ */
+export function convertModel(
+  model: LlamaModel,
+  dtype: MatrixDtype,
+  onProgress?: (done: number, total: number) => void,
+): LlamaModel {
+  const all = modelMatrices(model.weights);
+  const total = all.reduce((n, { matrix }) => n + matrix.rows * matrix.cols, 0);
+  let done = 0;
+  const conv = (m: Matrix) => {
+    const out = convertMatrix(m, dtype);
+    done += m.rows * m.cols;
+    onProgress?.(done, total);
+    return out;
+  };
+  const w = model.weights;
+  const tokenEmbedding = conv(w.tokenEmbedding);
+  const layers = w.layers.map((l) => {
+    const out = { ...l };
+    for (const key of MATRIX_KEYS) out[key] = conv(l[key]);
+    return out;
+  });
+  const classifier = w.classifier === w.tokenEmbedding ? tokenEmbedding : conv(w.classifier);
+  return {
+    config: { ...model.config },
+    weights: { tokenEmbedding, layers, finalNorm: w.finalNorm, classifier },
   };
 }

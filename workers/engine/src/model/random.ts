@@ -3,12 +3,15 @@
  * weights (benchmarks at realistic shapes, `ppsd synth`), and small non-degenerate models for tests.
  */
 import { type LayerWeights, type LlamaConfig, type LlamaModel, tensorShapes } from './llama';
+import { convertMatrix, f32Matrix, type MatrixDtype } from './matrix';
 
 export interface RandomLlamaOptions {
   /** Standard deviation of embeddings and linear weights (default 0.02, GPT-2/Llama init). */
   std?: number;
   /** Residual projections (wo, w2) use std / sqrt(2 * nLayers) (GPT-2's scaled init; default true). */
   scaleResiduals?: boolean;
+  /** Store the matrices in this dtype (default f32; quantized right after each is drawn). */
+  dtype?: MatrixDtype;
   /** Norm weights are 1 + N(0, normNoise) (default 0.02). */
   normNoise?: number;
 }
@@ -126,23 +129,28 @@ export function randomLlama(config: LlamaConfig, seed: number, opts: RandomLlama
   const normal = (name: string, s: number) => rng.fillNormal(new Float32Array(size(name)), s);
   const norm = (name: string) => rng.fillNormal(new Float32Array(size(name)), normNoise, 1);
 
-  const tokenEmbedding = normal('tokenEmbedding', std);
+  // each matrix is converted as soon as it is drawn, so a large quantized model never exists in f32 at once
+  const dtype = opts.dtype ?? 'f32';
+  const mat = (name: string, s: number) =>
+    convertMatrix(f32Matrix(normal(name, s), shapes[name][0], shapes[name][1]), dtype);
+
+  const tokenEmbedding = mat('tokenEmbedding', std);
   const layers: LayerWeights[] = [];
   for (let l = 0; l < config.nLayers; l++) {
     layers.push({
       attnNorm: norm('attnNorm'),
-      wq: normal('wq', std),
-      wk: normal('wk', std),
-      wv: normal('wv', std),
-      wo: normal('wo', resStd),
+      wq: mat('wq', std),
+      wk: mat('wk', std),
+      wv: mat('wv', std),
+      wo: mat('wo', resStd),
       ffnNorm: norm('ffnNorm'),
-      w1: normal('w1', std),
-      w2: normal('w2', resStd),
-      w3: normal('w3', std),
+      w1: mat('w1', std),
+      w2: mat('w2', resStd),
+      w3: mat('w3', std),
     });
   }
   const finalNorm = norm('finalNorm');
-  const classifier = config.tiedEmbeddings ? tokenEmbedding : normal('classifier', std);
+  const classifier = config.tiedEmbeddings ? tokenEmbedding : mat('classifier', std);
   return { config: { ...config }, weights: { tokenEmbedding, layers, finalNorm, classifier } };
 }
 

@@ -1,10 +1,12 @@
 /**
  * Float64 reference forward pass, llama2.c style: one position at a time, plain loops, no cleverness.
  * Used by tests as the ground truth for the ONNX graphs and as a `Stage` for pure-logic decoder tests.
- * Weights stay float32 (every float32 converts to float64 exactly); all arithmetic is float64.
+ * Weights stay float32 (every float32 converts to float64 exactly); quantized and 16-bit matrices are
+ * dequantized to the exact values they stand for; all arithmetic is float64.
  */
 import { ropeTables } from '../graph/rope';
 import { type ExitHead, headDim, type LlamaModel, type SkipSet } from './llama';
+import { denseCached, denseRows, type Matrix } from './matrix';
 import type { Stage, StageInput, StageOutput, StageSpec } from './stage';
 
 export interface ReferenceOptions {
@@ -21,8 +23,9 @@ export interface ReferenceResult {
 
 type Weights = ArrayLike<number>;
 
-/** out[i] = sum_j W[i, j] x[j], W row-major [out.length, x.length]. */
-function matvec(out: Float64Array, w: Weights, x: Float64Array): Float64Array {
+/** out[i] = sum_j W[i, j] x[j], W row-major [out.length, x.length] (a stored matrix is dequantized). */
+function matvec(out: Float64Array, m: Weights | Matrix, x: Float64Array): Float64Array {
+  const w = 'dtype' in m ? denseCached(m) : m;
   const n = x.length;
   for (let i = 0; i < out.length; i++) {
     let s = 0;
@@ -152,10 +155,10 @@ export function referenceHead(model: LlamaModel, x: Float64Array, affine?: ExitH
 }
 
 function embed(model: LlamaModel, token: number): Float64Array {
-  const { dim, vocabSize } = model.config;
+  const { vocabSize } = model.config;
   if (!Number.isInteger(token) || token < 0 || token >= vocabSize)
     throw new Error(`token ${token} outside vocab`);
-  return Float64Array.from(model.weights.tokenEmbedding.subarray(token * dim, (token + 1) * dim));
+  return Float64Array.from(denseRows(model.weights.tokenEmbedding, token, token + 1));
 }
 
 /** The whole model over `tokens` from scratch, in float64. */

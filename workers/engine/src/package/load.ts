@@ -1,9 +1,9 @@
 /** Reading and verifying model packages. */
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { modelFromHfTensors } from '../formats/hf-llama';
+import { modelFromHfTensors, modelTensorDtypes } from '../formats/hf-llama';
 import type { ProgressFn } from '../formats/progress';
-import { readSafetensors } from '../formats/safetensors';
+import { readStoredTensors } from '../formats/safetensors';
 import type { LlamaModel } from '../model/llama';
 import { loadTokenizer } from '../tokenizer';
 import type { Tokenizer } from '../tokenizer/tokenizer';
@@ -91,8 +91,9 @@ export async function loadPackage(
 ): Promise<LoadedPackage> {
   const manifest = options.verify === false ? await readManifest(dir) : await verifyPackage(dir);
   const weightsPath = path.join(dir, manifest.weights);
-  const { tensors } = await readSafetensors(weightsPath, { onProgress: options.onProgress });
+  const { tensors } = await readStoredTensors(weightsPath, { onProgress: options.onProgress });
   const model = modelFromHfTensors({ ...manifest.config }, tensors, weightsPath);
+  checkTensorDtypes(manifest, model, dir);
   const tokenizer = await loadTokenizer(path.join(dir, manifest.tokenizer.file), {
     bosId: manifest.config.bosId,
     eosId: manifest.config.eosId,
@@ -106,5 +107,24 @@ export function checkTokenizerFits(tokenizer: Tokenizer, model: LlamaModel, wher
     throw new Error(
       `${where}: the tokenizer has ${tokenizer.vocabSize} tokens but the model's vocabulary is ${model.config.vocabSize}`,
     );
+  }
+}
+
+/** The weights file must hold each matrix in the dtype the manifest lists for it. */
+function checkTensorDtypes(manifest: PackageManifest, model: LlamaModel, dir: string): void {
+  if (!manifest.tensors) return;
+  const actual = modelTensorDtypes(model);
+  for (const [name, want] of Object.entries(manifest.tensors)) {
+    const got = actual[name];
+    if (
+      !got ||
+      got.dtype !== want.dtype ||
+      (want.blockSize !== undefined && got.blockSize !== want.blockSize)
+    ) {
+      throw new PackageError(
+        `${dir}: manifest lists '${name}' as ${JSON.stringify(want)} but ${manifest.weights} holds ${JSON.stringify(got ?? 'nothing')}`,
+        manifest.weights,
+      );
+    }
   }
 }

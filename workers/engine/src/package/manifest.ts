@@ -1,7 +1,9 @@
 /**
  * manifest.json of a model package: what the package is, and the size and sha256 of every other file.
  */
+import type { TensorDtype } from '../formats/hf-llama';
 import type { LlamaConfig } from '../model/llama';
+import { MATRIX_DTYPES, type MatrixDtype } from '../model/matrix';
 
 export const MANIFEST_FILE = 'manifest.json';
 export const WEIGHTS_FILE = 'weights.safetensors';
@@ -27,7 +29,14 @@ export interface PackageManifest {
   name: string;
   architecture: 'llama';
   config: LlamaConfig;
-  dtype: 'float32';
+  /**
+   * The dtype the package was made in (what `--dtype` asked for). Matrices that cannot take it keep a
+   * wider one (a blockwise dtype needs inputs in multiples of the block): `tensors` says per matrix.
+   * Packages written before per-tensor dtypes say 'float32', read as 'f32'.
+   */
+  dtype: MatrixDtype;
+  /** Every matrix's stored dtype by HF tensor name (norms are always f32). */
+  tensors?: Record<string, TensorDtype>;
   tokenizer: { file: string; kind: 'llama2c' | 'hf' };
   /** Safetensors file with Hugging Face Llama tensor names. */
   weights: string;
@@ -86,7 +95,13 @@ export function parseManifest(json: unknown, dir: string): PackageManifest {
   if (m.version !== PACKAGE_VERSION)
     fail(`version ${JSON.stringify(m.version)} is not supported (expected ${PACKAGE_VERSION})`);
   if (m.architecture !== 'llama') fail(`architecture ${JSON.stringify(m.architecture)} is not supported`);
-  if (m.dtype !== 'float32') fail(`dtype ${JSON.stringify(m.dtype)} is not supported`);
+  if ((m.dtype as string) === 'float32') m.dtype = 'f32';
+  if (!MATRIX_DTYPES.includes(m.dtype as MatrixDtype))
+    fail(`dtype ${JSON.stringify(m.dtype)} is not supported (one of ${MATRIX_DTYPES.join(', ')})`);
+  for (const [name, t] of Object.entries(m.tensors ?? {})) {
+    if (!MATRIX_DTYPES.includes(t?.dtype))
+      fail(`tensors['${name}'].dtype ${JSON.stringify(t?.dtype)} is unknown`);
+  }
   if (typeof m.name !== 'string') fail('name is missing');
   if (!m.config || typeof m.config !== 'object') fail('config is missing');
   for (const key of [

@@ -1,10 +1,11 @@
 /** Writing model packages. */
 import { chmod, copyFile, mkdir, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { modelToHfTensors } from '../formats/hf-llama';
+import { modelTensorDtypes, modelToHfTensors } from '../formats/hf-llama';
 import type { ProgressFn } from '../formats/progress';
 import { writeSafetensors } from '../formats/safetensors';
 import type { LlamaModel } from '../model/llama';
+import type { MatrixDtype } from '../model/matrix';
 import { loadTokenizer, tokenizerKindOf } from '../tokenizer';
 import { hashFile } from './checksum';
 import { checkTokenizerFits } from './load';
@@ -21,6 +22,8 @@ export interface PackageExtras {
   name?: string; // default: the folder name
   synthetic?: boolean;
   source?: string;
+  /** The dtype the package was made in (default f32); each matrix's own is recorded in `tensors`. */
+  dtype?: MatrixDtype;
   stagePlan?: Record<string, unknown>;
   /** Bytes of weights written so far / total. */
   onProgress?: ProgressFn;
@@ -64,7 +67,8 @@ export async function writePackage(
       name: extras.name ?? path.basename(path.resolve(dir)),
       architecture: 'llama',
       config: { ...model.config },
-      dtype: 'float32',
+      dtype: extras.dtype ?? 'f32',
+      tensors: modelTensorDtypes(model),
       tokenizer: { file: tokenizerFile, kind },
       weights: WEIGHTS_FILE,
       files,

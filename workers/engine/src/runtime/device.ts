@@ -52,7 +52,7 @@ export function sessionOptions(
     ...(device === 'webgpu' && extra.preferredOutputLocation
       ? { preferredOutputLocation: extra.preferredOutputLocation }
       : {}),
-    ...(extra.enableProfiling ? { enableProfiling: true } : {}),
+    ...(extra.enableProfiling ? { enableProfiling: true, profileFilePrefix: 'ort-profile' } : {}),
   };
 }
 

@@ -41,6 +41,8 @@ export interface OrtStageOptions extends SessionConfig {
    * createOrtStageFromGraph reads the mode from the graph itself (a `past_len` input means 'device').
    */
   kvCache?: KvCacheMode;
+  /** MatMulNBits accuracy_level for q8/q4 matrices (see StageGraphOptions). */
+  accuracyLevel?: StageGraphOptions['accuracyLevel'];
 }
 
 /** What a session needs besides the graph bytes (small enough to post to a Worker). */
@@ -54,7 +56,7 @@ export interface StageGraphInfo {
 /** The graph options a device gets by default: WebGPU has no FusedMatMul and keeps the cache on device. */
 export function defaultGraphOptions(
   device: Device | undefined,
-): Required<Omit<StageGraphOptions, 'maxSeqLen'>> {
+): Required<Omit<StageGraphOptions, 'maxSeqLen' | 'accuracyLevel'>> {
   return device === 'webgpu'
     ? { attention: 'standard', kvCache: 'device' }
     : { attention: 'fused', kvCache: 'host' };
@@ -288,6 +290,11 @@ export async function createOrtStage(
   const attention = opts.attention ?? d.attention;
   // weights as external data viewing the model's own arrays: ORT copies them in once, and the graph
   // bytes themselves are small (peak memory: model + ORT's copy, without a serialized model besides)
-  const graph = buildStageModel(model, spec, { maxSeqLen, attention, kvCache });
+  const graph = buildStageModel(model, spec, {
+    maxSeqLen,
+    attention,
+    kvCache,
+    accuracyLevel: opts.accuracyLevel,
+  });
   return createOrtStageFromGraph(graph, { config: model.config, spec, maxSeqLen }, { ...opts, kvCache });
 }

@@ -1,27 +1,33 @@
 /**
- * `ppsd import --from <llama2.c .bin | HF folder> [--tokenizer FILE] --out DIR [--name N]`: converts a
+ * `ppsd import --from <llama2.c .bin | HF folder> [--tokenizer FILE] --out DIR [--name N] [--dtype D]`: converts a
  * checkpoint into a model package (manifest.json + weights.safetensors + tokenizer, all checksummed).
  */
-import { access, stat } from 'node:fs/promises';
+import { access, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
+import { readGgufLlama } from '../../formats/gguf-llama';
 import { readHfFolder } from '../../formats/hf';
 import { readLlama2c } from '../../formats/llama2c';
 import { stderrProgress } from '../../formats/progress';
-import type { LlamaModel } from '../../model/llama';
+import { convertModel, type LlamaModel } from '../../model/llama';
+import type { MatrixDtype } from '../../model/matrix';
 import { writePackage } from '../../package';
-import { parseCommandArgs, UsageError } from '../args';
+import { DTYPE_HELP, dtypeFlag, parseCommandArgs, UsageError } from '../args';
 
 const HELP = `usage: ppsd import --from <checkpoint> --out <dir> [options]
 
-Imports a llama2.c checkpoint (.bin, legacy or version 1) or a Hugging Face Llama folder
-(config.json + *.safetensors + tokenizer.json) into a model package.
+Imports a llama2.c checkpoint (.bin, legacy or version 1), a Hugging Face Llama folder
+(config.json + *.safetensors + tokenizer.json) or a llama-architecture GGUF file (v2/v3; its tokenizer
+and config come from its metadata) into a model package.
 
 options:
-  --from PATH        llama2.c .bin file or Hugging Face folder
+  --from PATH        llama2.c .bin file, Hugging Face folder or .gguf file
   --out DIR          package folder to create (must not exist, or be empty)
   --tokenizer FILE   llama2.c tokenizer.bin or HF tokenizer.json (default: the HF folder's tokenizer.json;
                      for a .bin checkpoint, tokenizer.bin or tok<vocab>.bin next to it)
   --name N           package name (default: the checkpoint's name)
+  --dtype D          ${DTYPE_HELP}; default f32, or for GGUF the tensors' own
+                     (F32/F16/BF16/Q8_0/Q4_0 kept exactly, Q4_K/Q5_K/Q6_K converted exactly)
   --quiet            no progress output`;
 
 export async function run(argv: string[]): Promise<void> {
@@ -32,6 +38,7 @@ export async function run(argv: string[]): Promise<void> {
       out: { type: 'string' },
       tokenizer: { type: 'string' },
       name: { type: 'string' },
+      dtype: { type: 'string' },
       quiet: { type: 'boolean' },
     },
     HELP,
@@ -48,7 +55,21 @@ export async function run(argv: string[]): Promise<void> {
   const reading = quiet ? undefined : stderrProgress('reading');
   let model: LlamaModel;
   let tokenizer = values.tokenizer ? path.resolve(values.tokenizer) : undefined;
-  if (source.isDirectory()) {
+  let storedDtype: MatrixDtype = 'f32';
+  let scratch: string | undefined; // a folder for the tokenizer a GGUF carries in its metadata
+  if (from.endsWith('.gguf')) {
+    const gguf = await readGgufLlama(from, { onProgress: reading });
+    model = gguf.model;
+    storedDtype = packageDtypeOf(gguf.tensorDtypes);
+    if (!tokenizer) {
+      scratch = await mkdtemp(path.join(os.tmpdir(), 'ppsd-gguf-'));
+      tokenizer = path.join(scratch, gguf.tokenizer.kind === 'llama2c' ? 'tokenizer.bin' : 'tokenizer.json');
+      await writeFile(
+        tokenizer,
+        gguf.tokenizer.kind === 'llama2c' ? gguf.tokenizer.bytes : gguf.tokenizer.json,
+      );
+    }
+  } else if (source.isDirectory()) {
     const folder = await readHfFolder(from, { onProgress: reading });
     model = folder.model;
     tokenizer ??= folder.tokenizerJsonPath;
@@ -63,6 +84,7 @@ export async function run(argv: string[]): Promise<void> {
     }
   }
   reading?.end();
+  const dtype = dtypeFlag(values.dtype, storedDtype);
   const c = model.config;
   if (!quiet) {
     console.error(
@@ -71,12 +93,18 @@ export async function run(argv: string[]): Promise<void> {
     );
   }
 
+  if (dtype !== storedDtype) {
+    const converting = quiet ? undefined : stderrProgress(`converting to ${dtype} (f32 bytes)`);
+    model = convertModel(model, dtype, converting && ((done, total) => converting(4 * done, 4 * total)));
+    converting?.end();
+  }
   const writing = quiet ? undefined : stderrProgress('writing weights');
   const manifest = await writePackage(out, model, tokenizer, {
-    name: values.name ?? path.basename(from).replace(/\.bin$/, ''),
+    dtype,
+    name: values.name ?? path.basename(from).replace(/\.(bin|gguf)$/, ''),
     source: from,
     onProgress: writing,
-  });
+  }).finally(() => scratch && rm(scratch, { recursive: true, force: true }));
   writing?.end();
   if (!quiet) {
     const bytes = Object.values(manifest.files).reduce((sum, f) => sum + f.bytes, 0);
@@ -102,4 +130,11 @@ async function tokenizerNextTo(checkpoint: string, vocabSize: number): Promise<s
     } catch {}
   }
   return undefined;
+}
+
+/** A package's headline dtype: the one most of its matrix values are stored in. */
+function packageDtypeOf(dtypes: Record<string, MatrixDtype>): MatrixDtype {
+  const count = new Map<MatrixDtype, number>();
+  for (const d of Object.values(dtypes)) count.set(d, (count.get(d) ?? 0) + 1);
+  return [...count.entries()].sort((a, b) => b[1] - a[1])[0]?.[0] ?? 'f32';
 }

@@ -1,5 +1,5 @@
 /**
- * `ppsd synth --shape NAME [--seed S] [--tokenizer FILE] --out DIR`: a model package with random
+ * `ppsd synth --shape NAME [--seed S] [--tokenizer FILE] [--dtype D] --out DIR`: a model package with random
  * weights of a real model's shape, marked `synthetic: true`. Its text is noise; its compute and memory
  * cost are the real model's, which is what benchmarks at realistic shapes need.
  */
@@ -8,7 +8,7 @@ import { stderrProgress } from '../../formats/progress';
 import type { LlamaConfig } from '../../model/llama';
 import { randomLlama } from '../../model/random';
 import { writePackage } from '../../package';
-import { numberFlag, parseCommandArgs, UsageError } from '../args';
+import { DTYPE_HELP, dtypeFlag, numberFlag, parseCommandArgs, UsageError } from '../args';
 
 type Shape = Pick<
   LlamaConfig,
@@ -63,6 +63,7 @@ options:
                      custom shapes)
   --name N           package name (default: synth-<shape>-seed<S>)
   --untied           separate classifier weights (default: tied to the token embedding)
+  --dtype D          ${DTYPE_HELP}; default f32
   --quiet            no progress output`;
 
 export async function run(argv: string[]): Promise<void> {
@@ -76,6 +77,7 @@ export async function run(argv: string[]): Promise<void> {
       tokenizer: { type: 'string' },
       name: { type: 'string' },
       untied: { type: 'boolean' },
+      dtype: { type: 'string' },
       quiet: { type: 'boolean' },
       ...shapeFlags,
     },
@@ -102,6 +104,7 @@ export async function run(argv: string[]): Promise<void> {
   const tokenizer = values.tokenizer ? path.resolve(values.tokenizer) : named?.tokenizer;
   if (!tokenizer) throw new UsageError('--tokenizer is required for a custom shape');
   const seed = numberFlag(values.seed, 'seed', 0);
+  const dtype = dtypeFlag(values.dtype, 'f32');
 
   const config: LlamaConfig = {
     ...shape,
@@ -113,13 +116,14 @@ export async function run(argv: string[]): Promise<void> {
   };
   const quiet = values.quiet === true;
   const shapeName = values.shape ?? 'custom';
-  if (!quiet) console.error(`generating random weights (${shapeName}, seed ${seed})`);
-  const model = randomLlama(config, seed);
+  if (!quiet) console.error(`generating random weights (${shapeName}, seed ${seed}, ${dtype})`);
+  const model = randomLlama(config, seed, { dtype });
   const writing = quiet ? undefined : stderrProgress('writing weights');
   const out = path.resolve(values.out);
   const manifest = await writePackage(out, model, tokenizer, {
     name: values.name ?? `synth-${shapeName}-seed${seed}`,
     synthetic: true,
+    dtype,
     source: `random weights: shape ${shapeName}, seed ${seed}`,
     onProgress: writing,
   });

@@ -1,0 +1,131 @@
+/**
+ * Stored matrices in a graph, each dtype as it is (model/matrix.ts):
+ * - f32: a Gemm over the f32 initializer;
+ * - f16 / bf16: the 16-bit initializer and a Cast to f32, which ORT's CPU provider folds into an f32
+ *   weight at session start (it has no fast 16-bit GEMM on x86; the package and the engine's own memory
+ *   keep the 16-bit bytes);
+ * - q8 / q4: com.microsoft MatMulNBits over the codes, scales and zero points, which reads the blocks
+ *   directly (accuracy_level 4 quantizes the activations to int8 per block and runs integer dot products).
+ * The token embedding is a Gather of the stored rows, dequantized in the graph, so a tied classifier and
+ * the embedding share one initializer of codes.
+ */
+import { type BlockMatrix, bitsOf, isBlock, type Matrix, nBlocks, stackRows } from '../model/matrix';
+import type { GraphBuilder, Tensor } from './onnx';
+
+/** MatMulNBits accuracy_level: 0 = unset (f32 compute), 4 = int8 activations (fastest on x86). */
+export type AccuracyLevel = 0 | 1 | 2 | 3 | 4;
+
+export interface MatrixGraphOptions {
+  accuracyLevel?: AccuracyLevel;
+}
+
+/** The default accuracy level, by measurement (docs/BENCHMARKS.md, "Weight formats"). */
+export const DEFAULT_ACCURACY_LEVEL: AccuracyLevel = 4;
+
+const HALF_TYPE = { f16: 'float16', bf16: 'bfloat16' } as const;
+
+interface BlockInits {
+  codes: Tensor; // uint8 [rows, nBlocks, blockBytes]
+  scales: Tensor; // f32 [rows * nBlocks]
+  zeroPoints?: Tensor; // f32 [rows * nBlocks]
+}
+
+function blockInits(g: GraphBuilder, name: string, m: BlockMatrix): BlockInits {
+  const nb = nBlocks(m);
+  const blockBytes = (m.blockSize * bitsOf(m.dtype)) / 8;
+  return {
+    codes: g.initializer(name, 'uint8', [m.rows, nb, blockBytes], m.codes),
+    scales: g.initializer(`${name}.scales`, 'float32', [m.rows * nb], m.scales),
+    zeroPoints: m.zeroPoints
+      ? g.initializer(`${name}.zero_points`, 'float32', [m.rows * nb], m.zeroPoints)
+      : undefined,
+  };
+}
+
+/** y = x W^T (+ bias): x [.., cols] -> [.., rows]. */
+export function matmulWeight(
+  g: GraphBuilder,
+  x: Tensor,
+  m: Matrix,
+  name: string,
+  opts: MatrixGraphOptions = {},
+  bias?: Tensor,
+): Tensor {
+  if (m.dtype === 'f32') return g.linear(x, g.weight(name, m.data, [m.rows, m.cols]), bias);
+  if (!isBlock(m)) {
+    const w16 = g.initializer(name, HALF_TYPE[m.dtype], [m.rows, m.cols], m.data);
+    return g.linear(x, g.cast(w16, 'float32'), bias);
+  }
+  const b = blockInits(g, name, m);
+  const inputs = [x, b.codes, b.scales];
+  if (b.zeroPoints) inputs.push(b.zeroPoints);
+  const attrs = {
+    K: m.cols,
+    N: m.rows,
+    bits: bitsOf(m.dtype),
+    block_size: m.blockSize,
+    accuracy_level: opts.accuracyLevel ?? DEFAULT_ACCURACY_LEVEL,
+  };
+  const y = g.op('MatMulNBits', inputs, attrs, 1, 'com.microsoft')[0];
+  return bias ? g.add(y, bias) : y;
+}
+
+/** Stacked copies, made once per set of matrices (several graphs over the same layers share them). */
+const stacked = new WeakMap<Matrix, { parts: Matrix[]; matrix: Matrix | undefined }>();
+
+function stackedOnce(ms: Matrix[]): Matrix | undefined {
+  const known = stacked.get(ms[0]);
+  if (known && known.parts.length === ms.length && known.parts.every((m, i) => m === ms[i]))
+    return known.matrix;
+  const matrix = stackRows(ms);
+  stacked.set(ms[0], { parts: ms, matrix });
+  return matrix;
+}
+
+/**
+ * Several projections of the same input, [x W1^T, x W2^T, ...]: one matmul over the row-stacked
+ * matrices and a Split when their storage matches (one weight stream and one kernel call instead of
+ * several, which is most of a small model's per-token overhead), else one matmul each.
+ */
+export function matmulWeights(
+  g: GraphBuilder,
+  x: Tensor,
+  ms: Matrix[],
+  name: string,
+  opts: MatrixGraphOptions = {},
+): Tensor[] {
+  const all = stackedOnce(ms);
+  if (!all) return ms.map((m, i) => matmulWeight(g, x, m, `${name}.${i}`, opts));
+  const y = matmulWeight(g, x, all, name, opts);
+  return g.split(
+    y,
+    -1,
+    ms.map((m) => m.rows),
+  );
+}
+
+/** Rows `ids` of the matrix as f32: ids int64 [T] -> [T, cols] (the token embedding lookup). */
+export function embedRows(g: GraphBuilder, m: Matrix, ids: Tensor, name: string): Tensor {
+  if (m.dtype === 'f32') return g.gather(g.weight(name, m.data, [m.rows, m.cols]), ids);
+  if (!isBlock(m)) {
+    const w16 = g.initializer(name, HALF_TYPE[m.dtype], [m.rows, m.cols], m.data);
+    return g.cast(g.gather(w16, ids), 'float32');
+  }
+  const b = blockInits(g, name, m);
+  const nb = nBlocks(m);
+  const codes = g.gather(b.codes, ids); // uint8 [T, nb, blockBytes]
+  let q: Tensor; // f32 [T, nb, blockSize]
+  if (m.dtype === 'q8') {
+    q = g.cast(codes, 'float32');
+  } else {
+    // byte i of a block holds element 2i in its low nibble and 2i+1 in its high nibble
+    const high = g.bitShift(codes, g.u8(4), 'RIGHT'); // uint8 [T, nb, bs/2]
+    const highF = g.cast(high, 'float32');
+    const lowF = g.sub(g.cast(codes, 'float32'), g.mul(highF, g.f32(16)));
+    const pairs = g.concat([g.unsqueeze(lowF, [-1]), g.unsqueeze(highF, [-1])], -1); // [T, nb, bs/2, 2]
+    q = g.reshape(pairs, [-1, nb, m.blockSize]);
+  }
+  const perBlock = (t: Tensor) => g.gather(g.reshape(t, [m.rows, nb, 1]), ids); // [T, nb, 1]
+  const zp = b.zeroPoints ? perBlock(b.zeroPoints) : g.f32(m.dtype === 'q4' ? 8 : 128);
+  return g.reshape(g.mul(g.sub(q, zp), perBlock(b.scales)), [-1, m.cols]); // [T, cols]
+}
