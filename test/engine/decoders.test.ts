@@ -9,7 +9,7 @@ import { createDecoder, type DecoderContext } from '../../workers/engine/src/dec
 import { stageBoundaries } from '../../workers/engine/src/decode/pipeline';
 import { type SpdDrafterWeights, spdFeatureLags } from '../../workers/engine/src/decode/spd-drafter';
 import { readLlama2c } from '../../workers/engine/src/formats/llama2c';
-import type { ExitHead, LlamaModel } from '../../workers/engine/src/model/llama';
+import { convertModel, type ExitHead, type LlamaModel } from '../../workers/engine/src/model/llama';
 import { fillNormal, uniformRng } from '../../workers/engine/src/model/random';
 import { checkStats, generate, STORIES260K, tinyModel } from './decoder-helpers';
 
@@ -201,3 +201,35 @@ suite(
     },
   ],
 );
+
+// Lossless is relative to the model as stored: the same decoders over stories260K quantized (its w2, with
+// 172 inputs, keeps f32) equal that package's own AR output token for token.
+for (const dtype of ['q4', 'q8'] as const) {
+  suite(
+    `stories260K stored as ${dtype}`,
+    async () => convertModel(await readLlama2c(STORIES260K), dtype),
+    [[1], [1, 403, 261, 378, 275]],
+    32,
+    [
+      { name: 'eesd adaptive, E=3', decoder: 'eesd', ctx: () => ({ exitLayer: 3 }) },
+      {
+        name: 'dv adaptive exit, skip set',
+        decoder: 'dv',
+        ctx: () => ({ skipSet: { attention: [2, 3], mlp: [3] } }),
+      },
+      {
+        name: 'ppsd k=2, draft head over the 128 lowest ids',
+        decoder: 'ppsd',
+        ctx: () => ({ stages: 2, draftVocab: Int32Array.from({ length: 128 }, (_, i) => i) }),
+        stages: 2,
+      },
+      { name: 'ppsd k=3 (E=2)', decoder: 'ppsd', ctx: () => ({ stages: 3 }), stages: 3 },
+      {
+        name: 'spd k=2, drafter with the final-layer feature',
+        decoder: 'spd',
+        ctx: (m) => ({ stages: 2, spdDrafter: randomSpdDrafter(m, 2, 8) }),
+        stages: 2,
+      },
+    ],
+  );
+}

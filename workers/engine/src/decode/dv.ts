@@ -12,7 +12,7 @@
 import type { LlamaModel, SkipSet } from '../model/llama';
 import type { Stage } from '../model/stage';
 import type { BlockSpeculator } from './block';
-import { forwardChain, truncateChain } from './chain';
+import { forwardChain, truncateChain, verifyChain } from './chain';
 
 /** A skip set for when none was tuned: both sub-layers of every second inner layer. */
 export function defaultSkipSet(nLayers: number): SkipSet {
@@ -48,7 +48,7 @@ export class DvSpeculator implements BlockSpeculator {
   }
 
   async verify(x: number, drafts: number[]): Promise<Float32Array> {
-    return (await forwardChain(this.target, Int32Array.from([x, ...drafts]))).logits!;
+    return (await verifyChain(this.target, Int32Array.from([x, ...drafts]))).logits!;
   }
 
   commit(length: number): void {

@@ -7,6 +7,7 @@
 import type { ExitHead, LlamaModel } from '../model/llama';
 import type { Stage, StageSpec } from '../model/stage';
 import type { BlockSpeculator } from './block';
+import { forwardRows } from './chain';
 
 export class EesdSpeculator implements BlockSpeculator {
   readonly vocabSize: number;
@@ -64,12 +65,20 @@ export class EesdSpeculator implements BlockSpeculator {
     const tokens = [x, ...drafts];
     const missing = tokens.slice(this.hidden.length);
     if (missing.length > 0) {
-      const out = await this.draftStage.forward({ tokens: Int32Array.from(missing), logitRows: 1 });
+      const out = await forwardRows(
+        this.draftStage,
+        { tokens: Int32Array.from(missing), logitRows: 1 },
+        missing.length,
+      );
       this.hidden.push(out.hidden!);
     }
     const block = this.hidden.length === 1 ? this.hidden[0] : concat(this.hidden);
     this.hidden = [];
-    const out = await this.verifyStage.forward({ hidden: block, logitRows: tokens.length });
+    const out = await forwardRows(
+      this.verifyStage,
+      { hidden: block, logitRows: tokens.length },
+      tokens.length,
+    );
     return out.logits!;
   }
 

@@ -22,6 +22,22 @@ export interface MatrixGraphOptions {
 /** The default accuracy level, by measurement (docs/BENCHMARKS.md, "Weight formats"). */
 export const DEFAULT_ACCURACY_LEVEL: AccuracyLevel = 4;
 
+/**
+ * Rows a block forward may have and still compute every row exactly as a single-row forward does, for a
+ * graph with blockwise matrices at accuracy_level 4. onnxruntime 1.30's int8 path is not batch-invariant:
+ * on stories260K q4, rows of a 3-row block differed from single-token forwards by up to 8e-2 in the logits
+ * at some positions, and 4-16-row blocks by up to 9e-2 (f32 and accuracy_level 0 graphs: 1e-5, float
+ * summation order). Only single rows are bit-identical, so EESD and DV verify such stages row by row
+ * (lossless relative to AR, at the price of one forward per verified row); PPSD and SPD already run one
+ * token per stage per tick.
+ */
+export const INT8_CONSISTENT_ROWS = 1;
+
+/** `INT8_CONSISTENT_ROWS` when a graph over these matrices has the int8 path, else undefined (any). */
+export function consistentRows(ms: Matrix[], accuracyLevel: AccuracyLevel = DEFAULT_ACCURACY_LEVEL) {
+  return accuracyLevel === 4 && ms.some(isBlock) ? INT8_CONSISTENT_ROWS : undefined;
+}
+
 const HALF_TYPE = { f16: 'float16', bf16: 'bfloat16' } as const;
 
 interface BlockInits {
@@ -42,6 +58,22 @@ function blockInits(g: GraphBuilder, name: string, m: BlockMatrix): BlockInits {
   };
 }
 
+/**
+ * Why onnxruntime cannot run this matrix, if it cannot: MatMulNBits takes float zero points only for
+ * 2- and 4-bit blocks (GGUF Q5_K imports as 8-bit blocks with float zero points).
+ */
+export function unrunnableReason(m: Matrix): string | undefined {
+  if (m.dtype === 'q8' && m.zeroPoints)
+    return "8-bit blocks with float zero points (GGUF Q5_K), which onnxruntime's MatMulNBits cannot run";
+  return undefined;
+}
+
+/**
+ * 4-bit blocks with float zero points (GGUF Q4_K) run, exactly, through MatMulNBits' unpacked path, which
+ * measured about 25x slower per weight than symmetric blocks on this project's CPU (docs/BENCHMARKS.md).
+ */
+export const isSlowPath = (m: Matrix): boolean => m.dtype === 'q4' && m.zeroPoints !== undefined;
+
 /** y = x W^T (+ bias): x [.., cols] -> [.., rows]. */
 export function matmulWeight(
   g: GraphBuilder,
@@ -56,6 +88,8 @@ export function matmulWeight(
     const w16 = g.initializer(name, HALF_TYPE[m.dtype], [m.rows, m.cols], m.data);
     return g.linear(x, g.cast(w16, 'float32'), bias);
   }
+  const problem = unrunnableReason(m);
+  if (problem) throw new Error(`${name}: ${problem}; convert it (ppsd quantize / import --dtype)`);
   const b = blockInits(g, name, m);
   const inputs = [x, b.codes, b.scales];
   if (b.zeroPoints) inputs.push(b.zeroPoints);

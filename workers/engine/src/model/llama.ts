@@ -167,3 +167,13 @@ export function convertModel(
     weights: { tokenEmbedding, layers, finalNorm: w.finalNorm, classifier },
   };
 }
+
+/** The matrices a stage over layers [firstLayer, endLayer) reads (embedding first, classifier last). */
+export function stageMatrices(model: LlamaModel, spec: { firstLayer: number; endLayer: number }): Matrix[] {
+  const w = model.weights;
+  const out: Matrix[] = spec.firstLayer === 0 ? [w.tokenEmbedding] : [];
+  for (let l = spec.firstLayer; l < spec.endLayer; l++)
+    for (const key of MATRIX_KEYS) out.push(w.layers[l][key]);
+  if (spec.endLayer === model.config.nLayers) out.push(w.classifier);
+  return out;
+}

@@ -33,6 +33,11 @@ export interface StageOutput {
 
 export interface Stage {
   readonly spec: StageSpec;
+  /**
+   * The largest block whose rows come out exactly as single-token forwards would (undefined: any).
+   * Speculative decoders verify in blocks of at most this many rows (decode/chain.ts forwardRows).
+   */
+  readonly consistentRows?: number;
   /** Number of cached positions. */
   readonly length: number;
   forward(input: StageInput): Promise<StageOutput>;

@@ -24,7 +24,8 @@ import {
   validateStageSpec,
 } from '../graph/llama-graph';
 import type { ExternalModel } from '../graph/onnx';
-import { headDim, type LlamaConfig, type LlamaModel } from '../model/llama';
+import { consistentRows } from '../graph/weights';
+import { headDim, type LlamaConfig, type LlamaModel, stageMatrices } from '../model/llama';
 import type { Stage, StageInput, StageOutput, StageSpec } from '../model/stage';
 import { createSession, type Device, type SessionConfig } from './device';
 import { KvCache } from './kv-cache';
@@ -51,6 +52,8 @@ export interface StageGraphInfo {
   spec: StageSpec;
   /** Must equal the maxSeqLen the graph was built with (default config.maxSeqLen). */
   maxSeqLen?: number;
+  /** See Stage.consistentRows (graph/weights.ts consistentRows). */
+  consistentRows?: number;
 }
 
 /** The graph options a device gets by default: WebGPU has no FusedMatMul and keeps the cache on device. */
@@ -132,6 +135,7 @@ export class OrtStage implements Stage {
     maxSeqLen: number,
     /** Where the cache lives; must match the graph ('device' graphs have a `past_len` input). */
     readonly kvCache: KvCacheMode = 'host',
+    readonly consistentRows?: number,
   ) {
     this.first = spec.firstLayer === 0;
     this.last = spec.endLayer === config.nLayers;
@@ -275,7 +279,7 @@ export async function createOrtStageFromGraph(
     await session.release();
     throw new Error(`kvCache '${opts.kvCache}' requested, but the graph has a ${mode}-resident cache`);
   }
-  return new OrtStage(info.spec, info.config, session, device, maxSeqLen, mode);
+  return new OrtStage(info.spec, info.config, session, device, maxSeqLen, mode, info.consistentRows);
 }
 
 /** Builds the stage's graph and opens an ORT session for it (nothing of the graph is kept afterwards). */
@@ -296,5 +300,10 @@ export async function createOrtStage(
     kvCache,
     accuracyLevel: opts.accuracyLevel,
   });
-  return createOrtStageFromGraph(graph, { config: model.config, spec, maxSeqLen }, { ...opts, kvCache });
+  const rows = consistentRows(stageMatrices(model, spec), opts.accuracyLevel);
+  return createOrtStageFromGraph(
+    graph,
+    { config: model.config, spec, maxSeqLen, consistentRows: rows },
+    { ...opts, kvCache },
+  );
 }

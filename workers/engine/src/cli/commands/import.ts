@@ -9,7 +9,8 @@ import { readGgufLlama } from '../../formats/gguf-llama';
 import { readHfFolder } from '../../formats/hf';
 import { readLlama2c } from '../../formats/llama2c';
 import { stderrProgress } from '../../formats/progress';
-import { convertModel, type LlamaModel } from '../../model/llama';
+import { isSlowPath, unrunnableReason } from '../../graph/weights';
+import { convertModel, type LlamaModel, modelMatrices } from '../../model/llama';
 import type { MatrixDtype } from '../../model/matrix';
 import { writePackage } from '../../package';
 import { DTYPE_HELP, dtypeFlag, parseCommandArgs, UsageError } from '../args';
@@ -98,6 +99,7 @@ export async function run(argv: string[]): Promise<void> {
     model = convertModel(model, dtype, converting && ((done, total) => converting(4 * done, 4 * total)));
     converting?.end();
   }
+  checkRunnable(model, quiet);
   const writing = quiet ? undefined : stderrProgress('writing weights');
   const manifest = await writePackage(out, model, tokenizer, {
     dtype,
@@ -137,4 +139,23 @@ function packageDtypeOf(dtypes: Record<string, MatrixDtype>): MatrixDtype {
   const count = new Map<MatrixDtype, number>();
   for (const d of Object.values(dtypes)) count.set(d, (count.get(d) ?? 0) + 1);
   return [...count.entries()].sort((a, b) => b[1] - a[1])[0]?.[0] ?? 'f32';
+}
+
+/** Refuses matrices the runtime cannot run (naming them), and says which run on its slow path. */
+function checkRunnable(model: LlamaModel, quiet: boolean): void {
+  const all = modelMatrices(model.weights);
+  const bad = all.find(({ matrix }) => unrunnableReason(matrix));
+  if (bad) {
+    throw new UsageError(
+      `${bad.name}: ${unrunnableReason(bad.matrix)}; import with --dtype f32, f16, q8 or q4 to convert ` +
+        '(f32 keeps the dequantized values exactly)',
+    );
+  }
+  const slow = all.filter(({ matrix }) => isSlowPath(matrix)).length;
+  if (slow && !quiet) {
+    console.error(
+      `note: ${slow} matrices are 4-bit blocks with float zero points (GGUF Q4_K); they run exactly but on ` +
+        "onnxruntime's slow unpacked path (about 25x slower per weight on CPU); --dtype q8 or q4 re-quantizes them",
+    );
+  }
 }
