@@ -7,6 +7,7 @@
  *   ppsd  k-stage verify-while-draft pipeline, one Worker per stage, exit head after stage 1 (ppsd.ts)
  *   spd   the same pipeline with the multi-depth feature drafter on the main thread (spd.ts)
  */
+import type { AccuracyLevel } from '../graph/weights';
 import type { ExitHead, LlamaModel, SkipSet } from '../model/llama';
 import type { Stage, StageSpec } from '../model/stage';
 import { createOrtStage, parseDevice } from '../runtime';
@@ -51,6 +52,8 @@ export interface DecoderContext {
   devices?: string[];
   /** intra-op threads per stage session (default 1: one core per stage). */
   threadsPerStage?: number;
+  /** MatMulNBits accuracy_level of q8/q4 matrices (graph/weights.ts; default 4: int8 activations). */
+  accuracyLevel?: AccuracyLevel;
   maxSeqLen?: number;
   /** Benchmarks on random-weight models only; results must be labelled as controlled acceptance. */
   controlledAcceptance?: ControlledAcceptance;
@@ -74,6 +77,7 @@ export async function createDecoder(name: DecoderName, ctx: DecoderContext): Pro
         device: parseDevice(ctx.devices?.[0] ?? 'cpu'),
         threads: ctx.threadsPerStage ?? 1,
         maxSeqLen: ctx.maxSeqLen,
+        accuracyLevel: ctx.accuracyLevel,
         allowCpuFallback: ctx.allowCpuFallback ?? !!ctx.log,
         log: ctx.log,
       }));
@@ -83,6 +87,7 @@ export async function createDecoder(name: DecoderName, ctx: DecoderContext): Pro
     split: ctx.split,
     devices: ctx.devices,
     threadsPerStage: ctx.threadsPerStage,
+    accuracyLevel: ctx.accuracyLevel,
     maxSeqLen: ctx.maxSeqLen,
     controlledAcceptance: ctx.controlledAcceptance,
     allowCpuFallback: ctx.allowCpuFallback,

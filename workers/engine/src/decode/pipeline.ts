@@ -21,7 +21,9 @@
  * token's latency at one full forward). The last prompt token then enters stage 1 as the first in-flight
  * token, so drafting starts at once.
  */
+
 import { performance } from 'node:perf_hooks';
+import type { AccuracyLevel } from '../graph/weights';
 import { headDim, type LlamaConfig, type LlamaModel } from '../model/llama';
 import type { StageSpec } from '../model/stage';
 import { parseDevice } from '../runtime';
@@ -468,6 +470,8 @@ export interface StageWorkersOptions {
   /** intra-op threads per stage session (1: one core per stage). */
   threadsPerStage?: number;
   maxSeqLen?: number;
+  /** MatMulNBits accuracy_level of q8/q4 matrices (graph/weights.ts; default 4). */
+  accuracyLevel?: AccuracyLevel;
   /** Retry on CPU when a stage's device is unavailable (default: when `log` is given). */
   allowCpuFallback?: boolean;
   log?: (msg: string) => void;
@@ -485,6 +489,7 @@ export async function startStageWorkers(
         device: parseDevice(opts.devices?.[j] ?? 'cpu'),
         threads: opts.threadsPerStage ?? 1,
         maxSeqLen: opts.maxSeqLen,
+        accuracyLevel: opts.accuracyLevel,
         allowCpuFallback: opts.allowCpuFallback ?? !!opts.log,
       }),
     ),

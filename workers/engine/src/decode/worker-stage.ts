@@ -6,7 +6,9 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { buildStageGraph } from '../graph/llama-graph';
+import { type AccuracyLevel, consistentRows } from '../graph/weights';
 import type { LlamaModel } from '../model/llama';
+import { stageMatrices } from '../model/llama';
 import type { StageSpec } from '../model/stage';
 import type { Device } from '../runtime';
 import type { FromWorker, OutReply, RunMessage, ToWorker } from './stage-protocol';
@@ -16,6 +18,7 @@ export interface WorkerStageOptions {
   /** intra-op threads of this stage's session (one per core it owns). */
   threads?: number;
   maxSeqLen?: number;
+  accuracyLevel?: AccuracyLevel;
   allowCpuFallback?: boolean;
 }
 
@@ -65,7 +68,7 @@ export class WorkerStage {
     opts: WorkerStageOptions = {},
   ): Promise<WorkerStage> {
     const maxSeqLen = opts.maxSeqLen ?? model.config.maxSeqLen;
-    let graph = buildStageGraph(model, spec, { maxSeqLen });
+    let graph = buildStageGraph(model, spec, { maxSeqLen, accuracyLevel: opts.accuracyLevel });
     // Transfer only a buffer the graph owns outright (never one shared with model weights).
     if (graph.byteOffset !== 0 || graph.byteLength !== graph.buffer.byteLength) graph = graph.slice();
     const ws = new WorkerStage(spec);
@@ -74,7 +77,8 @@ export class WorkerStage {
     });
     // The Worker needs the spec's shape only: the head weights are already inside the graph bytes.
     const light: StageSpec = { ...spec, exit: spec.exit && { afterLayer: spec.exit.afterLayer } };
-    const info = { config: model.config, spec: light, maxSeqLen };
+    const consistent = consistentRows(stageMatrices(model, spec), opts.accuracyLevel);
+    const info = { config: model.config, spec: light, maxSeqLen, consistentRows: consistent };
     const msg: ToWorker = {
       type: 'init',
       graph,
