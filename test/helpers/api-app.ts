@@ -20,7 +20,13 @@ export const TOKENIZER_FILE = fileURLToPath(
 );
 
 export async function stories260K(maxContext = 512, id = MODEL): Promise<ModelInfo> {
-  return modelInfoFromTokenizer(id, await loadTokenizer(TOKENIZER_FILE), maxContext, Date.UTC(2024, 0, 1));
+  return modelInfoFromTokenizer(
+    id,
+    await loadTokenizer(TOKENIZER_FILE),
+    maxContext,
+    Date.UTC(2024, 0, 1),
+    'f32',
+  );
 }
 
 export const KEY_A = 'sk-acme-test-key-0001';

@@ -74,6 +74,8 @@ describe('openai client', () => {
     const list = await client.models.list();
     expect(list.data.map((m) => m.id)).toEqual([MODEL]);
     expect((await client.models.retrieve(MODEL)).id).toBe(MODEL);
+    // ppsd extension: how the package stores its weights
+    expect((list.data[0] as unknown as { dtype: string }).dtype).toBe('f32');
   });
 
   it('completions, non-stream and stream with include_usage', async () => {

@@ -16,6 +16,8 @@ export interface ModelInfo {
   countPromptTokens(text: string): number;
   /** Seconds since epoch (OpenAI's `created`). */
   created: number;
+  /** The dtype the package stores its weights in (f32, f16, bf16, q8, q4), when known. */
+  dtype?: string;
 }
 
 export interface ModelRegistry {
@@ -42,6 +44,7 @@ interface ManifestSlice {
   createdAt?: string;
   config?: { maxSeqLen?: number };
   tokenizer?: { file?: string };
+  dtype?: string;
 }
 
 /** ModelInfo counting exactly as the engine does: BOS + the tokenizer's ids. */
@@ -50,12 +53,14 @@ export function modelInfoFromTokenizer(
   tokenizer: PromptTokenizer,
   maxContext: number,
   createdMs = Date.now(),
+  dtype?: string,
 ): ModelInfo {
   return {
     id,
     maxContext,
     countPromptTokens: (text) => 1 + tokenizer.encode(text).length,
     created: Math.floor(createdMs / 1000),
+    ...(dtype ? { dtype } : {}),
   };
 }
 
@@ -78,7 +83,9 @@ export async function modelInfoFromPackage(id: string, dir: string, loadTokenize
   const tokenizer = await loadTokenizer(join(dir, manifest.tokenizer.file));
   const created =
     (manifest.createdAt && Date.parse(manifest.createdAt)) || (await stat(manifestFile)).mtimeMs;
-  return modelInfoFromTokenizer(id, tokenizer, maxContext, created);
+  // packages written before per-tensor dtypes say 'float32'
+  const dtype = manifest.dtype === 'float32' ? 'f32' : manifest.dtype;
+  return modelInfoFromTokenizer(id, tokenizer, maxContext, created, dtype);
 }
 
 /**

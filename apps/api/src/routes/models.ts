@@ -37,6 +37,7 @@ const modelObject = (m: ModelInfo) => ({
   created: m.created,
   owned_by: 'ppsd',
   max_model_len: m.maxContext,
+  ...(m.dtype ? { dtype: m.dtype } : {}),
 });
 
 export function modelsRoutes(ctx: AppContext) {

@@ -19,6 +19,8 @@ export const END = '<!-- decoder-bench:end -->';
 interface BenchJson {
   meta: {
     package: string;
+    /** The package's weight dtype (absent in results saved before per-tensor dtypes: f32). */
+    dtype?: string;
     synthetic: boolean;
     acceptanceMode: 'real' | 'controlled';
     stages: number;
@@ -224,7 +226,7 @@ export async function writeBenchDocs(
   for (const r of results) {
     const m = r.meta;
     parts.push(
-      `### ${m.acceptanceMode === 'controlled' ? 'Controlled acceptance' : 'Real acceptance'}: ${m.package}${m.synthetic ? ' (random weights)' : ''}`,
+      `### ${m.acceptanceMode === 'controlled' ? 'Controlled acceptance' : 'Real acceptance'}: ${m.package} (${m.dtype ?? 'f32'}${m.synthetic ? ', random weights' : ''})`,
       '',
     );
     if (m.acceptanceMode === 'controlled') {

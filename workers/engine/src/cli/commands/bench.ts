@@ -205,6 +205,7 @@ export async function run(argv: string[]): Promise<void> {
     const table = markdownTable(summaries, { controlled: alphas.length > 0 });
     const meta = {
       package: manifest.name,
+      dtype: manifest.dtype,
       synthetic: !!manifest.synthetic,
       config: model.config,
       acceptanceMode: alphas.length > 0 ? 'controlled' : 'real',
@@ -244,7 +245,7 @@ export async function run(argv: string[]): Promise<void> {
       log(`wrote ${values.json}`);
     }
     console.log(
-      `${alphas.length > 0 ? 'Controlled acceptance (drafts replaced by the AR token with probability alpha; drafters still run in full)' : 'Real acceptance'} - ${manifest.name}, k=${k}, stages [${setup.boundaries.join(', ')}], ${split} split, PPSD draft head ${setup.draftRows} rows, ${maxTokens} tokens x ${prompts.length} prompts x ${repeats} repeats\n`,
+      `${alphas.length > 0 ? 'Controlled acceptance (drafts replaced by the AR token with probability alpha; drafters still run in full)' : 'Real acceptance'} - ${manifest.name} (${manifest.dtype}), k=${k}, stages [${setup.boundaries.join(', ')}], ${split} split, PPSD draft head ${setup.draftRows} rows, ${maxTokens} tokens x ${prompts.length} prompts x ${repeats} repeats\n`,
     );
     console.log(table);
     const bad = summaries.filter((s) => !s.lossless);
