@@ -27,6 +27,7 @@ import { referenceForward } from '../../workers/engine/src/model/reference';
 import type { Stage } from '../../workers/engine/src/model/stage';
 import { loadPackage, readManifest, writePackage } from '../../workers/engine/src/package';
 import { createOrtStage } from '../../workers/engine/src/runtime';
+import { MAX_BLOCK_ROWS } from '../../workers/engine/src/runtime/ort-stage';
 import { pipelineForward, relErr, row, splits } from './runtime-helpers';
 
 const TOK512 = path.resolve(import.meta.dirname, '../../../shared/models/stories260K/tok512.bin');
@@ -206,5 +207,45 @@ describe('packages in every dtype', () => {
     await expect(loadPackage(path.join(dir, 'a'), { verify: false })).rejects.toThrow(
       /lists 'model.layers.0.self_attn.q_proj.weight' as .*q4.* but weights.safetensors holds .*q8/,
     );
+  });
+});
+
+describe('long blocks run in chunks of MAX_BLOCK_ROWS', () => {
+  it('a 300-row prompt (3 chunks) gives every row the reference logits, and the cache continues from it', async () => {
+    const model = randomLlama(
+      llamaConfig({
+        dim: 64,
+        nLayers: 2,
+        nHeads: 4,
+        nKvHeads: 2,
+        hiddenDim: 96,
+        vocabSize: 40,
+        maxSeqLen: 320,
+      }),
+      5,
+      { std: 1 / 8, normNoise: 0.2 },
+    );
+    const q4 = convertModel(model, 'q4');
+    const r = uniformRng(3);
+    const tokens = Array.from({ length: 302 }, () => Math.floor(r() * 40));
+    const ref = referenceForward(q4, tokens);
+    expect(MAX_BLOCK_ROWS).toBeLessThan(300);
+    for (const level of [0, 4] as const) {
+      const stage = await createOrtStage(
+        q4,
+        { firstLayer: 0, endLayer: 2 },
+        { threads: 1, accuracyLevel: level },
+      );
+      open.push(stage);
+      const out = await stage.forward({ tokens: Int32Array.from(tokens.slice(0, 300)) });
+      expect(out.rows).toBe(300);
+      expect(out.logits).toHaveLength(300 * 40);
+      let worst = 0;
+      for (let t = 0; t < 300; t++) worst = Math.max(worst, relErr(row(out.logits!, t, 40), ref.logits[t]));
+      const last = await stage.forward({ tokens: Int32Array.from(tokens.slice(300)), logitRows: 1 });
+      worst = Math.max(worst, relErr(last.logits!, ref.logits[301]));
+      expect(worst, `accuracy_level ${level}`).toBeLessThan(tolerance('q4', level));
+      expect(stage.length).toBe(302);
+    }
   });
 });

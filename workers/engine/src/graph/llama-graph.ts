@@ -204,7 +204,7 @@ function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipM
   if (!skipAttn) {
     // attention rmsnorm, then q, k, v for the new rows (one projection when the storage allows)
     const xb = rmsnorm(s, x, w.attnNorm, `l${l}.attnNorm`); // [T, dim]
-    const [q2, k2, v2] = matmulWeights(g, xb, [w.wq, w.wk, w.wv], `l${l}.wqkv`, s.matmul);
+    const [q2, k2, v2] = matmulWeights(g, xb, w, ['wq', 'wk', 'wv'], `l${l}.wqkv`, s.matmul);
     v = g.reshape(v2, [-1, kvH, hd]); // [T, kvH, hd]
     // RoPE relative positional encoding
     let q: Tensor;
@@ -238,7 +238,7 @@ function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipM
   if (!skipMlp) {
     // ffn rmsnorm, then SwiGLU: w2(silu(w1 x) * w3 x)
     const xb = rmsnorm(s, x, w.ffnNorm, `l${l}.ffnNorm`); // [T, dim]
-    const [gate, up] = matmulWeights(g, xb, [w.w1, w.w3], `l${l}.w13`, s.matmul); // [T, hidden] each
+    const [gate, up] = matmulWeights(g, xb, w, ['w1', 'w3'], `l${l}.w13`, s.matmul); // [T, hidden] each
     const h = g.mul(g.mul(gate, g.sigmoid(gate)), up); // [T, hidden]
     x = g.add(x, W(h, 'w2')); // [T, dim]
   }

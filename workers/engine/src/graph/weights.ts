@@ -9,7 +9,7 @@
  * The token embedding is a Gather of the stored rows, dequantized in the graph, so a tied classifier and
  * the embedding share one initializer of codes.
  */
-import { type BlockMatrix, bitsOf, isBlock, type Matrix, nBlocks, stackRows } from '../model/matrix';
+import { type BlockMatrix, bitsOf, isBlock, type Matrix, nBlocks, rowView, stackRows } from '../model/matrix';
 import type { GraphBuilder, Tensor } from './onnx';
 
 /** MatMulNBits accuracy_level: 0 = unset (f32 compute), 4 = int8 activations (fastest on x86). */
@@ -104,37 +104,53 @@ export function matmulWeight(
   return bias ? g.add(y, bias) : y;
 }
 
-/** Stacked copies, made once per set of matrices (several graphs over the same layers share them). */
+/** Stacked matrices by their first part (several graphs over the same layers share one). */
 const stacked = new WeakMap<Matrix, { parts: Matrix[]; matrix: Matrix | undefined }>();
 
-function stackedOnce(ms: Matrix[]): Matrix | undefined {
-  const known = stacked.get(ms[0]);
-  if (known && known.parts.length === ms.length && known.parts.every((m, i) => m === ms[i]))
-    return known.matrix;
-  const matrix = stackRows(ms);
-  stacked.set(ms[0], { parts: ms, matrix });
+/**
+ * The row-stacked matrix of `owner[keys]`, made once: the first call stacks the parts and rebinds each
+ * `owner[key]` to a view of its rows inside the stacked arrays (the same values, so the model keeps one
+ * copy of its weights rather than the parts and the stack); later calls find it again. Undefined when
+ * the parts' storage differs.
+ */
+function stackedOnce<K extends string>(owner: Record<K, Matrix>, keys: K[]): Matrix | undefined {
+  const parts = keys.map((k) => owner[k]);
+  const known = stacked.get(parts[0]);
+  if (known && known.parts.every((m, i) => m === parts[i])) return known.matrix;
+  const matrix = stackRows(parts);
+  let row = 0;
+  const views = parts.map((m) => {
+    const view = matrix ? rowView(matrix, row, m.rows) : m;
+    row += m.rows;
+    return view;
+  });
+  keys.forEach((k, i) => {
+    owner[k] = views[i];
+  });
+  stacked.set(views[0], { parts: views, matrix });
   return matrix;
 }
 
 /**
- * Several projections of the same input, [x W1^T, x W2^T, ...]: one matmul over the row-stacked
- * matrices and a Split when their storage matches (one weight stream and one kernel call instead of
- * several, which is most of a small model's per-token overhead), else one matmul each.
+ * Several projections of the same input, [x W1^T, x W2^T, ...] for W = owner[keys]: one matmul over the
+ * row-stacked matrices and a Split when their storage matches (one weight stream and one kernel call
+ * instead of several, which is much of a small model's per-token overhead), else one matmul each.
  */
-export function matmulWeights(
+export function matmulWeights<K extends string>(
   g: GraphBuilder,
   x: Tensor,
-  ms: Matrix[],
+  owner: Record<K, Matrix>,
+  keys: K[],
   name: string,
   opts: MatrixGraphOptions = {},
 ): Tensor[] {
-  const all = stackedOnce(ms);
-  if (!all) return ms.map((m, i) => matmulWeight(g, x, m, `${name}.${i}`, opts));
+  const all = stackedOnce(owner, keys);
+  if (!all) return keys.map((k) => matmulWeight(g, x, owner[k], `${name}.${k}`, opts));
   const y = matmulWeight(g, x, all, name, opts);
   return g.split(
     y,
     -1,
-    ms.map((m) => m.rows),
+    keys.map((k) => owner[k].rows),
   );
 }
 

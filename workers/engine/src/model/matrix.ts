@@ -209,6 +209,21 @@ export function stackRows(ms: Matrix[]): Matrix | undefined {
   };
 }
 
+/** Rows [start, start + rows) as a matrix over the same arrays (no copy). */
+export function rowView(m: Matrix, start: number, rows: number): Matrix {
+  if (!isBlock(m))
+    return { ...m, rows, data: m.data.subarray(start * m.cols, (start + rows) * m.cols) } as Matrix;
+  const nb = nBlocks(m);
+  const rb = rowCodeBytes(m);
+  return {
+    ...m,
+    rows,
+    codes: m.codes.subarray(start * rb, (start + rows) * rb),
+    scales: m.scales.subarray(start * nb, (start + rows) * nb),
+    ...(m.zeroPoints ? { zeroPoints: m.zeroPoints.subarray(start * nb, (start + rows) * nb) } : {}),
+  };
+}
+
 /** The whole matrix as f32 (the stored array itself for f32). */
 export const dense = (m: Matrix): Float32Array => denseRows(m);
 

@@ -44,3 +44,57 @@ export interface Stage {
   truncate(length: number): void;
   release(): Promise<void>;
 }
+
+/**
+ * A forward over a block of T rows as consecutive forwards of at most `maxRows` rows (undefined: one
+ * forward). Returns what one forward would: hidden states of all T rows, logits and exit outputs of the
+ * last `logitRows` rows. Each chunk appends its rows to the cache before the next one runs, so the result
+ * is the same computation split at chunk boundaries.
+ */
+export async function forwardInChunks(
+  forward: (input: StageInput) => Promise<StageOutput>,
+  input: StageInput,
+  T: number,
+  maxRows: number | undefined,
+): Promise<StageOutput> {
+  if (!maxRows || T <= maxRows) return forward(input);
+  const R = input.logitRows ?? T;
+  const width = input.hidden ? input.hidden.length / T : 0;
+  const got: Record<'hidden' | 'exitHidden' | 'logits' | 'exitLogits', Float32Array[]> = {
+    hidden: [],
+    exitHidden: [],
+    logits: [],
+    exitLogits: [],
+  };
+  for (let at = 0; at < T; at += maxRows) {
+    const n = Math.min(maxRows, T - at);
+    const wanted = Math.min(n, Math.max(0, at + n - (T - R))); // this chunk's rows among the last R
+    const rows = input.tokens
+      ? { tokens: input.tokens.subarray(at, at + n) }
+      : { hidden: input.hidden!.subarray(at * width, (at + n) * width) };
+    const out = await forward({ ...rows, logitRows: Math.max(wanted, 1) });
+    if (out.hidden) got.hidden.push(out.hidden);
+    if (out.exitHidden) got.exitHidden.push(out.exitHidden);
+    if (wanted > 0 && out.logits) got.logits.push(out.logits);
+    if (wanted > 0 && out.exitLogits) got.exitLogits.push(out.exitLogits);
+  }
+  return {
+    rows: T,
+    hidden: concatRows(got.hidden),
+    exitHidden: concatRows(got.exitHidden),
+    logits: concatRows(got.logits),
+    exitLogits: concatRows(got.exitLogits),
+  };
+}
+
+function concatRows(parts: Float32Array[]): Float32Array | undefined {
+  if (parts.length === 0) return undefined;
+  if (parts.length === 1) return parts[0];
+  const out = new Float32Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}

@@ -3,12 +3,18 @@
  * position-major [maxSeq, kvHead, headDim], so a layer's cached past is a contiguous prefix that the
  * graph reads through a zero-copy `subarray` view (input `past_k.<j>` / `past_v.<j>`), and nothing
  * O(context) is copied per token. A forward of T rows appends T rows to every layer at `length`.
+ * Buffers start small and double as the context grows (up to maxSeq), so memory follows the longest
+ * context actually used rather than the model's maximum; a growth copies the prefix once (amortized O(1)
+ * per position).
  */
+/** Rows a cache starts with (it doubles from there). */
+const INITIAL_ROWS = 64;
+
 export class KvCache {
-  /** K of layer j (stage-local index): Float32Array(maxSeq * kvH * hd), [pos, kvHead, headDim]. */
-  readonly k: Float32Array[];
+  /** K of layer j (stage-local index): Float32Array(capacity * kvH * hd), [pos, kvHead, headDim]. */
+  k: Float32Array[];
   /** V of layer j, same layout. */
-  readonly v: Float32Array[];
+  v: Float32Array[];
   /** Floats per position and layer: nKvHeads * headDim. */
   readonly rowSize: number;
   private len = 0;
@@ -20,8 +26,28 @@ export class KvCache {
     readonly headDim: number,
   ) {
     this.rowSize = nKvHeads * headDim;
-    this.k = Array.from({ length: nLayers }, () => new Float32Array(maxSeq * this.rowSize));
-    this.v = Array.from({ length: nLayers }, () => new Float32Array(maxSeq * this.rowSize));
+    const rows = Math.min(maxSeq, INITIAL_ROWS);
+    this.k = Array.from({ length: nLayers }, () => new Float32Array(rows * this.rowSize));
+    this.v = Array.from({ length: nLayers }, () => new Float32Array(rows * this.rowSize));
+  }
+
+  /** Positions the buffers hold now. */
+  get capacity(): number {
+    return this.k[0].length / this.rowSize;
+  }
+
+  /** Makes room for `rows` positions (rows <= maxSeq), doubling the buffers as needed. */
+  private reserve(rows: number): void {
+    if (rows <= this.capacity) return;
+    const next = Math.min(this.maxSeq, Math.max(rows, 2 * this.capacity));
+    const keep = this.len * this.rowSize;
+    const grow = (b: Float32Array) => {
+      const out = new Float32Array(next * this.rowSize);
+      out.set(b.subarray(0, keep));
+      return out;
+    };
+    this.k = this.k.map(grow);
+    this.v = this.v.map(grow);
   }
 
   get length(): number {
@@ -46,6 +72,7 @@ export class KvCache {
    * O(layers * rowSize) work, independent of the context. Needs length < maxSeq (`checkRoom(rows >= 1)`).
    */
   graphPast(): { k: Float32Array[]; v: Float32Array[] } {
+    this.reserve(this.len + 1);
     const start = this.len * this.rowSize;
     const n = start + this.rowSize;
     for (let j = 0; j < this.nLayers; j++) {
@@ -74,6 +101,7 @@ export class KvCache {
    */
   append(newK: Float32Array, newV: Float32Array, rows: number): void {
     this.checkRoom(rows);
+    this.reserve(this.len + rows);
     const r = this.rowSize;
     const n = rows * this.nLayers * r;
     if (newK.length !== n || newV.length !== n) {
