@@ -9,6 +9,7 @@ import { defaultDraftRows, draftVocabFor } from './decode/draft-vocab';
 import { exitHeadFor, listExitHeads } from './decode/heads';
 import {
   balancedBoundaries,
+  costOptionsFor,
   forwardMacs,
   planBoundaries,
   type StageSplit,
@@ -56,9 +57,9 @@ export function chooseExitLayer(
     let s: number | undefined;
     if (split === 'equal') s = expectedSpeedup(N, k, layer, record.acceptance);
     else if (N - layer >= k - 1) {
-      const cost = { draftRows, draftAffine: true };
+      const cost = { draftRows, draftAffine: true, ...costOptionsFor(pkg.model) };
       const b = balancedBoundaries(c, k, { ...cost, exitLayer: layer });
-      s = costPlanSpeedup(record.acceptance, stageMacs(c, b, cost), forwardMacs(c));
+      s = costPlanSpeedup(record.acceptance, stageMacs(c, b, cost), forwardMacs(c, cost));
     }
     if (s !== undefined && s > bestS) {
       best = layer;
@@ -98,7 +99,7 @@ export async function resolveSetup(
   const draftRows = Math.min(opts.draftRows ?? defaultDraftRows(c.vocabSize), c.vocabSize);
   const E = chooseExitLayer(pkg, k, requestedExit, { split, draftRows });
   const exitHead = await exitHeadFor(pkg.dir, pkg.manifest, pkg.model, E);
-  const cost = { draftRows, draftAffine: !!exitHead.affine };
+  const cost = { draftRows, draftAffine: !!exitHead.affine, ...costOptionsFor(pkg.model) };
   const boundaries = planBoundaries(c, k, { ...cost, exitLayer: E, split });
   const { vocab, source } = await draftVocabFor(pkg, draftRows);
   const rec = pkg.manifest.exitHeads?.[String(E)] as { kind?: string; acceptance?: number } | undefined;
@@ -123,7 +124,7 @@ export async function resolveSetup(
     draftVocab: vocab,
     draftVocabInfo: vocab ? `${draftRows} rows: ${source}` : `full vocabulary (${c.vocabSize} rows)`,
     stageMacs: stageMacs(c, boundaries, cost),
-    forwardMacs: forwardMacs(c),
+    forwardMacs: forwardMacs(c, cost),
     exitHead,
     exitHeadInfo,
     skipSet: skipSetFromManifest(pkg.manifest),

@@ -7,6 +7,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { defaultSkipSet } from '../decode/dv';
 import type { LlamaConfig, SkipSet } from '../model/llama';
+import { anchorTable, type LlamaCppAnchorResult } from './anchor';
 import { type ChartSeries, lineChartSvg } from './chart';
 import type { RunRecord } from './harness';
 import { dvSpeedup, eesdSpeedup, pipelineSpeedup } from './ideal';
@@ -21,6 +22,8 @@ interface BenchJson {
     package: string;
     /** The package's weight dtype (absent in results saved before per-tensor dtypes: f32). */
     dtype?: string;
+    /** llama.cpp's AR on the same GGUF (`ppsd bench --llamacpp`). */
+    llamacpp?: LlamaCppAnchorResult;
     synthetic: boolean;
     acceptanceMode: 'real' | 'controlled';
     stages: number;
@@ -247,6 +250,7 @@ export async function writeBenchDocs(
       '',
       markdownTable(r.summaries, { controlled: m.acceptanceMode === 'controlled' }),
       '',
+      ...(m.llamacpp ? [anchorTable(r.summaries, m.llamacpp, m.stages), ''] : []),
       'Where the time goes (pipelines; a tick is one stage forward for one token plus its messages):',
       '',
       ...timeNotes(r.summaries, m.stages),

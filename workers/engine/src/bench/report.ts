@@ -197,7 +197,8 @@ export function summarize(records: RunRecord[], setup: BenchSetup): Summary[] {
       const plan = withStages[0].stats.pipeline?.plan;
       if (plan) {
         s.plan = plan;
-        if (acc !== null) s.idealPlan = costPlanSpeedup(acc, plan.stageMacs, forwardMacs(config));
+        if (acc !== null)
+          s.idealPlan = costPlanSpeedup(acc, plan.stageMacs, plan.forwardMacs ?? forwardMacs(config));
       }
     }
     out.push(s);

@@ -76,6 +76,8 @@ export interface PipelinePlan {
   draftRows?: number;
   /** Modelled multiply-adds per token of each stage (layers + heads). */
   stageMacs: number[];
+  /** The same model's cost of a full forward (AR), for the plan's ideal speedup. */
+  forwardMacs?: number;
   /** k = 2 sub-layer split: this layer's attention ends stage 1, its MLP starts stage 2 (b[1] = it). */
   splitLayer?: number;
 }

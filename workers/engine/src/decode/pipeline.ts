@@ -25,6 +25,7 @@
 import { performance } from 'node:perf_hooks';
 import type { AccuracyLevel } from '../graph/weights';
 import { headDim, type LlamaConfig, type LlamaModel } from '../model/llama';
+import { isBlock } from '../model/matrix';
 import type { StageSpec } from '../model/stage';
 import { parseDevice } from '../runtime';
 import {
@@ -77,6 +78,8 @@ export interface StageCostOptions {
   draftRows?: number;
   /** The draft head applies an affine map (dim x dim) before the final norm. */
   draftAffine?: boolean;
+  /** A layer's cost per MAC relative to the classifier's (default LAYER_COST_FACTOR; see layerCostFactor). */
+  layerFactor?: number;
 }
 
 /**
@@ -96,12 +99,26 @@ export function layerMacs(c: LlamaConfig): number {
  */
 export const LAYER_COST_FACTOR = 1.1;
 
+/**
+ * The same ratio for blockwise (q8/q4) layers, higher because the matmuls shrink and the per-layer kernels
+ * do not: measured on the 110M shape at q4 with one thread (ORT profile): ~1.06 ms per layer (7.08M MACs)
+ * against ~2.4 ms for the 32000-row q4 classifier (24.6M MACs), i.e. ~1.5x per MAC.
+ */
+export const BLOCK_LAYER_COST_FACTOR = 2.5;
+
+/** The cost options a model's storage implies (the layer factor of its layers' dtype). */
+export function costOptionsFor(model: LlamaModel): Pick<StageCostOptions, 'layerFactor'> {
+  const blockwise = isBlock(model.weights.layers[0].w1);
+  return { layerFactor: blockwise ? BLOCK_LAYER_COST_FACTOR : LAYER_COST_FACTOR };
+}
+
 /** Modelled cost of one layer in classifier-MAC equivalents. */
-export const layerCost = (c: LlamaConfig): number => LAYER_COST_FACTOR * layerMacs(c);
+export const layerCost = (c: LlamaConfig, o: StageCostOptions = {}): number =>
+  (o.layerFactor ?? LAYER_COST_FACTOR) * layerMacs(c);
 
 /** Modelled cost (MAC equivalents) per token of each stage of a plan: its layers, plus the draft head (stage 1) and the classifier (last). */
 export function stageMacs(c: LlamaConfig, b: number[], o: StageCostOptions = {}): number[] {
-  const L = layerCost(c);
+  const L = layerCost(c, o);
   const k = b.length - 1;
   const draft = draftHeadMacs(c, o);
   return b.slice(1).map((end, j) => {
@@ -113,7 +130,8 @@ export function stageMacs(c: LlamaConfig, b: number[], o: StageCostOptions = {})
 }
 
 /** Modelled cost (MAC equivalents) of a full forward (AR on one device): all layers plus the classifier. */
-export const forwardMacs = (c: LlamaConfig): number => c.nLayers * layerCost(c) + c.vocabSize * c.dim;
+export const forwardMacs = (c: LlamaConfig, o: StageCostOptions = {}): number =>
+  c.nLayers * layerCost(c, o) + c.vocabSize * c.dim;
 
 function draftHeadMacs(c: LlamaConfig, o: StageCostOptions): number {
   const rows = o.draftRows ?? c.vocabSize;
@@ -135,7 +153,7 @@ export function balancedBoundaries(
   const N = c.nLayers;
   const equal = stageBoundaries(N, k, o.exitLayer); // validates k and E
   if (k === 1) return equal;
-  const L = layerCost(c);
+  const L = layerCost(c, o);
   const head = draftHeadMacs(c, o);
   const cls = c.vocabSize * c.dim;
   const extra = (j: number) => (j === 0 ? head : 0) + (j === k - 1 ? cls : 0);
@@ -147,7 +165,7 @@ export function balancedBoundaries(
     best[0][e] = e * L + extra(0);
     from[0][e] = 0;
   }
-  const eps = 1e-9 * forwardMacs(c);
+  const eps = 1e-9 * forwardMacs(c, o);
   for (let j = 1; j < k; j++) {
     for (let e = j + 1; e <= N - (k - 1 - j); e++) {
       if (j === k - 1 && e !== N) continue;
@@ -195,9 +213,9 @@ export function sublayerSplit(c: LlamaConfig, k: number, o: StageCostOptions = {
   const N = c.nLayers;
   const whole = Math.max(...stageMacs(c, balancedBoundaries(c, 2, o), o));
   const kvDim = c.nKvHeads * headDim(c);
-  const attn = LAYER_COST_FACTOR * (c.dim * (c.dim + 2 * kvDim) + c.dim * c.dim);
-  const mlp = layerCost(c) - attn;
-  const L = layerCost(c);
+  const attn = (o.layerFactor ?? LAYER_COST_FACTOR) * (c.dim * (c.dim + 2 * kvDim) + c.dim * c.dim);
+  const mlp = layerCost(c, o) - attn;
+  const L = layerCost(c, o);
   const head = draftHeadMacs(c, o);
   const cls = c.vocabSize * c.dim;
   let best: number | undefined;
@@ -215,8 +233,8 @@ export function sublayerSplit(c: LlamaConfig, k: number, o: StageCostOptions = {
 /** Modelled cost per stage of a k = 2 plan split inside layer `sl` (see sublayerSplit). */
 export function sublayerStageMacs(c: LlamaConfig, sl: number, o: StageCostOptions = {}): number[] {
   const kvDim = c.nKvHeads * headDim(c);
-  const attn = LAYER_COST_FACTOR * (c.dim * (c.dim + 2 * kvDim) + c.dim * c.dim);
-  const L = layerCost(c);
+  const attn = (o.layerFactor ?? LAYER_COST_FACTOR) * (c.dim * (c.dim + 2 * kvDim) + c.dim * c.dim);
+  const L = layerCost(c, o);
   return [sl * L + attn + draftHeadMacs(c, o), (c.nLayers - sl - 1) * L + (L - attn) + c.vocabSize * c.dim];
 }
 

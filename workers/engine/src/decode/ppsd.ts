@@ -11,8 +11,10 @@
  * stays exact (a drafted token always has q > 0), and greedy drafts the argmax within the subset.
  */
 import type { ExitHead, LlamaModel } from '../model/llama';
-import { gatherRows } from '../model/matrix';
+import { selectRows } from '../model/matrix';
 import {
+  costOptionsFor,
+  forwardMacs,
   PipelineDecoder,
   type PipelineDrafter,
   planBoundaries,
@@ -89,9 +91,9 @@ export function withDraftVocab(model: LlamaModel, exit: ExitHead, vocab: Int32Ar
     if (!Number.isInteger(t) || t < 0 || t >= vocabSize)
       throw new RangeError(`draft vocabulary: token ${t} outside [0, ${vocabSize})`);
   }
-  // the rows are dequantized to f32: the subset is small, and the draft head then costs the same whatever
-  // the package's dtype (q is the draft distribution; the verify side still uses the stored classifier)
-  return { ...exit, vocab, classifierRows: gatherRows(cls, vocab) };
+  // the rows keep the classifier's storage (a row gather is exact for every dtype), so a q4 draft head
+  // reads an eighth of the bytes an f32 copy would
+  return { ...exit, vocab, classifierRows: selectRows(cls, vocab) };
 }
 
 export async function createPpsdDecoder(
@@ -102,7 +104,11 @@ export async function createPpsdDecoder(
   const k = setup.stages ?? 2;
   const E = setup.exitLayer ?? setup.exitHead?.afterLayer;
   const vocab = setup.draftVocab && setup.draftVocab.length < c.vocabSize ? setup.draftVocab : undefined;
-  const cost = { draftRows: vocab?.length ?? c.vocabSize, draftAffine: !!setup.exitHead?.affine };
+  const cost = {
+    draftRows: vocab?.length ?? c.vocabSize,
+    draftAffine: !!setup.exitHead?.affine,
+    ...costOptionsFor(model),
+  };
   const split = setup.split ?? 'balanced';
   const b = planBoundaries(c, k, { ...cost, exitLayer: E, split });
   const base: ExitHead = setup.exitHead ?? { afterLayer: b[1] };
@@ -133,6 +139,7 @@ export async function createPpsdDecoder(
       split: E === undefined || planBoundaries(c, k, { ...cost, split })[1] === E ? split : 'fixed',
       draftRows: cost.draftRows,
       stageMacs: sl === undefined ? stageMacs(c, b, cost) : sublayerStageMacs(c, sl, cost),
+      forwardMacs: forwardMacs(c, cost),
       splitLayer: sl,
     },
   });

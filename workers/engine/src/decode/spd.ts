@@ -8,6 +8,8 @@
 import type { LlamaModel } from '../model/llama';
 import type { StageSpec } from '../model/stage';
 import {
+  costOptionsFor,
+  forwardMacs,
   type InFlight,
   PipelineDecoder,
   type PipelineDrafter,
@@ -112,7 +114,8 @@ export async function createSpdDecoder(
   const k = setup.stages ?? 2;
   // no head in stage 1: the drafter runs on the controller
   let split = setup.split ?? 'balanced';
-  let b = planBoundaries(model.config, k, { draftRows: 0, exitLayer: setup.exitLayer, split });
+  const cost = { draftRows: 0, ...costOptionsFor(model) };
+  let b = planBoundaries(model.config, k, { ...cost, exitLayer: setup.exitLayer, split });
   // A fitted drafter reads features at the depths of the plan it was fitted for: when the balanced
   // plan lacks one of them and no split was asked for, keep the equal-layer plan it fits.
   const fits = (bb: number[]) => !setup.drafter || setup.drafter.depths.every((d) => bb.indexOf(d) >= 1);
@@ -146,10 +149,11 @@ export async function createSpdDecoder(
       boundaries: b,
       split:
         setup.exitLayer === undefined ||
-        planBoundaries(model.config, k, { draftRows: 0, split })[1] === setup.exitLayer
+        planBoundaries(model.config, k, { ...cost, split })[1] === setup.exitLayer
           ? split
           : 'fixed',
-      stageMacs: stageMacs(model.config, b, { draftRows: 0 }),
+      stageMacs: stageMacs(model.config, b, cost),
+      forwardMacs: forwardMacs(model.config, cost),
     },
   });
 }

@@ -31,6 +31,7 @@
  *   (tokens/hidden_in, positions, logit_rows, hidden/logits/exit_* as above; no new_k/new_v)
  */
 import { type ExitHead, headDim, type LayerWeights, type LlamaModel, type MatrixKey } from '../model/llama';
+import type { Matrix } from '../model/matrix';
 import type { StageSpec } from '../model/stage';
 import { type ExternalModel, GraphBuilder, INT64_MAX, type Tensor } from './onnx';
 import { type RopeTables, ropeTables } from './rope';
@@ -246,13 +247,7 @@ function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipM
 }
 
 /** Final norm + classifier on the last R rows of x [T, dim] (after an optional affine map) -> [R, vocab]. */
-function head(
-  s: Ctx,
-  x: Tensor,
-  logitRows: Tensor,
-  affine?: ExitHead['affine'],
-  rows?: Float32Array,
-): Tensor {
+function head(s: Ctx, x: Tensor, logitRows: Tensor, affine?: ExitHead['affine'], rows?: Matrix): Tensor {
   const { g, model } = s;
   const { dim } = model.config;
   let h = g.slice(x, g.neg(logitRows), g.i64([INT64_MAX]), [0]); // [R, dim]
@@ -262,7 +257,7 @@ function head(
   }
   h = rmsnorm(s, h, model.weights.finalNorm, 'finalNorm'); // [R, dim]
   // an exit head over a vocabulary subset brings its own gathered classifier rows (f32)
-  if (rows) return g.linear(h, g.weight('exit.classifier', rows, [rows.length / dim, dim])); // [R, |subset|]
+  if (rows) return matmulWeight(g, h, rows, 'exit.classifier', s.matmul); // [R, |subset|]
   const tied = model.weights.classifier === model.weights.tokenEmbedding;
   return matmulWeight(g, h, model.weights.classifier, tied ? 'tokenEmbedding' : 'classifier', s.matmul); // [R, vocab]
 }
@@ -384,7 +379,7 @@ function stageGraph(model: LlamaModel, spec: StageSpec, opts: StageGraphOptions)
     if (exit?.afterLayer !== n) return;
     g.output(IO.exitHidden, x, 'float32', ['T', c.dim]);
     const rows = exit.classifierRows;
-    const width = rows ? rows.length / c.dim : c.vocabSize;
+    const width = rows ? rows.rows : c.vocabSize;
     g.output(IO.exitLogits, head(ctx, x, logitRows!, exit.affine, rows), 'float32', ['R', width]);
   };
   exitAt(firstLayer);

@@ -69,7 +69,7 @@ export interface ExitHead {
    * building; the head's logits are then [R, vocab.length], column i scoring token vocab[i].
    */
   vocab?: Int32Array;
-  classifierRows?: Float32Array;
+  classifierRows?: Matrix;
 }
 
 /** Sub-layers a layer-skipping draft (Draft & Verify) leaves out; layer indices are 0-based. */

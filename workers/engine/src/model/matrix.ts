@@ -209,6 +209,12 @@ export function stackRows(ms: Matrix[]): Matrix | undefined {
   };
 }
 
+/** Rows `ids` of the matrix, in that order, as a matrix of the same dtype (an exact copy of those rows). */
+export function selectRows(m: Matrix, ids: ArrayLike<number>): Matrix {
+  const parts = Array.from(ids, (r) => rowView(m, r, 1));
+  return parts.length === 0 ? { ...m, rows: 0 } : stackRows(parts)!;
+}
+
 /** Rows [start, start + rows) as a matrix over the same arrays (no copy). */
 export function rowView(m: Matrix, start: number, rows: number): Matrix {
   if (!isBlock(m))

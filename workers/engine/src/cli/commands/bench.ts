@@ -8,13 +8,14 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { anchorTable, llamaCppAnchor, medianLength } from '../../bench/anchor';
 import { writeBenchDocs } from '../../bench/docs';
 import { type BenchDecoder, runHarness } from '../../bench/harness';
 import { markdownTable, summarize } from '../../bench/report';
 import { poolProbes, probeStages, type StageProbe } from '../../bench/stage-probe';
 import type { Decoder, DecoderName } from '../../decode/decoder';
 import { createDecoder, DECODER_NAMES, defaultSkipSet, type StageSplit } from '../../decode/index';
-import { PipelineDecoder, sublayerSplit } from '../../decode/pipeline';
+import { costOptionsFor, PipelineDecoder, sublayerSplit } from '../../decode/pipeline';
 import { resolveSetup } from '../../decoder-setup';
 import { loadPackage } from '../../package';
 import { numberFlag, parseCommandArgs, UsageError } from '../args';
@@ -44,6 +45,10 @@ options:
   --json FILE          write every run and the summary as JSON
   --markdown           print the table as markdown (default: also printed)
   --max-seq N          KV cache size for the sessions (default min(model, 512))
+  --llamacpp GGUF      also run llama.cpp's AR (llama-bench, built once from the source node-llama-cpp bundles)
+                       on this GGUF (the package's own file, e.g. from ppsd export-gguf) at 1 and k threads,
+                       before and after the decoders, and report each decoder against it at the same thread
+                       budget (AR-1core, EESD, DV: 1 thread; AR-all-cores, PPSD, SPD: k)
   --no-probe           skip the stage probe (before and after the runs, each pipeline's stages timed alone, all
                        looping at once and in lockstep: the tick floor and efficiency ceiling the machine
                        allows, reported as "ceiling")`;
@@ -67,6 +72,7 @@ export async function run(argv: string[]): Promise<void> {
       markdown: { type: 'boolean' },
       'max-seq': { type: 'string' },
       'no-probe': { type: 'boolean' },
+      llamacpp: { type: 'string' },
       report: { type: 'string' },
       docs: { type: 'string' },
       chart: { type: 'string' },
@@ -121,7 +127,7 @@ export async function run(argv: string[]): Promise<void> {
   // PPSD's own plan may split inside a layer (k = 2, logit lens, balanced): say so
   const ppsdSplitLayer =
     !values['whole-layers'] && split === 'balanced' && !setup.exitHead.affine
-      ? sublayerSplit(model.config, k, { draftRows: setup.draftRows })
+      ? sublayerSplit(model.config, k, { draftRows: setup.draftRows, ...costOptionsFor(model) })
       : undefined;
   const ppsdSplitInfo =
     ppsdSplitLayer === undefined
@@ -188,9 +194,13 @@ export async function run(argv: string[]): Promise<void> {
       }
       return out;
     };
+    const anchor = values.llamacpp
+      ? await llamaCppAnchor(path.resolve(values.llamacpp), [1, k], maxTokens, medianLength(encoded), log)
+      : undefined;
     const before = await probe('before the runs');
     const records = await runHarness(decoders, { prompts: encoded, maxTokens, repeats, alphas, log });
     const after = await probe('after the runs');
+    await anchor?.sample('after the decoders');
     const probes: Record<string, StageProbe> = {};
     for (const label of Object.keys(after)) probes[label] = poolProbes(before[label], after[label]);
     const wallS = (performance.now() - t0) / 1000;
@@ -204,6 +214,7 @@ export async function run(argv: string[]): Promise<void> {
     });
     const table = markdownTable(summaries, { controlled: alphas.length > 0 });
     const meta = {
+      ...(anchor ? { llamacpp: anchor.result() } : {}),
       package: manifest.name,
       dtype: manifest.dtype,
       synthetic: !!manifest.synthetic,
@@ -248,6 +259,7 @@ export async function run(argv: string[]): Promise<void> {
       `${alphas.length > 0 ? 'Controlled acceptance (drafts replaced by the AR token with probability alpha; drafters still run in full)' : 'Real acceptance'} - ${manifest.name} (${manifest.dtype}), k=${k}, stages [${setup.boundaries.join(', ')}], ${split} split, PPSD draft head ${setup.draftRows} rows, ${maxTokens} tokens x ${prompts.length} prompts x ${repeats} repeats\n`,
     );
     console.log(table);
+    if (anchor) console.log(`\n${anchorTable(summaries, anchor.result(), k)}`);
     const bad = summaries.filter((s) => !s.lossless);
     if (bad.length > 0) log(`WARNING: output differs from AR for ${bad.map((s) => s.label).join(', ')}`);
     log(
