@@ -2,6 +2,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
+import { anchorTable } from '../../workers/engine/src/bench/anchor';
+import { type FormatRun, formatsMarkdown, ratios } from '../../workers/engine/src/bench/formats-report';
 import {
   anchorLayout,
   CHILD_RESULT_MARKER,
@@ -23,6 +25,7 @@ import {
   summarizeLlamaBench,
   toNodeLlamaCppResult,
 } from '../../workers/engine/src/bench/llamacpp';
+import type { Summary } from '../../workers/engine/src/bench/report';
 
 /** One llama-bench row as `-o json` prints it (captured from the bundled v0.5.0 build, trimmed). */
 function row(nPrompt: number, nGen: number, nDepth: number, samplesTs: number[], avg: number, sd: number) {
@@ -257,5 +260,71 @@ describe('cannot load', () => {
       repetitions: 1,
     });
     expect(b).toMatchObject({ ok: false, reason: expect.stringMatching(/no llama-bench at/) });
+  });
+});
+
+describe('reports against llama.cpp', () => {
+  const run = (engine: FormatRun['engine'], round: number, decode: number, threads = 1): FormatRun => ({
+    engine,
+    format: 'q4_0',
+    threads,
+    round,
+    prefillTokPerS: 100 * (round + 1),
+    decodeTokPerS: { 64: decode },
+    peakRssKb: 1024 * (engine === 'ppsd' ? 300 : 200),
+  });
+
+  it('takes ratios round by round (each ppsd run against the anchor run of its round)', () => {
+    const runs = [
+      run('ppsd', 0, 90),
+      run('llama-bench', 0, 100),
+      run('ppsd', 1, 120),
+      run('llama-bench', 1, 100),
+    ];
+    expect(ratios(runs, 'llama-bench', 'q4_0', 1, (r) => r.decodeTokPerS[64])).toEqual([0.9, 1.2]);
+    expect(ratios(runs, 'node-llama-cpp', 'q4_0', 1, (r) => r.decodeTokPerS[64])).toEqual([]);
+    const md = formatsMarkdown({
+      meta: {
+        command: 'x',
+        model: 'm',
+        cpu: 'cpu',
+        cores: 2,
+        node: 'v20',
+        date: '2026-12-02T00:00:00Z',
+        seconds: 1,
+        loadBefore: [0, 0, 0],
+        loadAfter: [0, 0, 0],
+        llamaCpp: 'v0',
+        nodeLlamaCpp: '3',
+        contexts: [64],
+        gen: 8,
+        prompt: 16,
+        rounds: 2,
+      },
+      runs,
+    });
+    // median ratio 1.05 meets the target (bold); RSS ratio 1.5 does not
+    expect(md).toContain(
+      '| Q4_0 | 1 | 105.0 (90.0-120.0) | 100.0 (100.0-100.0) | - | **1.05 (0.90-1.20)** | - |',
+    );
+    expect(md).toMatch(/\| Q4_0 \| 1 \| 300 \(300-300\) \| 200 \(200-200\) \| - \| 1\.50 \(1\.50-1\.50\) \|/);
+  });
+
+  it('compares each decoder with llama.cpp at its own thread budget', () => {
+    const s = (label: string, tokensPerSecond: number) =>
+      ({ label, alpha: null, tokensPerSecond }) as Summary;
+    const table = anchorTable(
+      [s('ar-1core', 50), s('ppsd', 150), s('eesd', 40)],
+      {
+        gguf: 'f.gguf',
+        decodeTokPerS: { 1: [100], 2: [200, 100] },
+        depth: 10,
+        tokens: 8,
+      },
+      2,
+    );
+    expect(table).toContain('| ar-1core | - | 1 | 50.0 | 100.0 | 0.50 |');
+    expect(table).toContain('| ppsd | - | 2 | 150.0 | 150.0 | 1.00 |');
+    expect(table).toContain('| eesd | - | 1 | 40.0 | 100.0 | 0.40 |');
   });
 });
