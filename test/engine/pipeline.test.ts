@@ -139,7 +139,6 @@ describe('draft vocabulary subset', () => {
 
   it('gathers the classifier rows of the subset into the exit head', () => {
     const model = tinyModel();
-    const { dim } = model.config;
     const vocab = Int32Array.of(1, 4, 9);
     const head = withDraftVocab(model, { afterLayer: 2 }, vocab);
     expect(head.vocab).toBe(vocab);

@@ -194,12 +194,9 @@ export const ModelSchema = z
     created: z.number().int(),
     owned_by: z.string(),
     max_model_len: z.number().int(),
-    dtype: z
-      .string()
-      .optional()
-      .openapi({
-        description: 'ppsd extension: how the package stores its weights (f32, f16, bf16, q8, q4)',
-      }),
+    dtype: z.string().optional().openapi({
+      description: 'ppsd extension: how the package stores its weights (f32, f16, bf16, q8, q4)',
+    }),
   })
   .openapi('Model');
 

@@ -51,7 +51,7 @@ export async function llamaCppAnchor(
         res.unavailable ??= r.ok ? 'llama-bench gave no decode result' : r.reason;
         continue;
       }
-      (res.decodeTokPerS[t] ??= []).push(...r.samples.decodeTokPerS);
+      res.decodeTokPerS[t] = [...(res.decodeTokPerS[t] ?? []), ...r.samples.decodeTokPerS];
       log(`llama.cpp ${when}, ${t} thread(s): ${r.decodeTokPerS.toFixed(1)} tok/s`);
     }
   };

@@ -116,7 +116,7 @@ const stacked = new WeakMap<Matrix, { parts: Matrix[]; matrix: Matrix | undefine
 function stackedOnce<K extends string>(owner: Record<K, Matrix>, keys: K[]): Matrix | undefined {
   const parts = keys.map((k) => owner[k]);
   const known = stacked.get(parts[0]);
-  if (known && known.parts.every((m, i) => m === parts[i])) return known.matrix;
+  if (known?.parts.every((m, i) => m === parts[i])) return known.matrix;
   const matrix = stackRows(parts);
   let row = 0;
   const views = parts.map((m) => {
