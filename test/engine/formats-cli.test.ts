@@ -3,9 +3,7 @@
  * `ppsd export-gguf` and `ppsd import --from X.gguf`, and the stories260K GGUF with Q8_0 blocks generating
  * exactly the greedy text the float64 reference produces on its dequantized weights.
  */
-import { execFile } from 'node:child_process';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDecoder } from '../../workers/engine/src/decode/index';
 import { readGgufHeader } from '../../workers/engine/src/formats/gguf';
@@ -13,27 +11,10 @@ import { modelMatrices } from '../../workers/engine/src/model/llama';
 import { dense } from '../../workers/engine/src/model/matrix';
 import { referenceForward } from '../../workers/engine/src/model/reference';
 import { loadPackage, readManifest } from '../../workers/engine/src/package';
-import { repoRoot, STORIES260K, scratchDir, TOK512 } from '../helpers/shared';
+import { runPpsd, STORIES260K, scratchDir, TOK512 } from '../helpers/shared';
 import { generate } from './decoder-helpers';
 
-const run = promisify(execFile);
-
-async function ppsd(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(
-      'node',
-      ['--import', 'tsx', 'workers/engine/src/cli/main.ts', ...args],
-      {
-        cwd: repoRoot,
-        maxBuffer: 16 * 1024 * 1024,
-      },
-    );
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: e.code ?? -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
+const ppsd = runPpsd;
 
 let scratch: Awaited<ReturnType<typeof scratchDir>>;
 const at = (name: string) => path.join(scratch.dir, name);

@@ -1,8 +1,6 @@
 /** `ppsd import` and `ppsd synth` end to end, run as the real CLI in a child process. */
-import { execFile } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeHfFolder } from '../../workers/engine/src/formats/hf';
 import { readLlama2c } from '../../workers/engine/src/formats/llama2c';
@@ -10,26 +8,9 @@ import type { LlamaModel } from '../../workers/engine/src/model/llama';
 import { randomLlama } from '../../workers/engine/src/model/random';
 import { loadPackage } from '../../workers/engine/src/package';
 import { expectSameWeights } from '../helpers/same-weights';
-import { repoRoot, STORIES260K, scratchDir, TOK512 } from '../helpers/shared';
+import { runPpsd, STORIES260K, scratchDir, TOK512 } from '../helpers/shared';
 
-const run = promisify(execFile);
-
-async function ppsd(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(
-      'node',
-      ['--import', 'tsx', 'workers/engine/src/cli/main.ts', ...args],
-      {
-        cwd: repoRoot,
-        maxBuffer: 16 * 1024 * 1024,
-      },
-    );
-    return { code: 0, stdout, stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: e.code ?? -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
+const ppsd = runPpsd;
 
 let scratch: Awaited<ReturnType<typeof scratchDir>>;
 let stories: LlamaModel;

@@ -8,10 +8,11 @@ export async function forwardChain(
   stages: Stage[],
   tokens: Int32Array,
   logitRows?: number,
+  forward: (stage: Stage, input: StageInput) => Promise<StageOutput> = (s, input) => s.forward(input),
 ): Promise<StageOutput> {
-  let out = await stages[0].forward({ tokens, logitRows });
+  let out = await forward(stages[0], { tokens, logitRows });
   for (let i = 1; i < stages.length; i++) {
-    out = await stages[i].forward({ hidden: out.hidden, logitRows });
+    out = await forward(stages[i], { hidden: out.hidden, logitRows });
   }
   return out;
 }
@@ -25,16 +26,8 @@ export function forwardRows(stage: Stage, input: StageInput, T: number): Promise
 }
 
 /** forwardChain for verification blocks: every stage's forward split by forwardRows. */
-export async function verifyChain(
-  stages: Stage[],
-  tokens: Int32Array,
-  logitRows?: number,
-): Promise<StageOutput> {
-  const T = tokens.length;
-  let out = await forwardRows(stages[0], { tokens, logitRows }, T);
-  for (let i = 1; i < stages.length; i++)
-    out = await forwardRows(stages[i], { hidden: out.hidden, logitRows }, T);
-  return out;
+export function verifyChain(stages: Stage[], tokens: Int32Array, logitRows?: number): Promise<StageOutput> {
+  return forwardChain(stages, tokens, logitRows, (s, input) => forwardRows(s, input, tokens.length));
 }
 
 /** Forgets every cached position >= length in every stage. */

@@ -6,9 +6,8 @@ import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { buildStageGraph } from '../graph/llama-graph';
-import { type AccuracyLevel, consistentRows } from '../graph/weights';
+import type { AccuracyLevel } from '../graph/weights';
 import type { LlamaModel } from '../model/llama';
-import { stageMatrices } from '../model/llama';
 import type { StageSpec } from '../model/stage';
 import type { Device } from '../runtime';
 import type { FromWorker, OutReply, RunMessage, ToWorker } from './stage-protocol';
@@ -77,8 +76,7 @@ export class WorkerStage {
     });
     // The Worker needs the spec's shape only: the head weights are already inside the graph bytes.
     const light: StageSpec = { ...spec, exit: spec.exit && { afterLayer: spec.exit.afterLayer } };
-    const consistent = consistentRows(stageMatrices(model, spec), opts.accuracyLevel);
-    const info = { config: model.config, spec: light, maxSeqLen, consistentRows: consistent };
+    const info = { config: model.config, spec: light, maxSeqLen };
     const msg: ToWorker = {
       type: 'init',
       graph,

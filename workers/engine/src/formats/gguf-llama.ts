@@ -28,6 +28,7 @@ import {
 } from '../model/llama';
 import { isBlock, type Matrix, type MatrixDtype, permuteRows } from '../model/matrix';
 import { LLAMA2C_BOS, LLAMA2C_EOS, Llama2cTokenizer, readLlama2cTokenizer } from '../tokenizer/llama2c';
+import { addedTokens, SPACE_MARK, sentencePieceToHfJson, TOKEN_TYPE, uniqueVocab } from '../tokenizer/to-hf';
 import {
   GgufError,
   GgufFile,
@@ -76,13 +77,11 @@ export const ggufLayerTensorName = (layer: number, key: keyof LayerWeights): str
   `blk.${layer}.${LAYER_GGUF[key]}.weight`;
 
 /** llama.cpp's token types (tokenizer.ggml.token_type). */
-export const TOKEN_TYPE = { NORMAL: 1, UNKNOWN: 2, CONTROL: 3, USER_DEFINED: 4, UNUSED: 5, BYTE: 6 } as const;
+export { TOKEN_TYPE };
+
 /** llama.cpp's LLAMA_FTYPE values for general.file_type. */
 const FILE_TYPE_IDS = { f32: 0, f16: 1, q4_0: 2, q8_0: 7, bf16: 32 } as const;
 export type GgufFileType = keyof typeof FILE_TYPE_IDS;
-
-const SPACE_MARK = '\u2581'; // "▁"
-const MIN_MERGE_SCORE = -1e10; // as tokenizer/to-hf.ts: pieces scored at or below this never merge
 
 export type GgufTokenizer = { kind: 'llama2c'; bytes: Buffer } | { kind: 'hf'; json: string };
 
@@ -407,7 +406,7 @@ function readVocab(h: GgufHeader): Vocab {
 function tokenizerFromVocab(v: Vocab, where: string, format: 'auto' | 'hf'): GgufTokenizer {
   if (v.model === 'gpt2') return { kind: 'hf', json: JSON.stringify(bpeToHfJson(v, where)) };
   if (format === 'auto' && fitsLlama2c(v)) return { kind: 'llama2c', bytes: llama2cTokenizerBin(v) };
-  return { kind: 'hf', json: JSON.stringify(spmToHfJson(v, where)) };
+  return { kind: 'hf', json: JSON.stringify(sentencePieceToHfJson(v, where)) };
 }
 
 const bytePiece = (b: number): string => `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`;
@@ -444,133 +443,6 @@ function llama2cTokenizerBin(v: Vocab): Buffer {
     at += 8 + p.length;
   });
   return out;
-}
-
-interface AddedToken {
-  id: number;
-  content: string;
-  single_word: boolean;
-  lstrip: boolean;
-  rstrip: boolean;
-  normalized: boolean;
-  special: boolean;
-}
-
-/** Control and unknown tokens as special added tokens, user-defined ones as plain added tokens. */
-function addedTokens(v: Vocab): AddedToken[] {
-  const out: AddedToken[] = [];
-  v.tokens.forEach((content, id) => {
-    const t = v.types(id);
-    if (t !== TOKEN_TYPE.CONTROL && t !== TOKEN_TYPE.UNKNOWN && t !== TOKEN_TYPE.USER_DEFINED) return;
-    out.push({
-      id,
-      content,
-      single_word: false,
-      lstrip: false,
-      rstrip: false,
-      normalized: false,
-      special: t !== TOKEN_TYPE.USER_DEFINED,
-    });
-  });
-  return out;
-}
-
-function vocabMap(v: Vocab, where: string): Map<string, number> {
-  // A Map, not an object: pieces such as "__proto__" must be plain keys.
-  const vocab = new Map<string, number>();
-  v.tokens.forEach((p, id) => {
-    if (vocab.has(p))
-      throw new GgufError(
-        `${where}: token ${JSON.stringify(p)} appears twice (ids ${vocab.get(p)} and ${id}); ` +
-          'it cannot be expressed in tokenizer.json',
-      );
-    vocab.set(p, id);
-  });
-  return vocab;
-}
-
-/**
- * A SentencePiece vocabulary as a tokenizer.json, exactly as tokenizer/to-hf.ts builds one from
- * tokenizer.bin (merges: every split of a piece into two pieces, ranked by the merged piece's score),
- * with control, unknown and byte pieces taken from the token types instead of fixed ids.
- */
-function spmToHfJson(v: Vocab, where: string) {
-  const vocab = vocabMap(v, where);
-  const score = (id: number) => v.scores?.[id] ?? 0;
-  const mergeable = (id: number | undefined) => {
-    if (id === undefined) return false;
-    const t = v.types(id);
-    return t !== TOKEN_TYPE.CONTROL && t !== TOKEN_TYPE.UNKNOWN && t !== TOKEN_TYPE.UNUSED;
-  };
-  const merges: { left: string; right: string; score: number }[] = [];
-  v.tokens.forEach((piece, id) => {
-    if (!mergeable(id) || !(score(id) > MIN_MERGE_SCORE)) return;
-    const chars = Array.from(piece);
-    const local: { left: string; right: string; score: number }[] = [];
-    for (let i = 1; i < chars.length; i++) {
-      const left = chars.slice(0, i).join('');
-      const right = chars.slice(i).join('');
-      if (mergeable(vocab.get(left)) && mergeable(vocab.get(right)))
-        local.push({ left, right, score: score(id) });
-    }
-    local.sort(
-      (a, b) => vocab.get(a.left)! - vocab.get(b.left)! || vocab.get(a.right)! - vocab.get(b.right)!,
-    );
-    merges.push(...local);
-  });
-  merges.sort((a, b) => b.score - a.score); // stable: ties keep piece-id order
-
-  const prefix = v.addSpacePrefix !== false;
-  const bos = v.tokens[v.bosId];
-  const unk = v.unknownId !== undefined ? v.tokens[v.unknownId] : null;
-  const hasBytes = v.tokens.some((_, id) => v.types(id) === TOKEN_TYPE.BYTE);
-  const replaceSpaces = { type: 'Replace', pattern: { String: ' ' }, content: SPACE_MARK };
-  return {
-    version: '1.0',
-    truncation: null,
-    padding: null,
-    added_tokens: addedTokens(v),
-    normalizer: {
-      type: 'Sequence',
-      normalizers: prefix ? [{ type: 'Prepend', prepend: SPACE_MARK }, replaceSpaces] : [replaceSpaces],
-    },
-    pre_tokenizer: null,
-    post_processor:
-      v.addBos === false
-        ? null
-        : {
-            type: 'TemplateProcessing',
-            single: [{ SpecialToken: { id: bos, type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-            pair: [
-              { SpecialToken: { id: bos, type_id: 0 } },
-              { Sequence: { id: 'A', type_id: 0 } },
-              { SpecialToken: { id: bos, type_id: 1 } },
-              { Sequence: { id: 'B', type_id: 1 } },
-            ],
-            special_tokens: { [bos]: { id: bos, ids: [v.bosId], tokens: [bos] } },
-          },
-    decoder: {
-      type: 'Sequence',
-      decoders: [
-        { type: 'Replace', pattern: { String: SPACE_MARK }, content: ' ' },
-        ...(hasBytes ? [{ type: 'ByteFallback' }] : []),
-        { type: 'Fuse' },
-        ...(prefix ? [{ type: 'Strip', content: ' ', start: 1, stop: 0 }] : []),
-      ],
-    },
-    model: {
-      type: 'BPE',
-      dropout: null,
-      unk_token: unk,
-      continuing_subword_prefix: null,
-      end_of_word_suffix: null,
-      fuse_unk: true,
-      byte_fallback: hasBytes,
-      ignore_merges: false,
-      vocab: Object.fromEntries(vocab),
-      merges: merges.map((m) => [m.left, m.right]),
-    },
-  };
 }
 
 // Split regexes of the byte-level pre-tokenizers, as in the models' own tokenizer.json files.
@@ -615,7 +487,7 @@ function bpeToHfJson(v: Vocab, where: string) {
         `(supported: ${[...GPT2_NAMES, ...LLAMA3_NAMES, ...QWEN2_NAMES].join(', ')})`,
     );
   }
-  const vocab = vocabMap(v, where);
+  const vocab = uniqueVocab(v.tokens, where);
   const merges = (v.merges ?? []).map((m, i) => {
     const at = m.indexOf(' ', 1);
     if (at < 0)
@@ -626,7 +498,7 @@ function bpeToHfJson(v: Vocab, where: string) {
     version: '1.0',
     truncation: null,
     padding: null,
-    added_tokens: addedTokens(v),
+    added_tokens: addedTokens(v.tokens, v.types),
     normalizer,
     pre_tokenizer: preTokenizer,
     post_processor: null,

@@ -29,6 +29,7 @@ import {
   floatToHalf,
   type HalfMatrix,
   halfToFloat,
+  halfValues,
   isBlock,
   type Matrix,
   quantizeBlocks,
@@ -47,16 +48,6 @@ export const WRITE_TYPE_IDS: Record<GgmlWriteType, number> = {
   Q8_0: GGML_TYPE.Q8_0,
   Q4_0: GGML_TYPE.Q4_0,
 };
-
-let halfTable: Float32Array | undefined;
-/** f16 bits -> value, all 65536 at once (a table lookup per block scale). */
-function halves(): Float32Array {
-  if (!halfTable) {
-    halfTable = new Float32Array(65536);
-    for (let h = 0; h < 65536; h++) halfTable[h] = halfToFloat(h);
-  }
-  return halfTable;
-}
 
 const u16 = (b: Uint8Array, at: number): number => b[at] | (b[at + 1] << 8);
 
@@ -146,7 +137,7 @@ function view<T extends Float32Array | Uint16Array>(
 }
 
 function fromQ8_0(b: Uint8Array, rows: number, cols: number): BlockMatrix {
-  const h = halves();
+  const h = halfValues();
   const blocks = (rows * cols) / 32;
   const codes = new Uint8Array(rows * cols);
   const scales = new Float32Array(blocks);
@@ -159,7 +150,7 @@ function fromQ8_0(b: Uint8Array, rows: number, cols: number): BlockMatrix {
 }
 
 function fromQ4_0(b: Uint8Array, rows: number, cols: number): BlockMatrix {
-  const h = halves();
+  const h = halfValues();
   const blocks = (rows * cols) / 32;
   const codes = new Uint8Array((rows * cols) / 2);
   const scales = new Float32Array(blocks);
@@ -186,7 +177,7 @@ function scaleMinK4(b: Uint8Array, at: number, j: number, min: boolean): number 
 
 /** Q4_K (144-byte super-blocks) -> q4, or Q5_K (176 bytes) -> q8 with codes 0..31; float zero points. */
 function fromQ45K(what: string, b: Uint8Array, rows: number, cols: number, bits: 4 | 5): BlockMatrix {
-  const h = halves();
+  const h = halfValues();
   const superBlocks = (rows * cols) / 256;
   const superBytes = bits === 4 ? 144 : 176;
   const qsAt = bits === 4 ? 16 : 48; // Q5_K has qh[32] at 16 first
@@ -233,7 +224,7 @@ function fromQ45K(what: string, b: Uint8Array, rows: number, cols: number, bits:
 
 /** Q6_K (210-byte super-blocks: ql[128], qh[64], int8 scales[16], f16 d) -> q8 with 16-value blocks. */
 function fromQ6K(b: Uint8Array, rows: number, cols: number): BlockMatrix {
-  const h = halves();
+  const h = halfValues();
   const superBlocks = (rows * cols) / 256;
   const codes = new Uint8Array(rows * cols);
   const scales = new Float32Array(superBlocks * 16);

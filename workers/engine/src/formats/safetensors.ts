@@ -9,6 +9,7 @@
 import { createHash } from 'node:crypto';
 import { type FileHandle, open, rename, rm } from 'node:fs/promises';
 import { endianness } from 'node:os';
+import { bf16ToF32, f16ToF32 } from '../model/matrix';
 import { bytesOf, readExactly, readInto, writeAll } from './file-io';
 import type { ProgressFn } from './progress';
 
@@ -162,11 +163,15 @@ function parseEntry(name: string, value: unknown, fail: (what: string) => never)
   return { dtype: dtype as string, shape: dims, begin, end };
 }
 
-/** Reads the named tensors (default: all) as float32. */
-export async function readSafetensors(
+type ReadOptions = { names?: Iterable<string>; onProgress?: ProgressFn };
+type ReadOne<T> = (fh: FileHandle, header: SafetensorsHeader, name: string, entry: TensorEntry) => Promise<T>;
+
+/** Reads the named tensors (default: all) one at a time straight from the file, with `readOne`. */
+async function readTensors<T>(
   path: string,
-  options: { names?: Iterable<string>; onProgress?: ProgressFn } = {},
-): Promise<{ tensors: Map<string, Tensor>; metadata: Record<string, string> }> {
+  options: ReadOptions,
+  readOne: ReadOne<T>,
+): Promise<{ tensors: Map<string, T>; metadata: Record<string, string> }> {
   assertLittleEndianHost();
   const fh = await open(path, 'r');
   try {
@@ -179,9 +184,9 @@ export async function readSafetensors(
     });
     const total = entries.reduce((sum, [, e]) => sum + (e.end - e.begin), 0);
     let done = 0;
-    const tensors = new Map<string, Tensor>();
+    const tensors = new Map<string, T>();
     for (const [name, entry] of entries) {
-      tensors.set(name, { shape: entry.shape, data: await readTensorData(fh, path, header, name, entry) });
+      tensors.set(name, await readOne(fh, header, name, entry));
       done += entry.end - entry.begin;
       options.onProgress?.(done, total);
     }
@@ -189,53 +194,37 @@ export async function readSafetensors(
   } finally {
     await fh.close();
   }
+}
+
+/** Reads the named tensors (default: all) as float32. */
+export function readSafetensors(path: string, options: ReadOptions = {}) {
+  return readTensors<Tensor>(path, options, async (fh, header, name, entry) => ({
+    shape: entry.shape,
+    data: await readTensorData(fh, path, header, name, entry),
+  }));
 }
 
 /**
  * Reads the named tensors (default: all) as they are stored: F32, F16, BF16 and U8 without conversion
  * (model packages keep 16-bit and quantized weights in their own dtype).
  */
-export async function readStoredTensors(
-  path: string,
-  options: { names?: Iterable<string>; onProgress?: ProgressFn } = {},
-): Promise<{ tensors: Map<string, StoredTensor>; metadata: Record<string, string> }> {
-  assertLittleEndianHost();
-  const fh = await open(path, 'r');
-  try {
-    const header = await readHeader(fh, path);
-    const names = options.names ? [...options.names] : [...header.tensors.keys()];
-    const total = names.reduce((sum, n) => sum + byteSpan(header, path, n), 0);
-    let done = 0;
-    const tensors = new Map<string, StoredTensor>();
-    for (const name of names) {
-      const entry = header.tensors.get(name)!;
-      if (!STORED_DTYPES.has(entry.dtype)) {
-        throw new SafetensorsError(
-          `${path}: tensor '${name}' has dtype ${entry.dtype}; only F32, F16, BF16 and U8`,
-        );
-      }
-      const count = entry.shape.reduce((a, b) => a * b, 1);
-      const data =
-        entry.dtype === 'F32'
-          ? new Float32Array(count)
-          : entry.dtype === 'U8'
-            ? new Uint8Array(count)
-            : new Uint16Array(count);
-      await readInto(fh, new Uint8Array(data.buffer), header.dataOffset + entry.begin, path);
-      tensors.set(name, { dtype: entry.dtype, shape: entry.shape, data } as StoredTensor);
-      done += entry.end - entry.begin;
-      options.onProgress?.(done, total);
+export function readStoredTensors(path: string, options: ReadOptions = {}) {
+  return readTensors<StoredTensor>(path, options, async (fh, header, name, entry) => {
+    if (!STORED_DTYPES.has(entry.dtype)) {
+      throw new SafetensorsError(
+        `${path}: tensor '${name}' has dtype ${entry.dtype}; only F32, F16, BF16 and U8`,
+      );
     }
-    return { tensors, metadata: header.metadata };
-  } finally {
-    await fh.close();
-  }
-}
-
-function byteSpan(header: SafetensorsHeader, path: string, name: string): number {
-  const entry = header.tensors.get(name);
-  if (!entry) throw new SafetensorsError(`${path}: has no tensor '${name}'`);
-  return entry.end - entry.begin;
+    const count = entry.shape.reduce((a, b) => a * b, 1);
+    const data =
+      entry.dtype === 'F32'
+        ? new Float32Array(count)
+        : entry.dtype === 'U8'
+          ? new Uint8Array(count)
+          : new Uint16Array(count);
+    await readInto(fh, new Uint8Array(data.buffer), header.dataOffset + entry.begin, path);
+    return { dtype: entry.dtype, shape: entry.shape, data } as StoredTensor;
+  });
 }
 
 async function readTensorData(
@@ -260,37 +249,6 @@ async function readTensorData(
   const halves = new Uint16Array(count);
   await readInto(fh, new Uint8Array(halves.buffer), position, path);
   return entry.dtype === 'BF16' ? bf16ToF32(halves) : f16ToF32(halves);
-}
-
-export function bf16ToF32(src: Uint16Array): Float32Array {
-  const bits = new Uint32Array(src.length);
-  for (let i = 0; i < src.length; i++) bits[i] = src[i] << 16;
-  return new Float32Array(bits.buffer);
-}
-
-/** IEEE half -> single, exact for every value (subnormals, infinities and NaN included). */
-export function f16ToF32(src: Uint16Array): Float32Array {
-  const table = halfTable();
-  const out = new Float32Array(src.length);
-  for (let i = 0; i < src.length; i++) out[i] = table[src[i]];
-  return out;
-}
-
-let halfToFloat: Float32Array | undefined;
-
-/** All 65536 half values, computed once: a table lookup beats per-element exponent math. */
-function halfTable(): Float32Array {
-  if (halfToFloat) return halfToFloat;
-  halfToFloat = new Float32Array(65536);
-  for (let h = 0; h < 65536; h++) {
-    const sign = h & 0x8000 ? -1 : 1;
-    const exp = (h >> 10) & 0x1f;
-    const frac = h & 0x3ff;
-    if (exp === 0) halfToFloat[h] = sign * frac * 2 ** -24;
-    else if (exp === 0x1f) halfToFloat[h] = frac ? Number.NaN : sign * Number.POSITIVE_INFINITY;
-    else halfToFloat[h] = sign * (1 + frac / 1024) * 2 ** (exp - 15);
-  }
-  return halfToFloat;
 }
 
 /**

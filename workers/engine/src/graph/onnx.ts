@@ -159,22 +159,20 @@ export class GraphBuilder {
 
   /** A float32 scalar constant (deduplicated). */
   f32(value: number): Tensor {
-    const key = `f32:${value}`;
-    const known = this.consts.get(key);
-    if (known) return known;
-    const name = `const_${this.consts.size}`;
-    this.inits.push({ name, type: 'float32', dims: [], data: Float32Array.of(value) });
-    this.consts.set(key, name);
-    return name;
+    return this.scalar('float32', value, Float32Array.of(value));
   }
 
   /** A uint8 scalar constant (deduplicated). */
   u8(value: number): Tensor {
-    const key = `u8:${value}`;
+    return this.scalar('uint8', value, Uint8Array.of(value));
+  }
+
+  private scalar(type: ElemType, value: number, data: ArrayBufferView): Tensor {
+    const key = `${type}:${value}`;
     const known = this.consts.get(key);
     if (known) return known;
     const name = `const_${this.consts.size}`;
-    this.inits.push({ name, type: 'uint8', dims: [], data: Uint8Array.of(value) });
+    this.inits.push({ name, type, dims: [], data });
     this.consts.set(key, name);
     return name;
   }

@@ -55,24 +55,44 @@ export function f32Matrix(data: Float32Array, rows: number, cols: number): F32Ma
   return { dtype: 'f32', rows, cols, data };
 }
 
-/** Bytes the matrix occupies as stored (codes + scales + zero points for blockwise). */
-export function matrixBytes(m: Matrix): number {
-  if (!isBlock(m)) return m.data.byteLength;
-  return m.codes.byteLength + m.scales.byteLength + (m.zeroPoints?.byteLength ?? 0);
-}
-
 // ---- 16-bit floats ------------------------------------------------------------------------------------
 
 const f32Scratch = new Float32Array(1);
 const u32Scratch = new Uint32Array(f32Scratch.buffer);
 
-export function halfToFloat(h: number): number {
-  const sign = h & 0x8000 ? -1 : 1;
-  const exp = (h >> 10) & 0x1f;
-  const frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 31) return frac ? Number.NaN : sign * Number.POSITIVE_INFINITY;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+let halfTable: Float32Array | undefined;
+
+/** All 65536 half values, computed once: a table lookup beats per-element exponent math. */
+export function halfValues(): Float32Array {
+  if (halfTable) return halfTable;
+  halfTable = new Float32Array(65536);
+  for (let h = 0; h < 65536; h++) {
+    const sign = h & 0x8000 ? -1 : 1;
+    const exp = (h >> 10) & 0x1f;
+    const frac = h & 0x3ff;
+    if (exp === 0) halfTable[h] = sign * frac * 2 ** -24;
+    else if (exp === 31) halfTable[h] = frac ? Number.NaN : sign * Number.POSITIVE_INFINITY;
+    else halfTable[h] = sign * (1 + frac / 1024) * 2 ** (exp - 15);
+  }
+  return halfTable;
+}
+
+/** IEEE half bits -> value, exact for every value (subnormals, infinities and NaN included). */
+export const halfToFloat = (h: number): number => halfValues()[h & 0xffff];
+
+/** IEEE half -> single for a whole array. */
+export function f16ToF32(src: Uint16Array): Float32Array {
+  const table = halfValues();
+  const out = new Float32Array(src.length);
+  for (let i = 0; i < src.length; i++) out[i] = table[src[i]];
+  return out;
+}
+
+/** bfloat16 -> single for a whole array (the top half of the f32 bits). */
+export function bf16ToF32(src: Uint16Array): Float32Array {
+  const bits = new Uint32Array(src.length);
+  for (let i = 0; i < src.length; i++) bits[i] = src[i] << 16;
+  return new Float32Array(bits.buffer);
 }
 
 /** Round-to-nearest-even float -> IEEE half bits. */
@@ -101,11 +121,6 @@ export function floatToHalf(v: number): number {
   return sign | r;
 }
 
-export const bf16ToFloat = (b: number): number => {
-  u32Scratch[0] = b << 16;
-  return f32Scratch[0];
-};
-
 /** Round-to-nearest-even float -> bfloat16 bits. */
 export function floatToBf16(v: number): number {
   f32Scratch[0] = v;
@@ -120,13 +135,11 @@ export function floatToBf16(v: number): number {
 export function denseRows(m: Matrix, start = 0, end = m.rows): Float32Array {
   const { cols } = m;
   if (m.dtype === 'f32') return m.data.subarray(start * cols, end * cols);
-  const out = new Float32Array((end - start) * cols);
   if (!isBlock(m)) {
-    const conv = m.dtype === 'f16' ? halfToFloat : bf16ToFloat;
     const src = m.data.subarray(start * cols, end * cols);
-    for (let i = 0; i < src.length; i++) out[i] = conv(src[i]);
-    return out;
+    return m.dtype === 'f16' ? f16ToF32(src) : bf16ToF32(src);
   }
+  const out = new Float32Array((end - start) * cols);
   const nb = nBlocks(m);
   const bs = m.blockSize;
   const rowBytes = rowCodeBytes(m);
@@ -247,13 +260,6 @@ export function denseCached(m: Matrix): Float32Array {
     denseCache.set(m, d);
   }
   return d;
-}
-
-/** Rows `ids` gathered into one f32 block [ids.length, cols]. */
-export function gatherRows(m: Matrix, ids: ArrayLike<number>): Float32Array {
-  const out = new Float32Array(ids.length * m.cols);
-  for (let i = 0; i < ids.length; i++) out.set(denseRows(m, ids[i], ids[i] + 1), i * m.cols);
-  return out;
 }
 
 // ---- quantization -------------------------------------------------------------------------------------
