@@ -1,5 +1,6 @@
 /** Positioned reads and writes that either move every byte or fail with a message naming the file. */
-import type { FileHandle } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { type FileHandle, open, rename, rm } from 'node:fs/promises';
 
 /** Reads exactly `target.length` bytes at `position`, failing clearly if the file ends first. */
 export async function readInto(
@@ -41,3 +42,39 @@ export async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void>
 /** The bytes of a typed array, without copying. */
 export const bytesOf = (a: ArrayBufferView): Uint8Array =>
   new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
+
+/** Chunk size of large writes, so progress moves during big tensors and no single write is huge. */
+const WRITE_CHUNK = 16 * 1024 * 1024;
+
+/**
+ * Writes a file through `body`, hashing every byte: under a temporary name, synced, then renamed into
+ * place, so `path` is either absent or complete. `write(bytes, onChunk)` writes in chunks and reports each.
+ */
+export async function writeFileHashed(
+  path: string,
+  body: (write: (bytes: Uint8Array, onChunk?: (n: number) => void) => Promise<void>) => Promise<void>,
+): Promise<{ bytes: number; sha256: string }> {
+  const hash = createHash('sha256');
+  const tmp = `${path}.tmp-${process.pid}`;
+  const fh = await open(tmp, 'w');
+  let written = 0;
+  try {
+    await body(async (bytes, onChunk) => {
+      for (let at = 0; at < bytes.length; at += WRITE_CHUNK) {
+        const chunk = bytes.subarray(at, Math.min(bytes.length, at + WRITE_CHUNK));
+        hash.update(chunk);
+        await writeAll(fh, chunk);
+        written += chunk.length;
+        onChunk?.(chunk.length);
+      }
+    });
+    await fh.sync();
+  } catch (err) {
+    await fh.close();
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  await fh.close();
+  await rename(tmp, path);
+  return { bytes: written, sha256: hash.digest('hex') };
+}

@@ -15,10 +15,9 @@
  * streams tensors to a temporary file (each produced only when it is due), renames it into place when
  * complete, and returns its size and sha256.
  */
-import { createHash } from 'node:crypto';
-import { type FileHandle, open, rename, rm } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import { endianness } from 'node:os';
-import { readInto, writeAll } from './file-io';
+import { readInto, writeFileHashed } from './file-io';
 import type { ProgressFn } from './progress';
 
 export class GgufError extends Error {
@@ -840,19 +839,14 @@ export async function writeGguf(
   sink.pad(alignment);
   const header = sink.view();
 
-  const hash = createHash('sha256');
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w');
-  let written = 0;
-  try {
-    const write = async (bytes: Uint8Array) => {
-      hash.update(bytes);
-      await writeAll(fh, bytes);
-      written += bytes.length;
-    };
+  const total = offset;
+  let done = 0;
+  const progress = (n: number) => {
+    done += n;
+    options.onProgress?.(done, total);
+  };
+  return writeFileHashed(path, async (write) => {
     await write(header);
-    const total = offset;
-    let done = 0;
     for (let i = 0; i < input.tensors.length; i++) {
       const t = input.tensors[i];
       const data = typeof t.data === 'function' ? await t.data() : t.data;
@@ -861,28 +855,10 @@ export async function writeGguf(
           `${path}: tensor '${t.name}' (${ggmlTypeName(t.type)} [${t.dims}]) needs ${sizes[i]} bytes, got ${data.length}`,
         );
       }
-      for (let at = 0; at < data.length; at += WRITE_CHUNK) {
-        const chunk = data.subarray(at, Math.min(data.length, at + WRITE_CHUNK));
-        await write(chunk);
-        done += chunk.length;
-        options.onProgress?.(done, total);
-      }
+      await write(data, progress);
       const pad = alignUp(data.length, alignment) - data.length;
-      if (pad > 0) {
-        await write(new Uint8Array(pad));
-        done += pad;
-      }
+      if (pad > 0) await write(new Uint8Array(pad), progress);
     }
     options.onProgress?.(total, total);
-    await fh.sync();
-  } catch (err) {
-    await fh.close();
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  await fh.close();
-  await rename(tmp, path);
-  return { bytes: written, sha256: hash.digest('hex') };
+  });
 }
-
-const WRITE_CHUNK = 16 * 1024 * 1024;

@@ -6,11 +6,10 @@
  * Reading converts F32/F16/BF16 to Float32Array, one tensor at a time straight from the file so a large
  * checkpoint is never held twice; writing emits F32 and hashes the bytes as they go out.
  */
-import { createHash } from 'node:crypto';
-import { type FileHandle, open, rename, rm } from 'node:fs/promises';
+import { type FileHandle, open } from 'node:fs/promises';
 import { endianness } from 'node:os';
 import { bf16ToF32, f16ToF32 } from '../model/matrix';
-import { bytesOf, readExactly, readInto, writeAll } from './file-io';
+import { bytesOf, readExactly, readInto, writeFileHashed } from './file-io';
 import type { ProgressFn } from './progress';
 
 export interface Tensor {
@@ -287,40 +286,19 @@ export async function writeSafetensors(
   const prefix = Buffer.alloc(8);
   prefix.writeBigUInt64LE(BigInt(headerJson.length));
 
-  const hash = createHash('sha256');
-  const tmp = `${path}.tmp-${process.pid}`;
-  const fh = await open(tmp, 'w');
-  try {
-    const write = async (bytes: Uint8Array) => {
-      hash.update(bytes);
-      await writeAll(fh, bytes);
-    };
+  const total = offset;
+  let done = 0;
+  return writeFileHashed(path, async (write) => {
     await write(prefix);
     await write(headerJson);
-    const total = offset;
-    let done = 0;
     for (const [, t] of list) {
-      // Chunked so progress moves during big tensors and no chunk write is huge.
-      const bytes = bytesOf(t.data);
-      for (let at = 0; at < bytes.length; at += WRITE_CHUNK) {
-        const chunk = bytes.subarray(at, Math.min(bytes.length, at + WRITE_CHUNK));
-        await write(chunk);
-        done += chunk.length;
+      await write(bytesOf(t.data), (n) => {
+        done += n;
         options.onProgress?.(done, total);
-      }
+      });
     }
-    await fh.sync();
-  } catch (err) {
-    await fh.close();
-    await rm(tmp, { force: true });
-    throw err;
-  }
-  await fh.close();
-  await rename(tmp, path);
-  return { bytes: 8 + headerJson.length + offset, sha256: hash.digest('hex') };
+  });
 }
-
-const WRITE_CHUNK = 16 * 1024 * 1024;
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);

@@ -1,6 +1,6 @@
 /**
- * Converts a llama2.c tokenizer.bin into an equivalent Hugging Face tokenizer.json in the Llama /
- * SentencePiece style: a BPE model with byte fallback whose merges are every split of a piece into two
+ * SentencePiece-style vocabularies (a llama2.c tokenizer.bin, or GGUF's `llama` tokenizer metadata) as an
+ * equivalent Hugging Face tokenizer.json in the Llama style: a BPE model with byte fallback whose merges are every split of a piece into two
  * pieces, ranked by the merged piece's score (as transformers' SentencePieceExtractor does); a
  * Prepend("▁") + Replace(" ", "▁") normalizer (llama2.c's dummy prefix); and a
  * Replace/ByteFallback/Fuse/Strip decoder.
