@@ -12,12 +12,16 @@ import { createApp, type PpsdApp } from '../../apps/api/src/app';
 import { type ApiConfig, defaultConfig } from '../../apps/api/src/config';
 import { type ModelInfo, modelInfoFromTokenizer, staticRegistry } from '../../apps/api/src/models';
 import { FAIL_FAST } from '../../apps/api/src/runtime';
+import { createTokenCountPool } from '../../apps/api/src/tokens/pool';
 import { loadTokenizer } from '../../workers/engine/src/tokenizer';
 
 export const MODEL = 'stories260K';
 export const TOKENIZER_FILE = fileURLToPath(
   new URL('../../../shared/models/stories260K/tok512.bin', import.meta.url),
 );
+
+/** Counts on worker threads, as production does (one pool per test file; its threads are unref'd). */
+const pool = createTokenCountPool(1);
 
 export async function stories260K(maxContext = 512, id = MODEL): Promise<ModelInfo> {
   return modelInfoFromTokenizer(
@@ -26,6 +30,7 @@ export async function stories260K(maxContext = 512, id = MODEL): Promise<ModelIn
     maxContext,
     Date.UTC(2024, 0, 1),
     'f32',
+    (text) => pool.count(TOKENIZER_FILE, text),
   );
 }
 
@@ -46,13 +51,17 @@ export interface TestApi {
   close(): Promise<void>;
 }
 
-export async function startApi(url: string, over: Partial<ApiConfig> = {}): Promise<TestApi> {
+export async function startApi(
+  url: string,
+  over: Partial<ApiConfig> = {},
+  opts: { model?: ModelInfo } = {},
+): Promise<TestApi> {
   const redis = new Redis(url, { ...FAIL_FAST, lazyConnect: true });
   const subscriber = new Redis(url, { maxRetriesPerRequest: null, lazyConnect: true });
   redis.on('error', () => {});
   subscriber.on('error', () => {});
   await Promise.all([redis.connect(), subscriber.connect()]);
-  const model = await stories260K();
+  const model = opts.model ?? (await stories260K());
   const queues = new Map<string, Queue>();
   const queue = (m = MODEL) => {
     let q = queues.get(m);

@@ -64,7 +64,7 @@ describe('enqueue', () => {
       model: MODEL,
       kind: 'completion',
       prompt: 'Once upon a time',
-      promptTokens: api.model.countPromptTokens('Once upon a time'),
+      promptTokens: await api.model.countPromptTokens('Once upon a time'),
       params: { maxTokens: 20, temperature: 0, topP: 1, stop: ['\n'] },
       speculation: 'auto',
     });
@@ -115,7 +115,7 @@ describe('429', () => {
   it('token quota: reserved + used tokens over the limit -> 429 quota_exceeded with Retry-After', async () => {
     api.app.ctx.config.tenantTokenQuota = 100;
     api.app.ctx.config.tenantMaxJobs = 0;
-    const p = api.model.countPromptTokens('Hi');
+    const p = await api.model.countPromptTokens('Hi');
     expect((await createJob({ prompt: 'Hi', max_tokens: 60 - p })).status).toBe(202); // reserves 60
     const over = await createJob({ prompt: 'Hi', max_tokens: 50 - p });
     expect(over.status).toBe(429);

@@ -194,7 +194,7 @@ describe('validation', () => {
 describe('413 prompt too long', () => {
   it('prompt + max_tokens over the context', async () => {
     const prompt = 'Once upon a time there was a little dog. '.repeat(4);
-    const n = api.model.countPromptTokens(prompt);
+    const n = await api.model.countPromptTokens(prompt);
     expect(n).toBeLessThanOrEqual(100);
     const e = await expectError(
       await api.req('/v1/completions', { body: { model: MODEL, prompt, max_tokens: 512 - n + 1 } }),
@@ -208,7 +208,7 @@ describe('413 prompt too long', () => {
 
   it('prompt over PPSD_MAX_PROMPT_TOKENS (also for chat, summarize and jobs)', async () => {
     const long = 'The cat sat on the mat and looked at the sun. '.repeat(12);
-    expect(api.model.countPromptTokens(long)).toBeGreaterThan(100);
+    expect(await api.model.countPromptTokens(long)).toBeGreaterThan(100);
     await expectError(
       await api.req('/v1/completions', { body: { model: MODEL, prompt: long, max_tokens: 1 } }),
       413,

@@ -58,7 +58,7 @@ async function readEvents(res: Response, n: number): Promise<{ id?: string; data
 describe('jobs', () => {
   it('GET shows queued, then text so far, then the result with usage and speculation stats', async () => {
     const id = await newJob();
-    const promptTokens = api.model.countPromptTokens('Once upon a time');
+    const promptTokens = await api.model.countPromptTokens('Once upon a time');
     let view = (await (await api.req(`/v1/jobs/${id}`)).json()) as Record<string, unknown>;
     expect(view).toMatchObject({
       id,

@@ -80,7 +80,7 @@ describe('openai client', () => {
 
   it('completions, non-stream and stream with include_usage', async () => {
     const prompt = 'Once upon a time';
-    const p = api.model.countPromptTokens(prompt);
+    const p = await api.model.countPromptTokens(prompt);
     const c = await client.completions.create({ model: MODEL, prompt, max_tokens: 4, temperature: 0 });
     expect(c.object).toBe('text_completion');
     expect(c.choices[0].text).toBe(' there was a little');

@@ -190,7 +190,7 @@ describe('API model registry from S3', () => {
     const model = registry.get('stories260K')!;
     expect(model.maxContext).toBe(512);
     expect(model.dtype).toBe('f32'); // shown in /v1/models
-    expect(model.countPromptTokens('Once upon a time')).toBe(5); // BOS + 4 pieces
+    expect(await model.countPromptTokens('Once upon a time')).toBe(5); // BOS + 4 pieces
     const pulled = (await readdir(join(cacheDir, BUCKET, prefix)))[0];
     const files = await readdir(join(cacheDir, BUCKET, prefix, pulled));
     expect(files).toContain('tokenizer.bin');

@@ -12,6 +12,7 @@ import type { Registry } from 'prom-client';
 import { createQuota } from './adapters/quota';
 import { createJobEvents, type JobEvents } from './adapters/redis-events';
 import { createTenantStore } from './adapters/tenants';
+import { requestBody } from './body';
 import type { ApiConfig } from './config';
 import type { AppContext, AppEnv } from './context';
 import { ApiError, isRedisUnavailable, unauthorized, unavailable } from './errors';
@@ -110,6 +111,9 @@ export function createApp(deps: AppDeps): PpsdApp {
     c.set('tenant', tenant);
     await next();
   });
+
+  // After auth: an unauthenticated client cannot make the API read a body.
+  app.use('*', requestBody(config.maxBodyBytes));
 
   app.onError((err, c) => {
     let e: ApiError;

@@ -53,7 +53,14 @@ export interface ApiConfig {
   redisTimeoutMs: number;
   /** Seconds a draining server waits for open requests on SIGTERM. */
   shutdownGraceSeconds: number;
+  /** Largest request body accepted (bytes); larger ones answer 413 before any of it is parsed. */
+  maxBodyBytes: number;
+  /** Worker threads that count prompt tokens (the event loop never tokenizes). */
+  tokenizerThreads: number;
 }
+
+/** 4 MiB: a 128k-token document with room for JSON escaping. */
+export const DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024;
 
 export class ConfigError extends Error {
   constructor(readonly problems: string[]) {
@@ -145,6 +152,8 @@ export function loadConfig(env: Env = process.env): ApiConfig {
     keepAliveMs: int('PPSD_SSE_KEEPALIVE_MS', 15_000, 100),
     redisTimeoutMs: int('PPSD_REDIS_TIMEOUT_MS', 3_000, 10),
     shutdownGraceSeconds: int('PPSD_SHUTDOWN_GRACE_SECONDS', 25, 0),
+    maxBodyBytes: int('PPSD_MAX_BODY_BYTES', DEFAULT_MAX_BODY_BYTES, 1024),
+    tokenizerThreads: int('PPSD_TOKENIZER_THREADS', 1, 1, 64),
   };
   if (problems.length) throw new ConfigError(problems);
   return cfg;

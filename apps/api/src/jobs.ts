@@ -152,7 +152,12 @@ export function createJobService(d: JobServiceDeps) {
 
   async function admit(input: AdmitInput): Promise<Admitted> {
     const model = resolveModel(input.model);
-    const promptTokens = model.countPromptTokens(input.prompt);
+    if (input.prompt.length > model.maxPromptChars) {
+      throw tooLong(
+        `The prompt has ${input.prompt.length} characters; no text that long fits this model's context of ${model.maxContext} tokens.`,
+      );
+    }
+    const promptTokens = await model.countPromptTokens(input.prompt);
     if (config.maxPromptTokens > 0 && promptTokens > config.maxPromptTokens) {
       throw tooLong(
         `The prompt has ${promptTokens} tokens; this service accepts at most ${config.maxPromptTokens}.`,

@@ -6,14 +6,24 @@
 import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { loadTokenizer as engineLoadTokenizer } from '@ppsd/engine/tokenizer';
 import type { ApiConfig, ModelSource } from './config';
+import type { TokenCountPool } from './tokens/pool';
 
 export interface ModelInfo {
   id: string;
   /** Prompt + completion tokens the model can hold. */
   maxContext: number;
-  /** Tokens the prompt occupies in the engine (BOS included), exactly as the worker will count them. */
-  countPromptTokens(text: string): number;
+  /**
+   * Tokens the prompt occupies in the engine (BOS included), exactly as the worker will count them.
+   * Production counts on a worker thread (./tokens/pool), so a long prompt never blocks the event loop.
+   */
+  countPromptTokens(text: string): Promise<number>;
+  /**
+   * Characters beyond which a prompt cannot fit the context whatever it says: a cheap bound checked
+   * before any tokenization (maxContext x the longest vocabulary piece x NORMALIZER_SLACK).
+   */
+  maxPromptChars: number;
   /** Seconds since epoch (OpenAI's `created`). */
   created: number;
   /** The dtype the package stores its weights in (f32, f16, bf16, q8, q4), when known. */
@@ -33,8 +43,18 @@ export function staticRegistry(models: ModelInfo[]): ModelRegistry {
 /** The engine tokenizer shape the registry needs (`encode` without BOS; the engine prepends BOS). */
 export interface PromptTokenizer {
   readonly bosId: number;
+  readonly maxPieceChars: number;
   encode(text: string): number[];
 }
+
+/** Counts a text's tokens (no BOS); by default in this thread, in production on the pool's threads. */
+export type CountTokens = (text: string) => Promise<number>;
+
+/**
+ * Normalization can shrink text before it is split (NFC composes up to three code points into one), so
+ * the character bound allows this factor on top of the longest piece; it stays a bound, not an estimate.
+ */
+export const NORMALIZER_SLACK = 4;
 
 export type TokenizerLoader = (file: string) => Promise<PromptTokenizer>;
 
@@ -54,38 +74,41 @@ export function modelInfoFromTokenizer(
   maxContext: number,
   createdMs = Date.now(),
   dtype?: string,
+  countTokens: CountTokens = async (text) => tokenizer.encode(text).length,
 ): ModelInfo {
   return {
     id,
     maxContext,
-    countPromptTokens: (text) => 1 + tokenizer.encode(text).length,
+    maxPromptChars: maxContext * tokenizer.maxPieceChars * NORMALIZER_SLACK,
+    countPromptTokens: async (text) => 1 + (await countTokens(text)),
     created: Math.floor(createdMs / 1000),
     ...(dtype ? { dtype } : {}),
   };
 }
 
-/** `loadTokenizer` of `@ppsd/engine`, loaded lazily (the API never needs the inference runtime). */
-export async function engineTokenizerLoader(): Promise<TokenizerLoader> {
-  const engine = (await import('@ppsd/engine')) as unknown as { loadTokenizer?: TokenizerLoader };
-  if (typeof engine.loadTokenizer !== 'function') {
-    throw new Error('@ppsd/engine does not export loadTokenizer: cannot count prompt tokens');
-  }
-  return engine.loadTokenizer;
-}
-
-/** ModelInfo from a model package folder: manifest.json (context size) + its tokenizer file. */
-export async function modelInfoFromPackage(id: string, dir: string, loadTokenizer: TokenizerLoader) {
+/**
+ * ModelInfo from a model package folder: manifest.json (context size) + its tokenizer file. The tokenizer
+ * is loaded here for its limits; with a pool, counting runs on the pool's threads.
+ */
+export async function modelInfoFromPackage(
+  id: string,
+  dir: string,
+  loadTokenizer: TokenizerLoader = engineLoadTokenizer,
+  pool?: TokenCountPool,
+) {
   const manifestFile = join(dir, 'manifest.json');
   const manifest = JSON.parse(await readFile(manifestFile, 'utf8')) as ManifestSlice;
   const maxContext = manifest.config?.maxSeqLen;
   if (!maxContext) throw new Error(`model ${id}: ${manifestFile} gives no config.maxSeqLen`);
   if (!manifest.tokenizer?.file) throw new Error(`model ${id}: ${manifestFile} names no tokenizer file`);
-  const tokenizer = await loadTokenizer(join(dir, manifest.tokenizer.file));
+  const tokenizerFile = join(dir, manifest.tokenizer.file);
+  const tokenizer = await loadTokenizer(tokenizerFile);
   const created =
     (manifest.createdAt && Date.parse(manifest.createdAt)) || (await stat(manifestFile)).mtimeMs;
   // packages written before per-tensor dtypes say 'float32'
   const dtype = manifest.dtype === 'float32' ? 'f32' : manifest.dtype;
-  return modelInfoFromTokenizer(id, tokenizer, maxContext, created, dtype);
+  const countTokens = pool ? (text: string) => pool.count(tokenizerFile, text) : undefined;
+  return modelInfoFromTokenizer(id, tokenizer, maxContext, created, dtype, countTokens);
 }
 
 /**
@@ -95,9 +118,13 @@ export async function modelInfoFromPackage(id: string, dir: string, loadTokenize
  */
 export async function loadModelRegistry(
   config: Pick<ApiConfig, 'models' | 'modelDir'>,
-  opts: { fetchPackage?: (model: ModelSource) => Promise<string>; loadTokenizer?: TokenizerLoader } = {},
+  opts: {
+    fetchPackage?: (model: ModelSource) => Promise<string>;
+    loadTokenizer?: TokenizerLoader;
+    pool?: TokenCountPool;
+  } = {},
 ): Promise<ModelRegistry> {
-  const loadTokenizer = opts.loadTokenizer ?? (await engineTokenizerLoader());
+  const loadTokenizer = opts.loadTokenizer ?? engineLoadTokenizer;
   const out: ModelInfo[] = [];
   for (const m of config.models) {
     let dir = resolve(m.dir ?? join(config.modelDir, m.id));
@@ -110,7 +137,7 @@ export async function loadModelRegistry(
       }
       dir = await opts.fetchPackage(m);
     }
-    out.push(await modelInfoFromPackage(m.id, dir, loadTokenizer));
+    out.push(await modelInfoFromPackage(m.id, dir, loadTokenizer, opts.pool));
   }
   return staticRegistry(out);
 }

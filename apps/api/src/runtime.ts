@@ -11,6 +11,7 @@ import { createApp, type PpsdApp } from './app';
 import { bootstrapKeys } from './bootstrap';
 import type { ApiConfig } from './config';
 import { loadModelRegistry, type ModelRegistry } from './models';
+import { createTokenCountPool } from './tokens/pool';
 
 export interface Runtime {
   app: PpsdApp;
@@ -35,9 +36,10 @@ export const FAIL_FAST = {
 
 export async function createRuntime(config: ApiConfig, opts: RuntimeOptions = {}): Promise<Runtime> {
   const log = opts.log ?? ((m: string) => console.error(m));
+  const pool = opts.models ? undefined : createTokenCountPool(config.tokenizerThreads);
   const models =
     opts.models ??
-    (await loadModelRegistry(config, { fetchPackage: (m) => pullPromptFiles(m.s3!, config, log) }));
+    (await loadModelRegistry(config, { fetchPackage: (m) => pullPromptFiles(m.s3!, config, log), pool }));
 
   let lastError = '';
   const redis = new Redis(config.redisUrl, { ...FAIL_FAST, lazyConnect: true });
@@ -89,7 +91,7 @@ export async function createRuntime(config: ApiConfig, opts: RuntimeOptions = {}
     async close() {
       app.dispose();
       await Promise.allSettled([...queues.values()].map((q) => q.close()));
-      await Promise.allSettled([redis.quit(), subscriber.quit()]);
+      await Promise.allSettled([redis.quit(), subscriber.quit(), pool?.close()]);
     },
   };
 }

@@ -59,10 +59,18 @@ const unsupported = {
   echo: z.literal(false).nullish(),
 };
 
+/**
+ * One rule for every text a request is billed for (prompt, message content, summarize text) on every
+ * endpoint: empty or whitespace-only is a 400. A client sending one has a bug, and would pay for nothing.
+ */
+export const InputText = z.string().refine((s) => s.trim().length > 0, {
+  message: 'must not be empty or only whitespace',
+});
+
 export const CompletionRequest = z
   .object({
     model: z.string().min(1),
-    prompt: z.union([z.string(), z.array(z.string()).length(1)]),
+    prompt: z.union([InputText, z.array(InputText).length(1)]),
     ...sampling,
     ...streaming,
     ...unsupported,
@@ -71,10 +79,17 @@ export const CompletionRequest = z
 
 const ContentPart = z.object({ type: z.literal('text'), text: z.string() });
 
+/** A message's text, string or parts; the parts together must say something. */
+const MessageContent = z
+  .union([z.string(), z.array(ContentPart)])
+  .refine((c) => (typeof c === 'string' ? c : c.map((p) => p.text).join('')).trim().length > 0, {
+    message: 'must not be empty or only whitespace',
+  });
+
 export const ChatMessageSchema = z
   .object({
     role: z.enum(['system', 'developer', 'user', 'assistant']),
-    content: z.union([z.string(), z.array(ContentPart)]),
+    content: MessageContent,
     name: z.string().optional(),
   })
   .openapi('ChatMessage');
@@ -93,7 +108,7 @@ export const ChatRequest = z
 export const SummarizeRequest = z
   .object({
     model: z.string().min(1).optional().openapi({ description: 'Defaults to the first served model.' }),
-    text: z.string().min(1),
+    text: InputText,
     ...sampling,
     ...streaming,
   })
@@ -102,9 +117,9 @@ export const SummarizeRequest = z
 export const JobCreateRequest = z
   .object({
     model: z.string().min(1).optional(),
-    prompt: z.string().optional(),
+    prompt: InputText.optional(),
     messages: z.array(ChatMessageSchema).min(1).optional(),
-    text: z.string().min(1).optional(),
+    text: InputText.optional(),
     ...sampling,
   })
   .refine((b) => [b.prompt, b.messages, b.text].filter((v) => v !== undefined).length === 1, {
@@ -252,7 +267,10 @@ export const UsageResponse = z
 export const Time = z
   .string()
   .optional()
-  .openapi({ description: 'ISO 8601 date/time or milliseconds since epoch.' });
+  .openapi({
+    description:
+      'ISO 8601 date/time (e.g. 2026-12-02 or 2026-12-02T10:00:00Z) or non-negative milliseconds since epoch.',
+  });
 
 export const IdParam = z.object({ id: z.string().openapi({ param: { name: 'id', in: 'path' } }) });
 

@@ -23,11 +23,17 @@ export const usageRoute = createRoute({
   },
 });
 
+/** Calendar date, optionally with time and zone: what ISO 8601 clients send (Date.parse alone reads '-1' as 2001). */
+const ISO_8601 = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$/;
+
 export function parseTime(v: string | undefined, name: string, def: number): number {
   if (v === undefined || v === '') return def;
-  const ms = /^\d+$/.test(v) ? Number(v) : Date.parse(v);
-  if (!Number.isFinite(ms))
-    throw invalid(`${name} must be an ISO 8601 date or milliseconds since epoch`, name);
+  const ms = /^\d+$/.test(v) ? Number(v) : ISO_8601.test(v) ? Date.parse(v) : Number.NaN;
+  if (!Number.isSafeInteger(ms))
+    throw invalid(
+      `${name} must be an ISO 8601 date or non-negative milliseconds since epoch, got '${v}'`,
+      name,
+    );
   return ms;
 }
 

@@ -2,14 +2,13 @@
  * The controller's handle on one stage Worker (stage-worker.ts): start it, send it runs, close it.
  * Replies come back in order; each run resolves with the Worker's output, whose buffers were transferred.
  */
-import { createRequire } from 'node:module';
-import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { buildStageGraph } from '../graph/llama-graph';
 import type { AccuracyLevel } from '../graph/weights';
 import type { LlamaModel } from '../model/llama';
 import type { StageSpec } from '../model/stage';
 import type { Device } from '../runtime';
+import { spawnModuleWorker } from '../threads';
 import type { FromWorker, OutReply, RunMessage, ToWorker } from './stage-protocol';
 
 export interface WorkerStageOptions {
@@ -23,19 +22,7 @@ export interface WorkerStageOptions {
 
 export type RunRequest = Omit<RunMessage, 'type' | 'id'>;
 
-/**
- * Workers run the TypeScript source, so they need tsx. An inherited `--import tsx` does not reach a
- * Worker's entry module on Node 20, so the Worker starts from a tiny eval'd CommonJS script that
- * registers tsx's require hook and then requires the stage worker (resolved by absolute paths, so it
- * works wherever the process started, under `node --import tsx`, the tsx CLI and vitest alike). The
- * require hook starts about twice as fast as tsx's ESM loader, which spawns a loader thread per Worker.
- */
-function spawnStageWorker(): Worker {
-  const tsxCjsApi = createRequire(import.meta.url).resolve('tsx/cjs/api');
-  const entry = fileURLToPath(new URL('./stage-worker.ts', import.meta.url));
-  const boot = `require(${JSON.stringify(tsxCjsApi)}).register(); require(${JSON.stringify(entry)});`;
-  return new Worker(boot, { eval: true });
-}
+const spawnStageWorker = () => spawnModuleWorker(new URL('./stage-worker.ts', import.meta.url));
 
 export class WorkerStage {
   /** The device the session really runs on (cpu after a fallback). */

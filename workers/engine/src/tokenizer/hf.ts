@@ -48,6 +48,8 @@ export class HfTokenizer implements Tokenizer {
   readonly vocabSize: number;
   readonly bosId: number;
   readonly eosId: number;
+  /** Byte-level pieces spell one byte per character, SentencePiece ones one character (▁ for a space). */
+  readonly maxPieceChars: number;
   private readonly impl: HfTokenizerImpl;
 
   constructor(
@@ -73,7 +75,12 @@ export class HfTokenizer implements Tokenizer {
     keepByteOrderMarks(this.impl.decoder);
     const vocab = this.impl.get_vocab(true);
     let maxId = -1;
-    for (const id of vocab.values()) maxId = Math.max(maxId, id);
+    let maxPieceChars = 1;
+    for (const [piece, id] of vocab) {
+      maxId = Math.max(maxId, id);
+      maxPieceChars = Math.max(maxPieceChars, piece.length);
+    }
+    this.maxPieceChars = maxPieceChars;
     this.vocabSize = maxId + 1;
     this.bosId = options.bosId ?? this.specialId(config.bos_token, BOS_NAMES) ?? -1;
     this.eosId = options.eosId ?? this.specialId(config.eos_token, EOS_NAMES) ?? -1;

@@ -29,6 +29,8 @@ export class Llama2cTokenizer implements Tokenizer {
   readonly bosId = LLAMA2C_BOS;
   readonly eosId = LLAMA2C_EOS;
   readonly vocabSize: number;
+  /** A piece of k bytes covers at most k input characters. */
+  readonly maxPieceChars: number;
   /** Pieces as byte strings (one char per byte, code < 256): exact map keys, cheap concatenation. */
   private readonly keys: string[];
   private readonly idOf = new Map<string, number>();
@@ -41,6 +43,7 @@ export class Llama2cTokenizer implements Tokenizer {
     readonly maxTokenLength: number,
   ) {
     this.vocabSize = pieces.length;
+    this.maxPieceChars = Math.max(1, ...pieces.map((p) => p.length));
     this.keys = pieces.map((p) => Buffer.from(p).toString('latin1'));
     // run.c binary-searches a sorted copy; with duplicate pieces (none in real vocabularies) the first id wins here.
     this.keys.forEach((k, id) => {

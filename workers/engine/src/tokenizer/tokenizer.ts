@@ -5,6 +5,12 @@ export interface Tokenizer {
   readonly vocabSize: number;
   readonly bosId: number;
   readonly eosId: number;
+  /**
+   * The most characters (UTF-16 units) of input text one token can stand for: the longest vocabulary
+   * piece. A text of n characters has at least n / maxPieceChars tokens (normalizers aside), which lets a
+   * server refuse a prompt far beyond the context without paying for its tokenization.
+   */
+  readonly maxPieceChars: number;
   /** Token ids of `text`, without BOS (the caller adds it). */
   encode(text: string): number[];
   /**
