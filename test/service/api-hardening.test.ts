@@ -47,7 +47,7 @@ afterAll(async () => {
   await redis?.stop();
 });
 
-const post = (path: string, body: string | Uint8Array, headers: Record<string, string> = {}) =>
+const post = (path: string, body: BodyInit, headers: Record<string, string> = {}) =>
   fetch(`${base}${path}`, {
     method: 'POST',
     headers: { Authorization: `Bearer ${KEY_A}`, 'Content-Type': 'application/json', ...headers },
@@ -175,9 +175,9 @@ describe('one input rule per field, on every endpoint', () => {
 
   it('invalid UTF-8 in a body is a 400, not silently replaced', async () => {
     const good = new TextEncoder().encode(`{"model":"${MODEL}","prompt":"Once upon a time X"}`);
-    const bad = new Uint8Array(good);
+    const bad = Buffer.from(good);
     bad[bad.indexOf('X'.charCodeAt(0))] = 0xff;
-    const res = await post('/v1/completions', bad);
+    const res = await post('/v1/completions', new Blob([bad]));
     expect(res.status).toBe(400);
     expect(((await res.json()) as { error: { code: string } }).error.code).toBe('invalid_utf8');
     await queueIsEmpty();

@@ -264,13 +264,10 @@ export const UsageResponse = z
   })
   .openapi('Usage');
 
-export const Time = z
-  .string()
-  .optional()
-  .openapi({
-    description:
-      'ISO 8601 date/time (e.g. 2026-12-02 or 2026-12-02T10:00:00Z) or non-negative milliseconds since epoch.',
-  });
+export const Time = z.string().optional().openapi({
+  description:
+    'ISO 8601 date/time (e.g. 2026-12-02 or 2026-12-02T10:00:00Z) or non-negative milliseconds since epoch.',
+});
 
 export const IdParam = z.object({ id: z.string().openapi({ param: { name: 'id', in: 'path' } }) });
 
