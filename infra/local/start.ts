@@ -84,28 +84,57 @@ interface Child {
   name: string;
   proc: ChildProcess;
   exited: Promise<number | null>;
+  /** Unexpected exits so far without a minute of uptime in between (drives the restart backoff). */
+  crashes: number;
 }
 
 const children: Child[] = [];
 let stopping = false;
 
-function startChild(name: string, cmd: string, args: string[], env: Record<string, string>): Child {
-  const proc = spawn(cmd, args, {
-    cwd: REPO_ROOT,
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'inherit', 'inherit'],
-    detached: true, // own process group: Ctrl-C reaches only this script, which stops children in order
-  });
-  const exited = new Promise<number | null>((res) =>
-    proc.once('exit', (code, signal) => {
-      if (!stopping) {
-        log(`${name} exited unexpectedly (${signal ?? code}); stopping the stack`);
-        void shutdown(1);
-      }
-      res(code);
-    }),
-  );
-  const child = { name, proc, exited };
+/** Restart backoff: 1 s, 2 s, 4 s ... at most 30 s; a child that ran a minute starts over at 1 s. */
+const restartDelayMs = (crashes: number) => Math.min(30_000, 1_000 * 2 ** Math.max(0, crashes - 1));
+const HEALTHY_UPTIME_MS = 60_000;
+
+/**
+ * Runs a child in its own process group. `restart`: an unexpected exit restarts it with backoff (the
+ * API and the worker: a dead worker's jobs come back to the queue, and the stack keeps serving);
+ * otherwise (Redis) an unexpected exit stops the whole stack.
+ */
+function startChild(
+  name: string,
+  cmd: string,
+  args: string[],
+  env: Record<string, string>,
+  opts: { restart?: boolean } = {},
+): Child {
+  const child = { name, crashes: 0 } as Child;
+  const launch = () => {
+    const startedAt = Date.now();
+    child.proc = spawn(cmd, args, {
+      cwd: REPO_ROOT,
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'inherit', 'inherit'],
+      detached: true, // own process group: Ctrl-C reaches only this script, which stops children in order
+    });
+    child.exited = new Promise<number | null>((res) =>
+      child.proc.once('exit', (code, signal) => {
+        res(code);
+        if (stopping) return;
+        if (!opts.restart) {
+          log(`${name} exited unexpectedly (${signal ?? code}); stopping the stack`);
+          void shutdown(1);
+          return;
+        }
+        child.crashes = Date.now() - startedAt >= HEALTHY_UPTIME_MS ? 1 : child.crashes + 1;
+        const delay = restartDelayMs(child.crashes);
+        log(`${name} exited unexpectedly (${signal ?? code}); restarting it in ${delay / 1000} s`);
+        setTimeout(() => {
+          if (!stopping) launch();
+        }, delay).unref();
+      }),
+    );
+  };
+  launch();
   children.push(child);
   return child;
 }
@@ -213,23 +242,35 @@ async function main(): Promise<void> {
   // API and worker
   const keys = bootstrapKeys();
   const tsx = [process.execPath, '--import', 'tsx'];
-  apiChild = startChild('api', tsx[0], [...tsx.slice(1), 'apps/api/src/server.ts'], {
-    PORT: String(PORT),
-    HOST,
-    PPSD_REDIS_URL: redisUrl,
-    PPSD_MODELS: `${MODEL}=${pkgDir}`,
-    PPSD_BOOTSTRAP_KEYS: keys.spec,
-  });
-  workerChild = startChild('worker', tsx[0], [...tsx.slice(1), 'workers/gpu-worker/src/main.ts'], {
-    PPSD_REDIS_URL: redisUrl,
-    PPSD_MODEL: MODEL,
-    PPSD_S3_BUCKET: BUCKET,
-    PPSD_S3_PREFIX: MODEL,
-    PPSD_S3_ENDPOINT: s3Endpoint,
-    AWS_REGION: process.env.AWS_REGION ?? 'us-east-1',
-    PPSD_CACHE_DIR: join(DATA, 'cache'),
-    PPSD_DEVICES: process.env.PPSD_DEVICES ?? 'cpu',
-  });
+  apiChild = startChild(
+    'api',
+    tsx[0],
+    [...tsx.slice(1), 'apps/api/src/server.ts'],
+    {
+      PORT: String(PORT),
+      HOST,
+      PPSD_REDIS_URL: redisUrl,
+      PPSD_MODELS: `${MODEL}=${pkgDir}`,
+      PPSD_BOOTSTRAP_KEYS: keys.spec,
+    },
+    { restart: true },
+  );
+  workerChild = startChild(
+    'worker',
+    tsx[0],
+    [...tsx.slice(1), 'workers/gpu-worker/src/main.ts'],
+    {
+      PPSD_REDIS_URL: redisUrl,
+      PPSD_MODEL: MODEL,
+      PPSD_S3_BUCKET: BUCKET,
+      PPSD_S3_PREFIX: MODEL,
+      PPSD_S3_ENDPOINT: s3Endpoint,
+      AWS_REGION: process.env.AWS_REGION ?? 'us-east-1',
+      PPSD_CACHE_DIR: join(DATA, 'cache'),
+      PPSD_DEVICES: process.env.PPSD_DEVICES ?? 'cpu',
+    },
+    { restart: true },
+  );
   const url = `http://${HOST === '0.0.0.0' ? '127.0.0.1' : HOST}:${PORT}`;
   await waitUntil('the API and a ready worker', async () => (await fetch(`${url}/readyz`)).ok, 120_000);
 

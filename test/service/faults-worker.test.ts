@@ -3,7 +3,7 @@
  * job to another worker, the client's stream ends correctly with no token duplicated), and a Redis
  * restart with AOF (API and worker reconnect; no admitted job is lost).
  */
-import { keys, type StreamEvent } from '@ppsd/contract';
+import { keys, type StreamEvent, WORKER_STALE_MS } from '@ppsd/contract';
 import { Engine } from '@ppsd/engine';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -45,7 +45,10 @@ describe('faults', () => {
     let killed: string | null = null;
     let usage: OpenAI.Completions.CompletionUsage | undefined;
     let finish: string | null | undefined;
+    const notices: unknown[] = [];
     for await (const chunk of stream) {
+      const ppsd = (chunk as { ppsd?: unknown }).ppsd;
+      if (ppsd) notices.push(ppsd);
       text += chunk.choices[0]?.text ?? '';
       if (chunk.choices[0]?.finish_reason) finish = chunk.choices[0].finish_reason;
       if (chunk.usage) usage = chunk.usage;
@@ -77,6 +80,13 @@ describe('faults', () => {
       ([, f]) => JSON.parse(f[1]) as StreamEvent,
     );
     expect(evs.filter((e) => e.type === 'start').map((e) => e.attempt)).toEqual([1, 2]);
+    // the stream said so, once, between the two attempts
+    expect(evs.filter((e) => e.type === 'retry').map((e) => e.attempt)).toEqual([1]);
+    const order = evs.map((e) => (e.type === 'start' ? `start${e.attempt}` : e.type));
+    expect(order.indexOf('retry')).toBeLessThan(order.indexOf('start2'));
+    expect(notices).toEqual([
+      { retry: { attempt: 2, reason: 'the worker running this job stopped answering' } },
+    ]);
     let next = 0;
     for (const e of evs) {
       if (e.type !== 'tokens') continue;
@@ -87,6 +97,18 @@ describe('faults', () => {
     expect(records.map((r) => [r.attempt, r.status])).toEqual([[2, 'completed']]);
     // bring the pool back to two workers for the next test
     await stack.startWorker();
+  });
+
+  it('/readyz turns 503 within a few seconds of the last worker dying', async () => {
+    await waitFor('two ready workers', async () => (await fetch(`${stack.apiUrl}/readyz`)).ok, 60_000);
+    for (const w of stack.workers) w.child.kill('SIGKILL');
+    const killedAt = Date.now();
+    await waitFor('readyz 503', async () => (await fetch(`${stack.apiUrl}/readyz`)).status === 503, 20_000);
+    // WORKER_STALE_MS after the last heartbeat, plus the probe interval; not the 15 s it used to be
+    expect(Date.now() - killedAt).toBeLessThan(WORKER_STALE_MS + 3_000);
+    await stack.startWorker();
+    await stack.startWorker();
+    await waitFor('workers back', async () => (await fetch(`${stack.apiUrl}/readyz`)).ok, 60_000);
   });
 
   it('Redis restarts (AOF): API and workers reconnect and no admitted job is lost', async () => {

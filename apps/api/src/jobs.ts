@@ -107,7 +107,7 @@ export function accumulate(entries: StreamEntry[]) {
       if (event.index + event.ids.length <= next) continue;
       text += event.text;
       next = event.index + event.ids.length;
-    } else terminal = event;
+    } else if (isTerminal(event)) terminal = event;
   }
   return { text, completionTokens: next, attempt, started, terminal };
 }

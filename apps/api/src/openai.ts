@@ -93,6 +93,18 @@ export function chunker(meta: JobMeta, chat: boolean, includeUsage: boolean) {
             choices: [{ text, index: 0, logprobs: null, finish_reason: null }],
           });
     },
+    /**
+     * A chunk with no choices carrying ppsd's own news in `ppsd` (e.g. that the job is being retried):
+     * OpenAI clients read it like the usage chunk and ignore the extension field.
+     */
+    notice(ppsd: Record<string, unknown>): string {
+      return withUsage({
+        ...base,
+        object: chat ? 'chat.completion.chunk' : 'text_completion',
+        choices: [],
+        ppsd,
+      });
+    },
     finish(reason: FinishReason): string {
       const finish_reason = openaiFinish(reason);
       return chat

@@ -78,6 +78,8 @@ export function relayStream(
           if (ev.index + ev.ids.length <= next) continue; // a retried attempt's repeat
           next = ev.index + ev.ids.length;
           if (ev.text) w.send(chunks.text(ev.text));
+        } else if (ev.type === 'retry') {
+          w.send(chunks.notice({ retry: { attempt: ev.attempt + 1, reason: ev.reason } }));
         } else if (ev.type === 'done' || ev.type === 'error') {
           ended = true;
           if (ev.type === 'error' && ev.finishReason !== 'cancelled') {

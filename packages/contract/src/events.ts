@@ -8,6 +8,8 @@ import type { FinishReason, JobResult } from './job';
 export type StreamEvent =
   | { type: 'start'; attempt: number; workerId: string; decoder: string; queuedMs: number }
   | { type: 'tokens'; attempt: number; index: number; ids: number[]; text: string }
+  /** The attempt `attempt` was lost (its worker stopped answering); the job runs again as attempt + 1. */
+  | { type: 'retry'; attempt: number; reason: string }
   | { type: 'done'; attempt: number; result: JobResult }
   | { type: 'error'; attempt: number; message: string; code: string; finishReason: FinishReason };
 

@@ -40,8 +40,11 @@ export const keys = {
 export const EVENTS_TTL_SECONDS = 24 * 3600;
 /** Upper bound on a job's event stream length (XADD MAXLEN ~). */
 export const EVENTS_MAX_LEN = 100_000;
-/** A worker that has not refreshed its heartbeat for this long is considered gone. */
-export const WORKER_STALE_MS = 15_000;
+/**
+ * A worker that has not refreshed its heartbeat (every PPSD_HEARTBEAT_MS, default 1 s) for this long is
+ * considered gone: /readyz turns 503 within this time of the last worker dying.
+ */
+export const WORKER_STALE_MS = 4_000;
 
 export interface WorkerHeartbeat {
   workerId: string;

@@ -110,10 +110,13 @@ export function loadConfig(env: Env = process.env): WorkerConfig {
     concurrency: int('PPSD_CONCURRENCY', 1),
     asgName: env.PPSD_ASG_NAME?.trim() || null,
     workerId: str('PPSD_WORKER_ID', `${hostname()}-${process.pid}`),
-    lockDurationMs: int('PPSD_LOCK_DURATION_MS', 30_000, 100),
-    stalledIntervalMs: int('PPSD_STALLED_INTERVAL_MS', 30_000, 100),
+    // A killed worker's job comes back within lock + stall interval (about 10 s): the lock is renewed
+    // every lockDuration / 2 by the worker's event loop, which never blocks that long (inference runs in
+    // onnxruntime's threads).
+    lockDurationMs: int('PPSD_LOCK_DURATION_MS', 8_000, 100),
+    stalledIntervalMs: int('PPSD_STALLED_INTERVAL_MS', 2_000, 100),
     maxStalledCount: int('PPSD_MAX_STALLED_COUNT', 2, 0),
-    heartbeatMs: int('PPSD_HEARTBEAT_MS', 5_000, 100),
+    heartbeatMs: int('PPSD_HEARTBEAT_MS', 1_000, 100),
     maxSeqLen: maxSeqRaw ? int('PPSD_MAX_SEQ_LEN', 0) : undefined,
     drainTimeoutMs: int('PPSD_DRAIN_TIMEOUT_MS', 10 * 60_000, 0),
   };

@@ -93,6 +93,11 @@ export function resolveDecoder(
   return want;
 }
 
+const retryReason = (job: Job): string =>
+  job.failedReason
+    ? `the last attempt failed: ${job.failedReason}`
+    : 'the worker running this job stopped answering';
+
 /** The attempt number of the current run: BullMQ counts starts (stalled restarts included). */
 export const attemptOf = (job: Job): number =>
   Math.max(job.attemptsStarted ?? 0, (job.attemptsMade ?? 0) + 1, 1);
@@ -134,6 +139,11 @@ export function createProcessor(
 
     const [tokensRaw, charsRaw, doneRaw] = await redis.hmget(progressKey, 'tokens', 'chars', 'done');
     if (doneRaw) return replayTerminal(redis, eventsKey, jobId, deps.log);
+    if (attempt > 1) {
+      // The previous attempt ended without a terminal event (its worker died, hung or failed): say so
+      // before this attempt starts, so a waiting client knows why the tokens paused.
+      void publish({ type: 'retry', attempt: attempt - 1, reason: retryReason(job) }, 'retry');
+    }
     const publishedTokens = Number(tokensRaw ?? 0);
     let publishedChars = Number(charsRaw ?? 0);
 
@@ -368,7 +378,7 @@ export function createProcessor(
   };
 }
 
-type PublishKind = 'start' | 'tokens' | 'terminal';
+type PublishKind = 'start' | 'retry' | 'tokens' | 'terminal';
 interface PublishItem {
   ev: StreamEvent;
   kind: PublishKind;

@@ -7,9 +7,9 @@ import type { Redis } from 'ioredis';
 /**
  * Append one event to a job's stream and wake readers. KEYS: events stream, progress hash, cancelled
  * flag (expired with the stream at the end). ARGV: event JSON, MAXLEN, wake channel,
- * kind ('start'|'tokens'|'terminal'), token end, chars end, attempt, TTL seconds.
+ * kind ('start'|'tokens'|'retry'|'terminal'), token end, chars end, attempt, TTL seconds.
  * Returns the entry id, or false when the write was a duplicate (token indexes already published, a
- * start already written for this attempt, or the stream already ended).
+ * start or retry already written for this attempt, or the stream already ended).
  */
 const PUBLISH_EVENT = `
 local events, progress, cancelled = KEYS[1], KEYS[2], KEYS[3]
@@ -20,12 +20,16 @@ if kind == 'tokens' then
   if tonumber(ARGV[5]) <= have then return false end
 elseif kind == 'start' then
   if redis.call('HGET', progress, 'started') == ARGV[7] then return false end
+elseif kind == 'retry' then
+  if redis.call('HGET', progress, 'retried') == ARGV[7] then return false end
 end
 local id = redis.call('XADD', events, 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
 if kind == 'tokens' then
   redis.call('HSET', progress, 'tokens', ARGV[5], 'chars', ARGV[6], 'attempt', ARGV[7])
 elseif kind == 'start' then
   redis.call('HSET', progress, 'started', ARGV[7], 'attempt', ARGV[7])
+elseif kind == 'retry' then
+  redis.call('HSET', progress, 'retried', ARGV[7])
 else
   redis.call('HSET', progress, 'done', '1', 'attempt', ARGV[7])
   redis.call('EXPIRE', events, ARGV[8])
