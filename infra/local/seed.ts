@@ -9,10 +9,10 @@ import { readFile } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
+import { publishPackage } from '../../packages/model-store/src/publish';
+import type { S3Location } from '../../packages/model-store/src/s3';
 import { readLlama2c } from '../../workers/engine/src/formats/llama2c';
 import { readManifest, verifyPackage, writePackage } from '../../workers/engine/src/package';
-import { publishPackage } from '../../workers/gpu-worker/src/publish';
-import type { S3Location } from '../../workers/gpu-worker/src/s3';
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
 export const SHARED_MODELS = resolve(REPO_ROOT, '../shared/models');

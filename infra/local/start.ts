@@ -21,7 +21,7 @@ import { connect } from 'node:net';
 import { join, resolve } from 'node:path';
 import { CreateBucketCommand, HeadBucketCommand } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
-import { makeS3Client } from '../../workers/gpu-worker/src/s3';
+import { makeS3Client } from '../../packages/model-store/src/s3';
 import { ensureCalibrated, ensureStoriesPackage, publishIfChanged, REPO_ROOT } from './seed';
 
 const MODEL = 'stories260K';

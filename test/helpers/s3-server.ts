@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CreateBucketCommand, type S3Client } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
-import { makeS3Client } from '../../workers/gpu-worker/src/s3';
+import { makeS3Client } from '../../packages/model-store/src/s3';
 
 export interface TestS3 {
   endpoint: string;

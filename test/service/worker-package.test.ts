@@ -13,10 +13,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { defaultConfig } from '../../apps/api/src/config';
 import { loadModelRegistry } from '../../apps/api/src/models';
 import { pullPromptFiles } from '../../apps/api/src/runtime';
+import { PackageVerificationError, pullPackage } from '../../packages/model-store/src/package-cache';
+import { publishPackage } from '../../packages/model-store/src/publish';
+import { parseS3Url } from '../../packages/model-store/src/s3';
 import { verifyPackage } from '../../workers/engine/src/package';
-import { PackageVerificationError, pullPackage } from '../../workers/gpu-worker/src/package-cache';
-import { publishPackage } from '../../workers/gpu-worker/src/publish';
-import { parseS3Url } from '../../workers/gpu-worker/src/s3';
 import { startS3, type TestS3 } from '../helpers/s3-server';
 import { ROOT, storiesPackage } from '../helpers/stack';
 

@@ -105,8 +105,8 @@ export async function pullPromptFiles(
   config: ApiConfig,
   log: (m: string) => void,
 ): Promise<string> {
-  const { makeS3Client, parseS3Url } = await import('@ppsd/worker/s3');
-  const { pullPackage } = await import('@ppsd/worker/package-cache');
+  const { makeS3Client, parseS3Url } = await import('@ppsd/model-store/s3');
+  const { pullPackage } = await import('@ppsd/model-store/package-cache');
   const pulled = await pullPackage(makeS3Client({ endpoint: config.s3Endpoint }), parseS3Url(url), {
     cacheDir: config.cacheDir,
     only: (manifest) => [manifest.tokenizer.file],

@@ -1,15 +1,16 @@
+import { QUEUE_PREFIX, queueName } from '@ppsd/contract';
 import { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 
-/** BullMQ prefix shared by the API and the workers: a hash tag, so every queue key sits in one cluster slot. */
-export const QUEUE_PREFIX = '{ppsd}';
+// The queue names and prefix are the contract's: the API enqueues and the workers consume the same ones.
+export { QUEUE_PREFIX };
 
-/** The queue a model's jobs go to. */
+/** The queue a model's jobs go to (a configured model id is checked here, at the autoscaler's start). */
 export function queueNameForModel(modelId: string): string {
   if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(modelId)) {
     throw new Error(`invalid model id ${JSON.stringify(modelId)}: use letters, digits, '.', '_' and '-'`);
   }
-  return `ppsd-generate-${modelId}`;
+  return queueName(modelId);
 }
 
 export interface QueueLoad {

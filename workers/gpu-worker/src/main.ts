@@ -7,7 +7,9 @@
  */
 import { DECODER_NAMES, type GenerationJob, type JobResult, QUEUE_PREFIX, queueName } from '@ppsd/contract';
 import { resolveDevicePlan, verifyPackage } from '@ppsd/engine';
-
+import { pullPackage } from '@ppsd/model-store/package-cache';
+import { verifyPackageFiles } from '@ppsd/model-store/publish';
+import { makeS3Client } from '@ppsd/model-store/s3';
 import { type Job, Worker } from 'bullmq';
 import { Redis, type RedisOptions } from 'ioredis';
 import { CancelRegistry } from './cancel';
@@ -17,10 +19,7 @@ import { DecoderSupport, openEngine } from './engine';
 import type { WorkerEngine } from './engine-types';
 import { Heartbeat } from './heartbeat';
 import { createProcessor, failUnrun } from './job-runner';
-import { pullPackage } from './package-cache';
 import { createProtection } from './protection';
-import { verifyPackageFiles } from './publish';
-import { makeS3Client } from './s3';
 
 export const redisOptions: RedisOptions = {
   maxRetriesPerRequest: null, // BullMQ requirement: commands wait for a reconnect instead of failing

@@ -4,10 +4,10 @@
  * progress on stderr. Workers pull it with PPSD_S3_BUCKET/PPSD_S3_PREFIX (and PPSD_S3_ENDPOINT).
  */
 import { resolve } from 'node:path';
-import { publishPackage } from '@ppsd/worker/publish';
-import { makeS3Client, parseS3Url } from '@ppsd/worker/s3';
-import { verifyPackage } from '../../package';
-import { parseCommandArgs, UsageError } from '../args';
+import { parseCommandArgs, UsageError } from '@ppsd/engine/cli';
+import { verifyPackage } from '@ppsd/engine/package';
+import { publishPackage } from './publish';
+import { makeS3Client, parseS3Url } from './s3';
 
 const HELP = `usage: ppsd publish <package dir> s3://bucket/prefix [options]
 

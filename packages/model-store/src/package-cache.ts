@@ -14,7 +14,7 @@ import { dirname, join } from 'node:path';
 import { Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { GetObjectCommand, ListObjectsV2Command, type S3Client } from '@aws-sdk/client-s3';
-import { hashBytes, MANIFEST_FILE, type PackageManifest, parseManifest } from '@ppsd/engine';
+import { hashBytes, MANIFEST_FILE, type PackageManifest, parseManifest } from '@ppsd/engine/package';
 
 export { MANIFEST_FILE };
 

@@ -1,0 +1,15 @@
+/**
+ * `ppsd` (bin/ppsd): the engine's commands plus those that need more than the engine. Kept apart from
+ * the engine so the workspace graph stays acyclic: cli -> model-store -> engine.
+ */
+import { type Command, engineCommands, runCli } from '@ppsd/engine/cli';
+
+const commands: Record<string, Command> = {
+  ...engineCommands,
+  publish: {
+    summary: 'upload a model package to S3 (s3://bucket/prefix)',
+    load: () => import('@ppsd/model-store/cli-publish'),
+  },
+};
+
+runCli(process.argv.slice(2), commands);
