@@ -5,7 +5,7 @@
  * at scrape time; speculative-decoding and pipeline counters are the worker-maintained Redis hash
  * `keys.metrics(model)`, rendered here under the contract names.
  */
-import { keys, type StreamEvent } from '@ppsd/contract';
+import { keys, METRIC_FIELDS, STAGE_METRIC_PREFIX, type StreamEvent } from '@ppsd/contract';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
@@ -18,41 +18,45 @@ const ITL_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.
 /** Counters the worker keeps in `keys.metrics(model)` (HINCRBY/HINCRBYFLOAT), exposed as counters. */
 export const WORKER_COUNTERS: { field: string; name: string; help: string }[] = [
   {
-    field: 'spec_decode_num_drafts_total',
+    field: METRIC_FIELDS.drafts,
     name: 'ppsd:spec_decode_num_drafts_total',
     help: 'Speculative drafts (verification steps with a draft).',
   },
   {
-    field: 'spec_decode_num_draft_tokens_total',
+    field: METRIC_FIELDS.draftTokens,
     name: 'ppsd:spec_decode_num_draft_tokens_total',
     help: 'Draft tokens proposed.',
   },
   {
-    field: 'spec_decode_num_accepted_tokens_total',
+    field: METRIC_FIELDS.acceptedTokens,
     name: 'ppsd:spec_decode_num_accepted_tokens_total',
     help: 'Draft tokens accepted.',
   },
-  { field: 'prompt_tokens_total', name: 'ppsd:prompt_tokens_total', help: 'Prompt tokens processed.' },
+  { field: METRIC_FIELDS.promptTokens, name: 'ppsd:prompt_tokens_total', help: 'Prompt tokens processed.' },
   {
-    field: 'generation_tokens_total',
+    field: METRIC_FIELDS.generationTokens,
     name: 'ppsd:generation_tokens_total',
     help: 'Verified tokens generated.',
   },
-  { field: 'request_success_total', name: 'ppsd:request_success_total', help: 'Jobs completed.' },
-  { field: 'request_failure_total', name: 'ppsd:request_failure_total', help: 'Jobs failed.' },
-  { field: 'request_cancelled_total', name: 'ppsd:request_cancelled_total', help: 'Jobs cancelled.' },
-  { field: 'device_seconds_total', name: 'ppsd:device_seconds_total', help: 'Device seconds held by jobs.' },
+  { field: METRIC_FIELDS.requestSuccess, name: 'ppsd:request_success_total', help: 'Jobs completed.' },
+  { field: METRIC_FIELDS.requestFailure, name: 'ppsd:request_failure_total', help: 'Jobs failed.' },
+  { field: METRIC_FIELDS.requestCancelled, name: 'ppsd:request_cancelled_total', help: 'Jobs cancelled.' },
+  {
+    field: METRIC_FIELDS.deviceSeconds,
+    name: 'ppsd:device_seconds_total',
+    help: 'Device seconds held by jobs.',
+  },
 ];
 
 /** Per-stage fields `stage_busy_seconds_total:<stage>` / `stage_idle_seconds_total:<stage>`. */
 export const STAGE_COUNTERS: { prefix: string; name: string; help: string }[] = [
   {
-    prefix: 'stage_busy_seconds_total:',
+    prefix: STAGE_METRIC_PREFIX.busySeconds,
     name: 'ppsd:pipeline_stage_busy_seconds_total',
     help: 'Seconds each pipeline stage spent computing.',
   },
   {
-    prefix: 'stage_idle_seconds_total:',
+    prefix: STAGE_METRIC_PREFIX.idleSeconds,
     name: 'ppsd:pipeline_stage_idle_seconds_total',
     help: 'Seconds each pipeline stage sat idle (pipeline bubble) while a job ran.',
   },

@@ -14,24 +14,26 @@
  */
 import {
   type DecoderName,
-  EVENTS_MAX_LEN,
-  EVENTS_TTL_SECONDS,
   type FinishReason,
   type GenerationJob,
   type JobResult,
   keys,
+  METRIC_FIELDS,
+  type PublishKind,
   progressKeys,
+  publishJobEvent,
   type Speculation,
+  STAGE_METRIC_PREFIX,
   type StreamEvent,
   settleUsage,
   type UsageRecord,
+  withJobScripts,
 } from '@ppsd/contract';
 import type { SpeculationStats } from '@ppsd/engine';
 import { DelayedError, type Job, UnrecoverableError } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { CancelRegistry } from './cancel';
 import { type DraftStats, draftStats, type WorkerEngine, type WorkerTokenEvent } from './engine-types';
-import { withScripts } from './scripts';
 
 export interface RunnerDeps {
   redis: Redis;
@@ -105,7 +107,7 @@ export const attemptOf = (job: Job): number =>
 export function createProcessor(
   deps: RunnerDeps,
 ): (job: Job<GenerationJob, JobResult>, token?: string) => Promise<JobResult> {
-  const redis = withScripts(deps.redis);
+  const redis = withJobScripts(deps.redis);
 
   return async function processJob(job, token) {
     const data = job.data;
@@ -114,25 +116,16 @@ export function createProcessor(
     const started = Date.now();
     const eventsKey = keys.jobEvents(jobId);
     const progressKey = progressKeys.jobProgress(jobId);
-    const wake = keys.jobWake(jobId);
 
     // Publication queue: strictly ordered, idempotent, never blocks the engine. Token batches that pile up
     // while a write is in flight are merged into one event (contiguous indexes), so a slow Redis (AOF
     // fsync always, a reconnect) costs fewer round trips instead of a growing backlog.
     const publisher = new EventPublisher((item) =>
-      redis.ppsdPublishEvent(
-        eventsKey,
-        progressKey,
-        keys.jobCancelled(jobId),
-        JSON.stringify(item.ev),
-        EVENTS_MAX_LEN,
-        wake,
-        item.kind,
-        item.tokenEnd,
-        item.charsEnd,
+      publishJobEvent(redis, jobId, item.ev, item.kind, {
         attempt,
-        EVENTS_TTL_SECONDS,
-      ),
+        tokenEnd: item.tokenEnd,
+        charsEnd: item.charsEnd,
+      }),
     );
     const publish = (ev: StreamEvent, kind: PublishKind, tokenEnd = 0, charsEnd = 0): Promise<void> =>
       publisher.push({ ev, kind, tokenEnd, charsEnd });
@@ -319,23 +312,23 @@ export function createProcessor(
       const m = keys.metrics(deps.model);
       const counter =
         end.kind === 'completed'
-          ? 'request_success_total'
+          ? METRIC_FIELDS.requestSuccess
           : end.kind === 'cancelled'
-            ? 'request_cancelled_total'
-            : 'request_failure_total';
+            ? METRIC_FIELDS.requestCancelled
+            : METRIC_FIELDS.requestFailure;
       const tx = redis.multi();
       stats.stages?.forEach((st, i) => {
-        tx.hincrbyfloat(m, `stage_busy_seconds_total:${i}`, (st.busyMs ?? 0) / 1000);
-        tx.hincrbyfloat(m, `stage_idle_seconds_total:${i}`, (st.idleMs ?? 0) / 1000);
+        tx.hincrbyfloat(m, `${STAGE_METRIC_PREFIX.busySeconds}${i}`, (st.busyMs ?? 0) / 1000);
+        tx.hincrbyfloat(m, `${STAGE_METRIC_PREFIX.idleSeconds}${i}`, (st.idleMs ?? 0) / 1000);
       });
       await tx
         .hincrby(m, counter, 1)
-        .hincrby(m, 'prompt_tokens_total', promptTokens)
-        .hincrby(m, 'generation_tokens_total', end.completionTokens)
-        .hincrby(m, 'spec_decode_num_drafts_total', stats.drafts)
-        .hincrby(m, 'spec_decode_num_draft_tokens_total', stats.draftTokens)
-        .hincrby(m, 'spec_decode_num_accepted_tokens_total', stats.accepted)
-        .hincrbyfloat(m, 'device_seconds_total', usage.deviceSeconds)
+        .hincrby(m, METRIC_FIELDS.promptTokens, promptTokens)
+        .hincrby(m, METRIC_FIELDS.generationTokens, end.completionTokens)
+        .hincrby(m, METRIC_FIELDS.drafts, stats.drafts)
+        .hincrby(m, METRIC_FIELDS.draftTokens, stats.draftTokens)
+        .hincrby(m, METRIC_FIELDS.acceptedTokens, stats.accepted)
+        .hincrbyfloat(m, METRIC_FIELDS.deviceSeconds, usage.deviceSeconds)
         .exec();
 
       const result: JobResult = {
@@ -378,7 +371,6 @@ export function createProcessor(
   };
 }
 
-type PublishKind = 'start' | 'retry' | 'tokens' | 'terminal';
 interface PublishItem {
   ev: StreamEvent;
   kind: PublishKind;
@@ -471,7 +463,7 @@ export async function failUnrun(
   reason: string,
   model: string,
 ): Promise<void> {
-  const redis = withScripts(redisRaw);
+  const redis = withJobScripts(redisRaw);
   const data = job.data;
   const jobId = job.id ?? data.id;
   const attempt = attemptOf(job);
@@ -499,18 +491,7 @@ export async function failUnrun(
     code: 'worker_lost',
     finishReason: 'error',
   };
-  await redis.ppsdPublishEvent(
-    keys.jobEvents(jobId),
-    progressKeys.jobProgress(jobId),
-    keys.jobCancelled(jobId),
-    JSON.stringify(ev),
-    EVENTS_MAX_LEN,
-    keys.jobWake(jobId),
-    'terminal',
-    0,
-    0,
-    attempt,
-    EVENTS_TTL_SECONDS,
-  );
-  await redis.hincrby(keys.metrics(model), 'request_failure_total', 1);
+  await publishJobEvent(redis, jobId, ev, 'terminal', { attempt });
+
+  await redis.hincrby(keys.metrics(model), METRIC_FIELDS.requestFailure, 1);
 }

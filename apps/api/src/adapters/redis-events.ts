@@ -7,12 +7,11 @@
  */
 import {
   decodeEvent,
-  EVENTS_MAX_LEN,
-  EVENTS_TTL_SECONDS,
   isTerminal,
   keys,
-  progressKeys,
+  publishJobEvent,
   type StreamEvent,
+  withJobScripts,
 } from '@ppsd/contract';
 import type { Redis } from 'ioredis';
 
@@ -42,26 +41,9 @@ export interface FollowOptions {
 }
 
 /** Writes a terminal event unless the stream already has one (atomic: the worker may be racing). */
-const END_ONCE_LUA = `
-if redis.call('HGET', KEYS[2], 'done') == '1' then return false end
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-if #last > 0 then
-  local f = last[1][2]
-  for i = 1, #f, 2 do
-    if f[i] == 'e' then
-      local ok, ev = pcall(cjson.decode, f[i + 1])
-      if ok and (ev['type'] == 'done' or ev['type'] == 'error') then return false end
-    end
-  end
-end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'e', ARGV[1])
-redis.call('HSET', KEYS[2], 'done', '1')
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return id
-`;
 
 export function createJobEvents(redis: Redis, subscriber: Redis, opts: { pollMs: number }) {
+  const scripts = withJobScripts(redis);
   const watchers = new Map<string, Set<Watch>>();
 
   const onMessage = (channel: string) => {
@@ -169,18 +151,8 @@ export function createJobEvents(redis: Redis, subscriber: Redis, opts: { pollMs:
      * gave up on); returns its entry, or undefined when the stream already ended.
      */
     async end(jobId: string, event: StreamEvent): Promise<StreamEntry | undefined> {
-      const id = (await redis.eval(
-        END_ONCE_LUA,
-        2,
-        keys.jobEvents(jobId),
-        progressKeys.jobProgress(jobId),
-        JSON.stringify(event),
-        EVENTS_MAX_LEN,
-        EVENTS_TTL_SECONDS,
-      )) as string | null;
-      if (!id) return undefined;
-      await redis.publish(keys.jobWake(jobId), id);
-      return { id, event };
+      const id = await publishJobEvent(scripts, jobId, event, 'terminal', { attempt: event.attempt });
+      return id ? { id, event } : undefined;
     },
 
     /** Channels currently subscribed (tests check that followers clean up). */
