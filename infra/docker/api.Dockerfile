@@ -31,12 +31,14 @@ RUN apt-get update \
 WORKDIR /app
 COPY --from=server-deps /app/ ./
 COPY . .
+# Plain JavaScript at start-up (esbuild bundles in dist/; see scripts/build.ts and docs/BENCHMARKS.md).
+RUN npm run build
 ENV NODE_ENV=production PORT=8080
 USER node
 EXPOSE 8080
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["node", "--import", "tsx", "apps/api/src/server.ts"]
+CMD ["node", "--enable-source-maps", "dist/api/server.js"]
 
 # Dependencies installed inside the Lambda base image itself, so native modules match its libc.
 FROM ${LAMBDA_IMAGE} AS lambda-deps
@@ -49,6 +51,7 @@ FROM ${LAMBDA_IMAGE} AS lambda
 WORKDIR /var/task
 COPY --from=lambda-deps /var/task/ ./
 COPY . .
+RUN npm run build
 COPY infra/docker/lambda/ ./lambda/
 ENV NODE_ENV=production
 # The default handler is the API; the publisher function overrides the command.

@@ -60,6 +60,7 @@ LABEL org.opencontainers.image.title="ppsd-worker" \
 WORKDIR /app
 COPY --from=deps /app/ ./
 COPY . .
+RUN npm run build
 ENV NODE_ENV=production \
     PPSD_CACHE_DIR=/var/cache/ppsd \
     PPSD_DEVICES=auto \
@@ -72,4 +73,4 @@ RUN mkdir -p /var/cache/ppsd \
 VOLUME ["/var/cache/ppsd"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["node", "--import", "tsx", "workers/gpu-worker/src/main.ts"]
+CMD ["node", "--enable-source-maps", "dist/worker/main.js"]

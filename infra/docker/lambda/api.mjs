@@ -1,8 +1,3 @@
-// Lambda entry of the API image: register tsx, then load the TypeScript handler from source.
-// apps/api/src/lambda.ts exports `handler` = hono/aws-lambda streamHandle(app) (response streaming).
-import { register } from 'tsx/esm/api';
-
-register();
-const mod = await import('../apps/api/src/lambda.ts');
-
-export const handler = mod.handler;
+// Lambda entry of the API image: the esbuild bundle of apps/api/src/lambda.ts (`npm run build`), whose
+// `handler` is hono/aws-lambda streamHandle(app) (response streaming). No TypeScript at cold start.
+export { handler } from '../dist/api/lambda.js';

@@ -1,7 +1,3 @@
-// Lambda entry of the backlog publisher (EventBridge schedule, one tick per invocation).
-import { register } from 'tsx/esm/api';
-
-register();
-const mod = await import('../workers/autoscaler/src/lambda.ts');
-
-export const handler = mod.handler;
+// Lambda entry of the backlog publisher (EventBridge schedule, one tick per invocation): the esbuild
+// bundle of workers/autoscaler/src/lambda.ts (`npm run build`).
+export { handler } from '../dist/autoscaler/lambda.js';
