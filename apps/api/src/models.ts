@@ -18,6 +18,8 @@ export interface ModelInfo {
   created: number;
   /** The dtype the package stores its weights in (f32, f16, bf16, q8, q4), when known. */
   dtype?: string;
+  /** Token ids are 0 .. vocabSize - 1 (logit_bias keys are checked against it), when known. */
+  vocabSize?: number;
 }
 
 export interface ModelRegistry {
@@ -33,6 +35,7 @@ export function staticRegistry(models: ModelInfo[]): ModelRegistry {
 /** The engine tokenizer shape the registry needs (`encode` without BOS; the engine prepends BOS). */
 export interface PromptTokenizer {
   readonly bosId: number;
+  readonly vocabSize?: number;
   encode(text: string): number[];
 }
 
@@ -61,6 +64,7 @@ export function modelInfoFromTokenizer(
     countPromptTokens: (text) => 1 + tokenizer.encode(text).length,
     created: Math.floor(createdMs / 1000),
     ...(dtype ? { dtype } : {}),
+    ...(tokenizer.vocabSize ? { vocabSize: tokenizer.vocabSize } : {}),
   };
 }
 
