@@ -99,7 +99,9 @@ describe('logprobs', () => {
       }
       expect(text).toBe(r.choices[0].message.content);
       expect(streamed.map((c) => c.token)).toEqual(content.map((c) => c.token));
-      streamed.forEach((c, i) => expect(Math.abs(c.logprob - content[i].logprob)).toBeLessThan(TOL));
+      streamed.forEach((c, i) => {
+        expect(Math.abs(c.logprob - content[i].logprob)).toBeLessThan(TOL);
+      });
     }
   });
 });
