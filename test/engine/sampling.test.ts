@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { logprobsOf, tokenString } from '../../workers/engine/src/decode/logprobs';
 import { argmax, Rng, Sampler } from '../../workers/engine/src/decode/sampling';
 
 describe('Rng', () => {
@@ -64,5 +65,84 @@ describe('Sampler', () => {
   it('rejects invalid settings', () => {
     expect(() => new Sampler({ temperature: -1, topP: 1, seed: 0 })).toThrow(/temperature/);
     expect(() => new Sampler({ temperature: 1, topP: 0, seed: 0 })).toThrow(/top_p/);
+  });
+});
+
+describe('Sampler logit processors (OpenAI logit_bias, presence_penalty, frequency_penalty)', () => {
+  const logits = Float32Array.of(1, 2, 3, 0.5);
+
+  it('add the bias, and subtract presence once plus frequency per occurrence in the completion', () => {
+    const s = new Sampler({
+      temperature: 1,
+      topP: 1,
+      seed: 0,
+      logitBias: new Map([[0, 5]]),
+      presencePenalty: 0.5,
+      frequencyPenalty: 0.25,
+    });
+    expect(Array.from(s.process(logits))).toEqual([6, 2, 3, 0.5]);
+    s.record(logits, 2);
+    s.record(logits, 2);
+    s.record(logits, 1);
+    // token 2 twice: 3 - 0.5 - 2 * 0.25; token 1 once: 2 - 0.5 - 0.25
+    expect(Array.from(s.process(logits))).toEqual([6, 1.25, 2, 0.5]);
+    // a draft head over a subset: column i is token ids[i]
+    expect(Array.from(s.process(Float32Array.of(1, 3), Int32Array.of(0, 2)))).toEqual([6, 2]);
+    const p = s.distribution(logits);
+    const e = [6, 1.25, 2, 0.5].map(Math.exp);
+    const z = e.reduce((a, b) => a + b);
+    expect(Array.from(p, (x) => x.toFixed(12))).toEqual(e.map((x) => (x / z).toFixed(12)));
+  });
+
+  it('greedy picks the processed argmax: -100 bans a token, penalties move the choice', () => {
+    const s = new Sampler({ temperature: 0, topP: 1, seed: 0, logitBias: new Map([[2, -100]]) });
+    expect(s.pick(logits)).toBe(1);
+    const t = new Sampler({ temperature: 0, topP: 1, seed: 0, presencePenalty: 1.5 });
+    expect(t.pick(logits)).toBe(2);
+    expect(t.pick(logits)).toBe(1); // 3 - 1.5 < 2
+    // both penalised now: [1, 0.5, 1.5, 0.5]
+    expect(Array.from(t.distribution(logits))).toEqual([0, 0, 1, 0]);
+  });
+
+  it('without processors the row is used as is (no copy)', () => {
+    const s = new Sampler({ temperature: 1, topP: 1, seed: 0 });
+    expect(s.process(logits)).toBe(logits);
+  });
+
+  it('rejects non-finite settings', () => {
+    expect(() => new Sampler({ temperature: 1, topP: 1, seed: 0, presencePenalty: Number.NaN })).toThrow(
+      /presence/,
+    );
+    expect(() => new Sampler({ temperature: 1, topP: 1, seed: 0, logitBias: new Map([[-1, 1]]) })).toThrow(
+      /token id/,
+    );
+    expect(() => new Sampler({ temperature: 1, topP: 1, seed: 0, logprobs: 1.5 })).toThrow(/logprobs/);
+  });
+});
+
+describe('logprobs', () => {
+  it('are the raw log_softmax of the target row, whatever the sampling settings', () => {
+    const logits = Float32Array.of(0, Math.log(2), Math.log(5), Math.log(2));
+    const s = new Sampler({
+      temperature: 0.3,
+      topP: 0.5,
+      seed: 0,
+      logitBias: new Map([[0, 9]]),
+      logprobs: 3,
+    });
+    s.record(logits, 3);
+    expect(s.logprobs).toHaveLength(1);
+    const [e] = s.logprobs;
+    expect(e.id).toBe(3);
+    expect(e.logprob).toBeCloseTo(Math.log(0.2), 6);
+    // largest first, ties to the lower id
+    expect(e.top.map((t) => t.id)).toEqual([2, 1, 3]);
+    expect(e.top[0].logprob).toBeCloseTo(Math.log(0.5), 6);
+    expect(logprobsOf(logits, 0, 0)).toEqual({ id: 0, logprob: expect.closeTo(Math.log(0.1), 6), top: [] });
+  });
+
+  it('spell tokens as UTF-8, or as bytes:\\xNN when they are part of a character', () => {
+    expect(tokenString(new TextEncoder().encode(' café'))).toBe(' café');
+    expect(tokenString(Uint8Array.of(0xe2, 0x80))).toBe('bytes:\\xe2\\x80');
   });
 });

@@ -1,7 +1,7 @@
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type HfTokenizer, loadHfTokenizer } from '../../workers/engine/src/tokenizer/hf';
+import { HfTokenizer, loadHfTokenizer } from '../../workers/engine/src/tokenizer/hf';
 import { loadTokenizer, tokenizerKindOf } from '../../workers/engine/src/tokenizer/index';
 import { type Llama2cTokenizer, readLlama2cTokenizer } from '../../workers/engine/src/tokenizer/llama2c';
 import { convertLlama2cTokenizerFile, llama2cToHfJson } from '../../workers/engine/src/tokenizer/to-hf';
@@ -117,6 +117,16 @@ for (const [label, file] of [
       expect(mismatches).toEqual([]);
     });
 
+    it("tokenBytes: each id's own bytes, the same from tokenizer.json (byte tokens, ▁ as space, control names)", () => {
+      for (let id = 0; id < tok.vocabSize; id++) {
+        expect(Array.from(hf.tokenBytes(id)), `id ${id}`).toEqual(Array.from(tok.tokenBytes(id)));
+      }
+      expect(new TextDecoder().decode(tok.tokenBytes(2))).toBe('</s>');
+      expect(Array.from(tok.tokenBytes(3 + 0x0a))).toEqual([0x0a]);
+      const t = tok.encode('a story')[1]; // a piece with its leading space
+      expect(new TextDecoder().decode(tok.tokenBytes(t)).startsWith(' ')).toBe(true);
+    });
+
     it('decode(encode(text)) round-trips for both', () => {
       for (const s of samples) {
         expect(tok.decode(tok.encode(s)), s).toBe(s);
@@ -208,6 +218,19 @@ describe('tokenizer files', () => {
     expect(json.normalizer.normalizers.map((n) => n.type)).toEqual(['Prepend', 'Replace']);
     expect(json.decoder.decoders.map((d) => d.type)).toEqual(['Replace', 'ByteFallback', 'Fuse', 'Strip']);
     expect(json.added_tokens.map((t) => t.content)).toEqual(['<unk>', '<s>', '</s>']);
+  });
+
+  it('tokenBytes of a GPT-2 style byte-level vocabulary maps its characters back to bytes', () => {
+    const json = {
+      model: { type: 'BPE', vocab: { Ġhi: 0, Ã: 1, '©': 2, Ċ: 3, '<|end|>': 4 }, merges: [] },
+      decoder: { type: 'ByteLevel' },
+      added_tokens: [{ id: 4, content: '<|end|>', special: true }],
+    };
+    const t = new HfTokenizer(json, {});
+    const bytes = (id: number) => Array.from(t.tokenBytes(id));
+    expect(bytes(0)).toEqual([0x20, 0x68, 0x69]);
+    expect([bytes(1), bytes(2), bytes(3)]).toEqual([[0xc3], [0xa9], [0x0a]]);
+    expect(new TextDecoder().decode(t.tokenBytes(4))).toBe('<|end|>');
   });
 
   it('refuses a truncated tokenizer.bin', async () => {

@@ -1,7 +1,11 @@
 /** Worker configuration validation and the speculation -> decoder mapping (no servers needed). */
 import { describe, expect, it } from 'vitest';
 import { ConfigError, loadConfig } from '../../workers/gpu-worker/src/config';
-import { JobRejectedError, resolveDecoder } from '../../workers/gpu-worker/src/job-runner';
+import {
+  JobRejectedError,
+  resolveDecoder,
+  resolveSpeculation,
+} from '../../workers/gpu-worker/src/job-runner';
 
 describe('worker config', () => {
   it('reads a complete S3 configuration', () => {
@@ -71,6 +75,40 @@ describe('speculation -> decoder', () => {
     expect(() => resolveDecoder({ decoder: 'spd' }, 'ar', ['ar'])).toThrow(JobRejectedError);
     expect(() => resolveDecoder({ decoder: 'nope' as 'ar' }, 'ar', all)).toThrow(
       /decoder 'nope' is not available/,
+    );
+  });
+});
+
+describe('speculation -> per-request settings', () => {
+  const all = ['ar', 'eesd', 'dv', 'ppsd', 'spd'];
+  it('passes stages to ppsd / spd and draftLength to eesd / dv', () => {
+    expect(resolveSpeculation({ decoder: 'ppsd', stages: 3 }, 'ar', all, 3)).toEqual({
+      decoder: 'ppsd',
+      stages: 3,
+      draftLength: undefined,
+    });
+    expect(resolveSpeculation({ decoder: 'dv', draftLength: 5 }, 'ar', all, 2)).toMatchObject({
+      decoder: 'dv',
+      draftLength: 5,
+    });
+    expect(resolveSpeculation('auto', 'spd', all, 2)).toEqual({ decoder: 'spd' });
+  });
+  it('refuses what this worker cannot run, or what the decoder would ignore', () => {
+    const code = (f: () => unknown) => {
+      try {
+        f();
+      } catch (err) {
+        return (err as JobRejectedError).code;
+      }
+    };
+    expect(code(() => resolveSpeculation({ decoder: 'ppsd', stages: 3 }, 'ar', all, 2))).toBe(
+      'unsupported_stages',
+    );
+    expect(code(() => resolveSpeculation({ decoder: 'eesd', stages: 2 }, 'ar', all, 2))).toBe(
+      'invalid_speculation',
+    );
+    expect(code(() => resolveSpeculation({ decoder: 'spd', draftLength: 2 }, 'ar', all, 2))).toBe(
+      'invalid_speculation',
     );
   });
 });

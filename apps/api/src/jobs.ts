@@ -11,10 +11,14 @@ import {
   isTerminal,
   type JobKind,
   keys,
+  type SamplingParams,
   type Speculation,
   type SpeculationSummary,
   type StreamEvent,
+  type TokenLogprob,
   type TokenUsage,
+  WORKER_STALE_MS,
+  type WorkerHeartbeat,
 } from '@ppsd/contract';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
@@ -38,6 +42,8 @@ export interface JobMeta {
   reservedTokens: number;
   speculation: Speculation;
   idempotencyKey?: string;
+  /** The request's `user` (OpenAI's end-user id): kept with the job, never read by generation. */
+  user?: string;
 }
 
 /** Job metadata key; shares the job's hash tag with its events. */
@@ -56,8 +62,14 @@ export interface AdmitInput {
   topP?: number;
   seed?: number;
   stop?: string[];
+  logitBias?: Record<string, number>;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  /** Token logprobs with this many alternatives (carried on the job's token events). */
+  logprobs?: number;
   speculation?: Speculation;
   idempotencyKey?: string;
+  user?: string;
 }
 
 export interface Admitted {
@@ -93,23 +105,28 @@ export interface JobServiceDeps {
   clock: () => number;
 }
 
-/** Text and token count from a job's entries, each token index counted once (retries never duplicate). */
+/**
+ * Text, token count and token logprobs from a job's entries, each token index counted once (retries
+ * never duplicate).
+ */
 export function accumulate(entries: StreamEntry[]) {
   let text = '';
   let next = 0;
   let attempt = 0;
   let started = false;
   let terminal: StreamEvent | undefined;
+  const logprobs: TokenLogprob[] = [];
   for (const { event } of entries) {
     attempt = Math.max(attempt, event.attempt);
     if (event.type === 'start') started = true;
     else if (event.type === 'tokens') {
       if (event.index + event.ids.length <= next) continue;
       text += event.text;
+      logprobs.push(...(event.logprobs ?? []).slice(Math.max(0, next - event.index)));
       next = event.index + event.ids.length;
     } else if (isTerminal(event)) terminal = event;
   }
-  return { text, completionTokens: next, attempt, started, terminal };
+  return { text, completionTokens: next, attempt, started, terminal, logprobs };
 }
 
 export function statusOf(terminal: StreamEvent | undefined): JobStatus | undefined {
@@ -150,6 +167,50 @@ export function createJobService(d: JobServiceDeps) {
     return model;
   }
 
+  /** The deepest pipeline the model's fresh, ready workers run; undefined when none says. */
+  async function workerMaxStages(model: string): Promise<number | undefined> {
+    const now = d.clock();
+    const beats = Object.values(await t(redis.hgetall(keys.workers(model)), 'workers')).flatMap((v) => {
+      try {
+        const h = JSON.parse(v) as WorkerHeartbeat;
+        return h.ready && now - h.at <= WORKER_STALE_MS && typeof h.maxStages === 'number'
+          ? [h.maxStages]
+          : [];
+      } catch {
+        return [];
+      }
+    });
+    return beats.length ? Math.max(...beats) : undefined;
+  }
+
+  /**
+   * What the model's workers cannot run is a 400 here, not a failed job: `speculation.stages` above
+   * every ready worker's maxStages (with no worker up, the worker that takes the job decides), and
+   * logit_bias ids outside the vocabulary.
+   */
+  async function checkRunnable(model: ModelInfo, input: AdmitInput): Promise<void> {
+    const stages = typeof input.speculation === 'object' ? input.speculation.stages : undefined;
+    if (stages !== undefined) {
+      const max = await workerMaxStages(model.id);
+      if (max !== undefined && stages > max) {
+        throw invalid(
+          `speculation.stages ${stages}: the workers of '${model.id}' run pipelines of at most ${max} stages (one per device)`,
+          'speculation.stages',
+        );
+      }
+    }
+    const vocab = model.vocabSize;
+    const outside = Object.keys(input.logitBias ?? {}).find(
+      (id) => vocab !== undefined && Number(id) >= vocab,
+    );
+    if (outside !== undefined) {
+      throw invalid(
+        `logit_bias: token id ${outside} is outside the vocabulary (0..${vocab! - 1})`,
+        'logit_bias',
+      );
+    }
+  }
+
   async function admit(input: AdmitInput): Promise<Admitted> {
     const model = resolveModel(input.model);
     if (input.prompt.length > model.maxPromptChars) {
@@ -179,6 +240,7 @@ export function createJobService(d: JobServiceDeps) {
       );
     }
     if (input.stop?.some((s) => s.length === 0)) throw invalid('stop strings must not be empty', 'stop');
+    await checkRunnable(model, input);
 
     const queue = d.queues(model.id);
     if (config.queueMaxWaiting > 0) {
@@ -239,6 +301,13 @@ export function createJobService(d: JobServiceDeps) {
       reservedTokens,
       speculation,
       ...(input.idempotencyKey ? { idempotencyKey: input.idempotencyKey } : {}),
+      ...(input.user ? { user: input.user } : {}),
+    };
+    const processors: Partial<SamplingParams> = {
+      ...(input.logitBias && Object.keys(input.logitBias).length ? { logitBias: input.logitBias } : {}),
+      ...(input.presencePenalty ? { presencePenalty: input.presencePenalty } : {}),
+      ...(input.frequencyPenalty ? { frequencyPenalty: input.frequencyPenalty } : {}),
+      ...(input.logprobs !== undefined ? { logprobs: input.logprobs } : {}),
     };
     const job: GenerationJob = {
       id: jobId,
@@ -253,6 +322,7 @@ export function createJobService(d: JobServiceDeps) {
         topP: input.topP ?? 1,
         seed: input.seed ?? randomInt(0, 2 ** 31 - 1),
         stop: input.stop ?? [],
+        ...processors,
       },
       speculation,
       reservedTokens,

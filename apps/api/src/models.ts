@@ -28,6 +28,8 @@ export interface ModelInfo {
   created: number;
   /** The dtype the package stores its weights in (f32, f16, bf16, q8, q4), when known. */
   dtype?: string;
+  /** Token ids are 0 .. vocabSize - 1 (logit_bias keys are checked against it), when known. */
+  vocabSize?: number;
 }
 
 export interface ModelRegistry {
@@ -44,6 +46,7 @@ export function staticRegistry(models: ModelInfo[]): ModelRegistry {
 export interface PromptTokenizer {
   readonly bosId: number;
   readonly maxPieceChars: number;
+  readonly vocabSize?: number;
   encode(text: string): number[];
 }
 
@@ -83,6 +86,7 @@ export function modelInfoFromTokenizer(
     countPromptTokens: async (text) => 1 + (await countTokens(text)),
     created: Math.floor(createdMs / 1000),
     ...(dtype ? { dtype } : {}),
+    ...(tokenizer.vocabSize ? { vocabSize: tokenizer.vocabSize } : {}),
   };
 }
 

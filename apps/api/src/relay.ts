@@ -6,13 +6,14 @@
 import type { StreamEntry } from './adapters/redis-events';
 import type { AppContext } from './context';
 import type { JobMeta } from './jobs';
-import { chunker, type Outcome, outcomeOf } from './openai';
+import { chunker, type LogprobsRequest, type Outcome, outcomeOf } from './openai';
 import { sseResponse } from './sse';
 
 export interface RelayOptions {
   chat: boolean;
   includeUsage: boolean;
   cancelOnDisconnect: boolean;
+  logprobs: LogprobsRequest;
 }
 
 /** onIdle for followers: at most every 10 s after 5 s of silence, ask BullMQ whether the job is lost. */
@@ -58,7 +59,7 @@ export function relayStream(
   requestSignal: AbortSignal | undefined,
   o: RelayOptions,
 ) {
-  const chunks = chunker(meta, o.chat, o.includeUsage);
+  const chunks = chunker(meta, o.chat, o.includeUsage, o.logprobs);
   return sseResponse(
     async (w) => {
       const first = chunks.first();
@@ -76,8 +77,10 @@ export function relayStream(
         const ev = e.event;
         if (ev.type === 'tokens') {
           if (ev.index + ev.ids.length <= next) continue; // a retried attempt's repeat
+          const tokens =
+            o.logprobs === undefined ? [] : (ev.logprobs ?? []).slice(Math.max(0, next - ev.index));
           next = ev.index + ev.ids.length;
-          if (ev.text) w.send(chunks.text(ev.text));
+          if (ev.text || tokens.length) w.send(chunks.text(ev.text, tokens));
         } else if (ev.type === 'retry') {
           w.send(chunks.notice({ retry: { attempt: ev.attempt + 1, reason: ev.reason } }));
         } else if (ev.type === 'done' || ev.type === 'error') {
@@ -123,7 +126,11 @@ export async function answerJob(
   meta: JobMeta,
   request: Request,
   body: AnswerOptions,
-  o: { chat: boolean; toObject: (meta: JobMeta, outcome: Outcome) => unknown },
+  o: {
+    chat: boolean;
+    logprobs: LogprobsRequest;
+    toObject: (meta: JobMeta, outcome: Outcome, logprobs: LogprobsRequest) => unknown;
+  },
 ): Promise<Response> {
   const cancelOnDisconnect = body.cancel_on_disconnect === true;
   if (body.stream) {
@@ -131,9 +138,10 @@ export async function answerJob(
       chat: o.chat,
       includeUsage: body.stream_options?.include_usage === true,
       cancelOnDisconnect,
+      logprobs: o.logprobs,
     });
   }
   const entries = await waitForEnd(ctx, meta, request.signal, cancelOnDisconnect);
   if (!entries) return new Response(null, { status: 499 });
-  return Response.json(o.toObject(meta, outcomeOf(meta, entries)));
+  return Response.json(o.toObject(meta, outcomeOf(meta, entries), o.logprobs));
 }

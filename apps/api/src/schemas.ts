@@ -1,11 +1,18 @@
 /**
- * Request and response schemas: they validate requests and generate /openapi.json. Unknown request
- * fields are ignored (OpenAI clients send fields this server does not use, e.g. `user`); fields it does
- * read are checked strictly (types, ranges), and options it cannot honour (n > 1, echo, best_of > 1)
- * are rejected rather than silently ignored.
+ * Request and response schemas: they validate requests and generate /openapi.json. Fields the server
+ * reads are checked strictly (types, ranges). OpenAI fields it cannot honour (n > 1, best_of > 1, echo,
+ * suffix, tools, response_format other than text, ...) are refused with a 400 naming the field, never
+ * silently ignored; OpenAI fields that do not change the output (user, metadata, store, ...) are
+ * accepted. Fields OpenAI does not define are ignored.
  */
 import { z } from '@hono/zod-openapi';
-import { DECODER_NAMES } from '@ppsd/contract';
+import {
+  BLOCK_DECODERS,
+  DECODER_NAMES,
+  type DecoderName,
+  MAX_TOP_LOGPROBS,
+  PIPELINE_DECODERS,
+} from '@ppsd/contract';
 
 export const ErrorSchema = z
   .object({
@@ -21,11 +28,34 @@ export const ErrorSchema = z
 const SpeculationSchema = z
   .union([
     z.enum(['auto', 'off']),
-    z.object({
-      decoder: z.enum(DECODER_NAMES as unknown as [string, ...string[]]),
-      stages: z.number().int().min(1).max(64).optional(),
-      draftLength: z.number().int().min(1).max(64).optional(),
-    }),
+    z
+      .object({
+        decoder: z.enum(DECODER_NAMES as unknown as [DecoderName, ...DecoderName[]]),
+        stages: z.number().int().min(2).max(64).optional().openapi({
+          description: "ppsd / spd pipeline depth; at most the workers' maxStages (one stage per device)",
+        }),
+        draftLength: z
+          .number()
+          .int()
+          .min(1)
+          .max(64)
+          .optional()
+          .openapi({ description: 'eesd / dv fixed draft block length (default: adaptive)' }),
+      })
+      .superRefine((s, ctx) => {
+        if (s.stages !== undefined && !PIPELINE_DECODERS.includes(s.decoder))
+          ctx.addIssue({
+            code: 'custom',
+            path: ['stages'],
+            message: `applies to the pipeline decoders (${PIPELINE_DECODERS.join(', ')}), not ${s.decoder}`,
+          });
+        if (s.draftLength !== undefined && !BLOCK_DECODERS.includes(s.decoder))
+          ctx.addIssue({
+            code: 'custom',
+            path: ['draftLength'],
+            message: `applies to the block drafters (${BLOCK_DECODERS.join(', ')}), not ${s.decoder}`,
+          });
+      }),
   ])
   .openapi('Speculation', {
     description:
@@ -34,6 +64,8 @@ const SpeculationSchema = z
 
 const Stop = z.union([z.string(), z.array(z.string()).max(4)]).nullish();
 
+const Penalty = z.number().min(-2).max(2).nullish();
+
 /** Sampling and extension parameters shared by every generation request. */
 const sampling = {
   max_tokens: z.number().int().min(1).nullish().openapi({ description: 'Tokens to generate at most.' }),
@@ -41,8 +73,31 @@ const sampling = {
   top_p: z.number().gt(0).max(1).nullish(),
   seed: z.number().int().min(0).max(2_147_483_647).nullish(),
   stop: Stop,
+  logit_bias: z
+    .record(z.string().regex(/^\d+$/, 'keys are token ids'), z.number().min(-100).max(100))
+    .nullish()
+    .openapi({ description: 'Token id -> bias added to its logit (-100 bans, 100 forces).' }),
+  presence_penalty: Penalty,
+  frequency_penalty: Penalty,
   speculation: SpeculationSchema.optional(),
+  user: z.string().max(256).nullish().openapi({ description: 'Kept with the job metadata only.' }),
 };
+
+/**
+ * An OpenAI field this server cannot honour: a 400 naming it unless it is absent, null or `harmless`
+ * (a value that asks for what the server does anyway).
+ */
+const refused = (harmless: (v: unknown) => boolean = () => false) =>
+  z
+    .unknown()
+    .optional()
+    .refine((v) => v == null || harmless(v), { message: 'is not supported by this server' })
+    .openapi({ description: 'Not supported: refused with 400 when set.' });
+
+/** Completion logprobs: the top alternatives per token, 0..5 (OpenAI's limit). */
+const CompletionLogprobs = z.number().int().min(0).max(5).nullish().openapi({
+  description: "Each token's log-probability with this many alternatives (of the model's raw distribution).",
+});
 
 const streaming = {
   stream: z.boolean().nullish(),
@@ -57,6 +112,7 @@ const unsupported = {
   n: z.literal(1).nullish().openapi({ description: 'Only 1 is supported.' }),
   best_of: z.literal(1).nullish(),
   echo: z.literal(false).nullish(),
+  suffix: refused((v) => v === ''),
 };
 
 /**
@@ -71,6 +127,7 @@ export const CompletionRequest = z
   .object({
     model: z.string().min(1),
     prompt: z.union([InputText, z.array(InputText).length(1)]),
+    logprobs: CompletionLogprobs,
     ...sampling,
     ...streaming,
     ...unsupported,
@@ -94,14 +151,39 @@ export const ChatMessageSchema = z
   })
   .openapi('ChatMessage');
 
+/** Chat fields that would change the answer in ways this server does not implement. */
+const chatUnsupported = {
+  n: unsupported.n,
+  tools: refused((v) => Array.isArray(v) && v.length === 0),
+  tool_choice: refused((v) => v === 'none'),
+  parallel_tool_calls: refused(),
+  functions: refused(),
+  function_call: refused((v) => v === 'none'),
+  response_format: refused((v) => (v as { type?: unknown })?.type === 'text'),
+  audio: refused(),
+  modalities: refused((v) => Array.isArray(v) && v.length === 1 && v[0] === 'text'),
+  prediction: refused(),
+  reasoning_effort: refused(),
+  verbosity: refused(),
+  web_search_options: refused(),
+};
+
 export const ChatRequest = z
   .object({
     model: z.string().min(1),
     messages: z.array(ChatMessageSchema).min(1),
     max_completion_tokens: z.number().int().min(1).nullish(),
+    logprobs: z.boolean().nullish().openapi({
+      description: "Each output token's log-probability (of the model's raw distribution).",
+    }),
+    top_logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).nullish(),
     ...sampling,
     ...streaming,
-    n: unsupported.n,
+    ...chatUnsupported,
+  })
+  .refine((b) => b.top_logprobs == null || b.logprobs === true, {
+    message: 'needs logprobs: true',
+    path: ['top_logprobs'],
   })
   .openapi('ChatCompletionRequest');
 
@@ -109,6 +191,7 @@ export const SummarizeRequest = z
   .object({
     model: z.string().min(1).optional().openapi({ description: 'Defaults to the first served model.' }),
     text: InputText,
+    logprobs: CompletionLogprobs,
     ...sampling,
     ...streaming,
   })
@@ -120,6 +203,9 @@ export const JobCreateRequest = z
     prompt: InputText.optional(),
     messages: z.array(ChatMessageSchema).min(1).optional(),
     text: InputText.optional(),
+    logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).nullish().openapi({
+      description: 'Token events of the job stream carry logprobs with this many alternatives.',
+    }),
     ...sampling,
   })
   .refine((b) => [b.prompt, b.messages, b.text].filter((v) => v !== undefined).length === 1, {
@@ -138,6 +224,30 @@ const Usage = z
 
 const Finish = z.enum(['stop', 'length']);
 
+const CompletionLogprobsObject = z
+  .object({
+    tokens: z.array(z.string()),
+    token_logprobs: z.array(z.number()),
+    top_logprobs: z.array(z.record(z.string(), z.number())),
+    text_offset: z.array(z.number().int()),
+  })
+  .nullable()
+  .openapi('CompletionLogprobs');
+
+const TopLogprobSchema = z.object({
+  token: z.string(),
+  logprob: z.number(),
+  bytes: z.array(z.number().int()),
+});
+
+const ChatLogprobsObject = z
+  .object({
+    content: z.array(TopLogprobSchema.extend({ top_logprobs: z.array(TopLogprobSchema) })),
+    refusal: z.null(),
+  })
+  .nullable()
+  .openapi('ChatLogprobs');
+
 export const CompletionResponse = z
   .object({
     id: z.string(),
@@ -145,7 +255,12 @@ export const CompletionResponse = z
     created: z.number().int(),
     model: z.string(),
     choices: z.array(
-      z.object({ text: z.string(), index: z.number().int(), logprobs: z.null(), finish_reason: Finish }),
+      z.object({
+        text: z.string(),
+        index: z.number().int(),
+        logprobs: CompletionLogprobsObject,
+        finish_reason: Finish,
+      }),
     ),
     usage: Usage,
   })
@@ -161,7 +276,7 @@ export const ChatResponse = z
       z.object({
         index: z.number().int(),
         message: z.object({ role: z.literal('assistant'), content: z.string(), refusal: z.null() }),
-        logprobs: z.null(),
+        logprobs: ChatLogprobsObject,
         finish_reason: Finish,
       }),
     ),
@@ -177,6 +292,11 @@ const SpeculationSummarySchema = z
     acceptanceRate: z.number(),
     meanAcceptedLength: z.number(),
     stages: z.array(z.object({ busyMs: z.number(), idleMs: z.number() })).optional(),
+    pipelineStages: z.number().int().optional().openapi({ description: 'ppsd / spd: the depth it ran with' }),
+    draftLength: z
+      .union([z.number().int(), z.literal('adaptive')])
+      .optional()
+      .openapi({ description: 'eesd / dv: the block length it ran with' }),
   })
   .openapi('SpeculationSummary');
 

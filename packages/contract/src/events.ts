@@ -1,13 +1,21 @@
-import type { FinishReason, JobResult } from './job';
+import type { FinishReason, JobResult, TokenLogprob } from './job';
 
 /**
  * Events of a job's Redis Stream, in order. Every event carries the attempt that wrote it; token events
  * carry the index of their first token in the completion, so a retried attempt that regenerates the same
  * tokens (same seed) publishes only indexes the stream does not have yet: nothing is duplicated.
+ * A job that asked for logprobs gets one `logprobs` entry per id on each token event.
  */
 export type StreamEvent =
   | { type: 'start'; attempt: number; workerId: string; decoder: string; queuedMs: number }
-  | { type: 'tokens'; attempt: number; index: number; ids: number[]; text: string }
+  | {
+      type: 'tokens';
+      attempt: number;
+      index: number;
+      ids: number[];
+      text: string;
+      logprobs?: TokenLogprob[];
+    }
   /** The attempt `attempt` was lost (its worker stopped answering); the job runs again as attempt + 1. */
   | { type: 'retry'; attempt: number; reason: string }
   | { type: 'done'; attempt: number; result: JobResult }

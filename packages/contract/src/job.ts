@@ -4,9 +4,17 @@ import type { DecoderName } from '@ppsd/engine/decoder';
 
 // The decoder names are the engine's; this light entry point loads no inference code.
 export { DECODER_NAMES, type DecoderName } from '@ppsd/engine/decoder';
+export { MAX_TOP_LOGPROBS, type TokenLogprob, type TopLogprob } from '@ppsd/engine/logprobs';
 
-/** `speculation` request extension: 'auto' = the worker's default decoder, 'off' = plain AR. */
+/**
+ * `speculation` request extension: 'auto' = the worker's default decoder, 'off' = plain AR, or a decoder
+ * with its pipeline depth (`stages`: ppsd, spd) or fixed draft block length (`draftLength`: eesd, dv).
+ */
 export type Speculation = 'auto' | 'off' | { decoder: DecoderName; stages?: number; draftLength?: number };
+
+/** Decoders `stages` applies to, and decoders `draftLength` applies to (anything else is refused). */
+export const PIPELINE_DECODERS: readonly DecoderName[] = ['ppsd', 'spd'];
+export const BLOCK_DECODERS: readonly DecoderName[] = ['eesd', 'dv'];
 
 export interface SamplingParams {
   maxTokens: number;
@@ -15,6 +23,15 @@ export interface SamplingParams {
   /** Always set: the API draws one when the client gives none, so a retried attempt reproduces the same text. */
   seed: number;
   stop: string[];
+  /**
+   * Logit processors, applied to the verifying model's distribution (OpenAI semantics): token id (as a
+   * decimal string) -> bias added to its logit; penalties subtracted for tokens in the completion so far.
+   */
+  logitBias?: Record<string, number>;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  /** Report each token's raw log-probability and this many most probable alternatives (0..20). */
+  logprobs?: number;
 }
 
 export type JobKind = 'completion' | 'chat' | 'summarize';
@@ -57,4 +74,8 @@ export interface SpeculationSummary {
   acceptanceRate: number; // accepted / proposed (0 when none proposed)
   meanAcceptedLength: number; // tokens emitted per verification
   stages?: { busyMs: number; idleMs: number }[];
+  /** ppsd / spd: the pipeline depth the attempt ran with. */
+  pipelineStages?: number;
+  /** eesd / dv: the draft block length it ran with (a fixed γ, or 'adaptive'). */
+  draftLength?: number | 'adaptive';
 }

@@ -52,6 +52,8 @@ export interface WorkerHeartbeat {
   ready: boolean;
   decoders: string[];
   devices: string[];
+  /** The deepest ppsd / spd pipeline a job may ask of this worker (`speculation.stages`). */
+  maxStages?: number;
   busy: number; // jobs in flight
   at: number; // ms epoch
 }

@@ -1,6 +1,7 @@
 import type { Decoder, DecoderName } from './decode/decoder';
 import { type DecoderPlan, openDecoder } from './decoders';
 import {
+  biasMap,
   type GenerateParams,
   type GenerationResult,
   type OnTokens,
@@ -18,7 +19,13 @@ export interface EngineOptions extends DecoderPlan {
 
 export interface EngineGenerateParams extends GenerateParams {
   decoder?: DecoderName;
+  /** PPSD / SPD pipeline depth k for this generation (default: the plan's); at most `maxStages`. */
+  stages?: number;
 }
+
+/** Decoders whose depth `stages` sets, and those whose block length `draftLength` sets. */
+const PIPELINES: readonly DecoderName[] = ['ppsd', 'spd'];
+const BLOCK_DRAFTERS: readonly DecoderName[] = ['eesd', 'dv'];
 
 export class PromptTooLongError extends Error {
   override name = 'PromptTooLongError';
@@ -38,7 +45,8 @@ export class PromptTooLongError extends Error {
  * It serves one generation at a time (each decoder owns KV caches); concurrent calls queue in order.
  */
 export class Engine {
-  private readonly decoders = new Map<DecoderName, Promise<Decoder>>();
+  /** Built decoders by name, pipelines by name and depth ('ppsd:3'); at most maxStages - 1 per pipeline. */
+  private readonly decoders = new Map<string, Promise<Decoder>>();
   private queue: Promise<unknown> = Promise.resolve();
 
   private constructor(
@@ -70,6 +78,21 @@ export class Engine {
     return this.options.decoder ?? 'ar';
   }
 
+  /**
+   * The deepest pipeline a generation may ask for: one stage per device of the plan (a one-device plan
+   * still runs the default 2 on it), and never more stages than layers.
+   */
+  get maxStages(): number {
+    const devices = this.options.devices?.length ?? 1;
+    return Math.min(this.pkg.model.config.nLayers, Math.max(2, devices, this.options.stages ?? 0));
+  }
+
+  /** The pipeline depth when a generation names none (decoders.ts: openDecoder's k). */
+  private get planStages(): number {
+    const devices = this.options.devices?.length ?? 1;
+    return Math.min(this.pkg.model.config.nLayers, this.options.stages ?? Math.max(2, devices));
+  }
+
   /** The prompt as the engine feeds it: BOS then the encoded text. */
   encodePrompt(text: string): Int32Array {
     return Int32Array.from([this.tokenizer.bosId, ...this.tokenizer.encode(text)]);
@@ -85,21 +108,46 @@ export class Engine {
     if (ids.length + params.maxTokens > this.maxContext) {
       throw new PromptTooLongError(ids.length, params.maxTokens, this.maxContext);
     }
+    const name = params.decoder ?? this.defaultDecoder;
+    this.checkParams(name, params);
     const run = this.queue.then(async () => {
-      const decoder = await this.decoder(params.decoder ?? this.defaultDecoder);
+      const decoder = await this.decoder(name, params.stages);
       return runGeneration(decoder, this.tokenizer, ids, params, onTokens);
     });
     this.queue = run.catch(() => undefined);
     return run;
   }
 
-  /** Decoders are built on first use: each owns its own stages (sessions and KV caches). */
-  private decoder(name: DecoderName): Promise<Decoder> {
-    let decoder = this.decoders.get(name);
+  /** Refuses, before any work, options this decoder would not honour (none is silently ignored). */
+  private checkParams(name: DecoderName, p: EngineGenerateParams): void {
+    if (p.stages !== undefined) {
+      if (!PIPELINES.includes(name))
+        throw new RangeError(`stages applies to the pipeline decoders (ppsd, spd), not ${name}`);
+      if (!(Number.isInteger(p.stages) && p.stages >= 2 && p.stages <= this.maxStages))
+        throw new RangeError(`stages must be an integer in [2, ${this.maxStages}] here, got ${p.stages}`);
+    }
+    if (p.draftLength !== undefined && !BLOCK_DRAFTERS.includes(name))
+      throw new RangeError(`draftLength applies to the block drafters (eesd, dv), not ${name}`);
+    const vocab = this.pkg.model.config.vocabSize;
+    for (const id of biasMap(p.logitBias)?.keys() ?? []) {
+      if (!(Number.isInteger(id) && id >= 0 && id < vocab))
+        throw new RangeError(`logit bias names token ${id}, outside the vocabulary [0, ${vocab})`);
+    }
+  }
+
+  /**
+   * Decoders are built on first use: each owns its own stages (sessions and KV caches). A pipeline of
+   * another depth than the plan's is a decoder of its own.
+   */
+  private decoder(name: DecoderName, stages?: number): Promise<Decoder> {
+    if (stages === this.planStages) stages = undefined;
+    const key = stages === undefined ? name : `${name}:${stages}`;
+    let decoder = this.decoders.get(key);
     if (!decoder) {
-      decoder = openDecoder(name, this.pkg, this.options);
-      this.decoders.set(name, decoder);
-      decoder.catch(() => this.decoders.delete(name));
+      const plan = stages === undefined ? this.options : { ...this.options, stages };
+      decoder = openDecoder(name, this.pkg, plan);
+      this.decoders.set(key, decoder);
+      decoder.catch(() => this.decoders.delete(key));
     }
     return decoder;
   }

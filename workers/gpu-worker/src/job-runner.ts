@@ -13,12 +13,14 @@
  *   the stream's expiry share the job slot (another); both are idempotent.
  */
 import {
+  BLOCK_DECODERS,
   type DecoderName,
   type FinishReason,
   type GenerationJob,
   type JobResult,
   keys,
   METRIC_FIELDS,
+  PIPELINE_DECODERS,
   type PublishKind,
   progressKeys,
   publishJobEvent,
@@ -50,6 +52,8 @@ export interface RunnerDeps {
   ensureDecoder?: (decoder: DecoderName) => Promise<void>;
   /** Pipeline stages (devices) a generation holds, for device seconds. */
   stages: number;
+  /** The deepest pipeline a job may ask for (`speculation.stages`; the engine's maxStages). */
+  maxStages?: number;
   cancels: CancelRegistry;
   log: (msg: string) => void;
   /** When the worker drains past its deadline, in-flight jobs are handed back to the queue. */
@@ -99,6 +103,45 @@ const retryReason = (job: Job): string =>
   job.failedReason
     ? `the last attempt failed: ${job.failedReason}`
     : 'the worker running this job stopped answering';
+/** What a job's `speculation` asks of the engine: the decoder and its per-request depth / block length. */
+export interface ResolvedSpeculation {
+  decoder: DecoderName;
+  stages?: number;
+  draftLength?: number;
+}
+
+/**
+ * `resolveDecoder` plus the per-request settings, checked against what this worker runs: `stages` only
+ * for ppsd / spd and at most `maxStages`, `draftLength` only for eesd / dv. Throws JobRejectedError.
+ */
+export function resolveSpeculation(
+  spec: Speculation | undefined,
+  defaultDecoder: DecoderName,
+  supported: readonly string[],
+  maxStages: number,
+): ResolvedSpeculation {
+  const decoder = resolveDecoder(spec, defaultDecoder, supported);
+  if (typeof spec !== 'object') return { decoder };
+  const { stages, draftLength } = spec;
+  if (stages !== undefined) {
+    if (!PIPELINE_DECODERS.includes(decoder))
+      throw new JobRejectedError(
+        `speculation.stages applies to ppsd and spd, not ${decoder}`,
+        'invalid_speculation',
+      );
+    if (!(Number.isInteger(stages) && stages >= 2 && stages <= maxStages))
+      throw new JobRejectedError(
+        `speculation.stages ${stages}: this worker runs pipelines of 2 to ${maxStages} stages`,
+        'unsupported_stages',
+      );
+  }
+  if (draftLength !== undefined && !BLOCK_DECODERS.includes(decoder))
+    throw new JobRejectedError(
+      `speculation.draftLength applies to eesd and dv, not ${decoder}`,
+      'invalid_speculation',
+    );
+  return { decoder, stages, draftLength };
+}
 
 /** The attempt number of the current run: BullMQ counts starts (stalled restarts included). */
 export const attemptOf = (job: Job): number =>
@@ -145,10 +188,12 @@ export function createProcessor(
     let timer: NodeJS.Timeout | undefined;
     let timedOut = false;
     let decoder: DecoderName = 'ar';
+    let plan: ResolvedSpeculation = { decoder };
     try {
       if (await deps.cancels.isCancelled(jobId)) ac.abort(new Error('cancelled'));
       try {
-        decoder = resolveDecoder(data.speculation, deps.defaultDecoder, deps.decoders);
+        plan = resolveSpeculation(data.speculation, deps.defaultDecoder, deps.decoders, deps.maxStages ?? 2);
+        decoder = plan.decoder;
         await deps.ensureDecoder?.(decoder);
       } catch (err) {
         await finish({
@@ -192,8 +237,9 @@ export function createProcessor(
         const skip = Math.max(0, publishedTokens - ev.index);
         const text = fullText.length > publishedChars ? fullText.slice(publishedChars) : '';
         publishedChars = Math.max(publishedChars, fullText.length);
+        const logprobs = ev.logprobs && { logprobs: ev.logprobs.slice(skip) };
         void publish(
-          { type: 'tokens', attempt, index: ev.index + skip, ids: ev.ids.slice(skip), text },
+          { type: 'tokens', attempt, index: ev.index + skip, ids: ev.ids.slice(skip), text, ...logprobs },
           'tokens',
           end,
           publishedChars,
@@ -203,22 +249,29 @@ export function createProcessor(
 
       let result: Awaited<ReturnType<WorkerEngine['generate']>>;
       try {
+        const p = data.params;
         result = await deps.engine.generate(
           data.prompt,
           {
-            maxTokens: data.params.maxTokens,
-            temperature: data.params.temperature,
-            topP: data.params.topP,
-            seed: data.params.seed,
-            stop: data.params.stop ?? [],
-            decoder,
+            maxTokens: p.maxTokens,
+            temperature: p.temperature,
+            topP: p.topP,
+            seed: p.seed,
+            stop: p.stop ?? [],
+            logitBias: p.logitBias,
+            presencePenalty: p.presencePenalty,
+            frequencyPenalty: p.frequencyPenalty,
+            logprobs: p.logprobs,
+            ...plan,
             signal: ac.signal,
           },
           onTokens,
         );
       } catch (err) {
         const e = err as Error;
-        const rejected = e.name === 'PromptTooLongError' || err instanceof JobRejectedError;
+        // the engine refuses settings it cannot run with a RangeError: the same on every attempt
+        const rejected =
+          e.name === 'PromptTooLongError' || err instanceof JobRejectedError || err instanceof RangeError;
         const final = rejected || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
         await publisher.idle();
         await finish({ kind: 'error', err: e, completionTokens: verified, stats: undefined, final });
@@ -346,6 +399,8 @@ export function createProcessor(
           acceptanceRate: stats.acceptanceRate,
           meanAcceptedLength: stats.meanAcceptedLength,
           ...(stats.stages ? { stages: stats.stages } : {}),
+          ...(end.stats?.pipeline ? { pipelineStages: end.stats.stages?.length } : {}),
+          ...(end.stats?.draftLength !== undefined ? { draftLength: end.stats.draftLength } : {}),
         },
       };
       if (!end.final) return result;
@@ -357,7 +412,9 @@ export function createProcessor(
             ? end.err.code
             : end.err?.name === 'PromptTooLongError'
               ? 'prompt_too_long'
-              : 'engine_error';
+              : end.err instanceof RangeError
+                ? 'invalid_request'
+                : 'engine_error';
         await publish(
           { type: 'error', attempt, message: end.err?.message ?? 'job failed', code, finishReason: 'error' },
           'terminal',
@@ -422,6 +479,7 @@ export class EventPublisher {
           this.queue.shift();
           ev.ids.push(...n.ids);
           ev.text += n.text;
+          if (ev.logprobs || n.logprobs) ev.logprobs = [...(ev.logprobs ?? []), ...(n.logprobs ?? [])];
           item.tokenEnd = next.item.tokenEnd;
           item.charsEnd = next.item.charsEnd;
           done.push(...next.done);

@@ -125,7 +125,7 @@ async function main(): Promise<void> {
   if (drain.draining) return;
 
   // 2. the engine, 3. the warm-up
-  enginePromise = openEngine(packageDir, {
+  const opening = openEngine(packageDir, {
     decoder: cfg.decoder,
     devices,
     maxSeqLen: cfg.maxSeqLen,
@@ -133,7 +133,8 @@ async function main(): Promise<void> {
     verified: freshlyVerified,
     log,
   });
-  const opened = await enginePromise;
+  enginePromise = opening;
+  const opened = await opening;
   log(`engine open on ${devices.join(',')}`);
   const support = new DecoderSupport(
     opened,
@@ -155,6 +156,7 @@ async function main(): Promise<void> {
     decoders: DECODER_NAMES,
     ensureDecoder: (d) => support.ensure(d),
     stages: devices.length,
+    maxStages: opened.maxStages,
     cancels,
     log,
     handBack: () => drain.handingBack,
@@ -187,7 +189,7 @@ async function main(): Promise<void> {
     }
   });
   await worker.waitUntilReady();
-  await heartbeat.update({ ready: true, decoders: support.available });
+  await heartbeat.update({ ready: true, decoders: support.available, maxStages: opened.maxStages });
   log(`ready: queue ${queueName(cfg.model)}, default decoder ${cfg.decoder}, concurrency ${cfg.concurrency}`);
 }
 

@@ -7,7 +7,7 @@ import { router } from '../context';
 import { chatObject } from '../openai';
 import { answerJob } from '../relay';
 import { ChatRequest, ChatResponse, errorResponses, IdempotencyHeader } from '../schemas';
-import { chatMessages, idempotencyKeyOf, samplingInput } from './params';
+import { chatLogprobs, chatMessages, idempotencyKeyOf, samplingInput } from './params';
 
 export const chatRoute = createRoute({
   method: 'post',
@@ -43,8 +43,13 @@ export function chatRoutes(ctx: AppContext) {
       prompt: renderChatPrompt(chatMessages(body.messages)),
       ...sampling,
       maxTokens: body.max_completion_tokens ?? sampling.maxTokens,
+      logprobs: chatLogprobs(body),
       idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
     });
-    return answerJob(ctx, meta, c.req.raw, body, { chat: true, toObject: chatObject });
+    return answerJob(ctx, meta, c.req.raw, body, {
+      chat: true,
+      logprobs: chatLogprobs(body),
+      toObject: chatObject,
+    });
   });
 }

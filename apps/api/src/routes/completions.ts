@@ -38,8 +38,13 @@ export function completionsRoutes(ctx: AppContext) {
       kind: 'completion',
       prompt: typeof body.prompt === 'string' ? body.prompt : body.prompt[0],
       ...samplingInput(body),
+      logprobs: body.logprobs ?? undefined,
       idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
     });
-    return answerJob(ctx, meta, c.req.raw, body, { chat: false, toObject: completionObject });
+    return answerJob(ctx, meta, c.req.raw, body, {
+      chat: false,
+      logprobs: body.logprobs ?? undefined,
+      toObject: completionObject,
+    });
   });
 }

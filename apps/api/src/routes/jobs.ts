@@ -125,6 +125,7 @@ export function jobsRoutes(ctx: AppContext) {
         kind,
         prompt,
         ...samplingInput(body),
+        logprobs: body.logprobs ?? undefined,
         idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
       });
       if (created) return c.json({ id: meta.id, object: 'job' as const, status: 'queued' as const }, 202);

@@ -10,7 +10,11 @@ export interface SamplingFields {
   top_p?: number | null;
   seed?: number | null;
   stop?: string | string[] | null;
+  logit_bias?: Record<string, number> | null;
+  presence_penalty?: number | null;
+  frequency_penalty?: number | null;
   speculation?: unknown;
+  user?: string | null;
 }
 
 export function samplingInput(b: SamplingFields) {
@@ -20,9 +24,17 @@ export function samplingInput(b: SamplingFields) {
     topP: b.top_p ?? undefined,
     seed: b.seed ?? undefined,
     stop: b.stop == null ? undefined : typeof b.stop === 'string' ? [b.stop] : b.stop,
+    logitBias: b.logit_bias ?? undefined,
+    presencePenalty: b.presence_penalty ?? undefined,
+    frequencyPenalty: b.frequency_penalty ?? undefined,
     speculation: (b.speculation ?? undefined) as Speculation | undefined,
+    user: b.user ?? undefined,
   };
 }
+
+/** Top alternatives per token a chat request asks for (`logprobs: true` + `top_logprobs`), or none. */
+export const chatLogprobs = (b: { logprobs?: boolean | null; top_logprobs?: number | null }) =>
+  b.logprobs === true ? (b.top_logprobs ?? 0) : undefined;
 
 export function chatMessages(messages: z.infer<typeof ChatMessageSchema>[]): ChatMessage[] {
   return messages.map((m) => ({

@@ -40,8 +40,13 @@ export function summarizeRoutes(ctx: AppContext) {
       kind: 'summarize',
       prompt: renderSummarizePrompt(body.text),
       ...samplingInput(body),
+      logprobs: body.logprobs ?? undefined,
       idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
     });
-    return answerJob(ctx, meta, c.req.raw, body, { chat: false, toObject: completionObject });
+    return answerJob(ctx, meta, c.req.raw, body, {
+      chat: false,
+      logprobs: body.logprobs ?? undefined,
+      toObject: completionObject,
+    });
   });
 }

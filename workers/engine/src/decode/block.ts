@@ -38,6 +38,8 @@ export interface BlockSpeculator {
 
 /** How many drafts a block gets. */
 export interface DraftLengthPolicy {
+  /** What the stats report: the fixed γ, or 'adaptive'. */
+  readonly setting: number | 'adaptive';
   /** Most drafts for the next block. */
   maxDrafts(): number;
   /** Whether a freshly drafted token (with its top-1 probability) joins the block; the first always does. */
@@ -47,9 +49,11 @@ export interface DraftLengthPolicy {
 }
 
 export class FixedDraftLength implements DraftLengthPolicy {
+  readonly setting: number;
   constructor(private readonly gamma: number) {
     if (!Number.isInteger(gamma) || gamma < 1)
       throw new RangeError(`draft length must be a positive integer, got ${gamma}`);
+    this.setting = gamma;
   }
   maxDrafts(): number {
     return this.gamma;
@@ -59,6 +63,7 @@ export class FixedDraftLength implements DraftLengthPolicy {
 
 /** Grows the block by one after a fully accepted block, shrinks it by one after an early rejection. */
 export class AdaptiveDraftLength implements DraftLengthPolicy {
+  readonly setting = 'adaptive';
   private gamma: number;
   constructor(
     initial = 4,
@@ -81,6 +86,7 @@ export class AdaptiveDraftLength implements DraftLengthPolicy {
  * (raised while acceptance is under the target rate, lowered while above), both smoothed.
  */
 export class ConfidenceDraftExit implements DraftLengthPolicy {
+  readonly setting = 'adaptive';
   private threshold: number;
   private rate: number;
   constructor(
@@ -157,7 +163,9 @@ export class BlockDecoder implements Decoder {
     const stats = startStats(request, this.name);
     if (maxTokens <= 0 || signal?.aborted) return stats;
     if (this.closed) throw new Error(`${this.name} decoder is closed`);
-    const policy = this.opts.policy();
+    const policy: DraftLengthPolicy =
+      request.draftLength === undefined ? this.opts.policy() : new FixedDraftLength(request.draftLength);
+    stats.draftLength = policy.setting;
     const controlledSetting = request.controlledAcceptance ?? this.opts.controlledAcceptance;
     const controlled = controlledSetting
       ? new ControlledDrafts(controlledSetting, prompt.length, this.speculator.vocabSize)

@@ -20,6 +20,8 @@ export interface DecodeRequest {
    * Overrides the decoder's own setting for this generation; ignored by AR.
    */
   controlledAcceptance?: ControlledAcceptance;
+  /** EESD / DV: a fixed draft block length γ for this generation instead of the decoder's policy. */
+  draftLength?: number;
 }
 
 /**
@@ -54,6 +56,8 @@ export interface SpeculationStats {
   /** Tokens emitted (verified). */
   tokens: number;
   stages?: StageTime[];
+  /** EESD / DV: the block length this generation ran with (a fixed γ, or the adaptive policy). */
+  draftLength?: number | 'adaptive';
   /** Pipelines: the decode loop's ticks (prefill excluded), their wall time, and per tick the slowest stage's run. */
   pipeline?: PipelineTickStats;
 }
@@ -116,6 +120,7 @@ export function startStats(request: DecodeRequest, decoder: DecoderName): Specul
     verifications: 0,
     tokens: 0,
     stages: undefined,
+    draftLength: undefined,
   });
   return stats;
 }

@@ -27,7 +27,7 @@ import {
   sublayerSplit,
   sublayerStageMacs,
 } from './pipeline';
-import { argmax, type Sampler } from './sampling';
+import type { Sampler } from './sampling';
 import { type ControlledAcceptance, type Draft, draftFrom } from './spec-rule';
 import type { OutReply } from './stage-protocol';
 
@@ -62,7 +62,7 @@ export class ExitHeadDrafter implements PipelineDrafter {
     if (!logits) throw new Error('ppsd: stage 1 returned no exit logits');
     const vocab = this.vocab;
     if (!vocab) return draftFrom(sampler, logits);
-    if (sampler.greedy) return { token: vocab[argmax(logits)] };
+    if (sampler.greedy) return { token: vocab[sampler.best(logits, vocab)] };
     return subsetDraft(sampler, logits, vocab, this.vocabSize);
   }
 }
@@ -74,7 +74,7 @@ export function subsetDraft(
   vocab: Int32Array,
   vocabSize: number,
 ): Draft {
-  const qSub = sampler.distribution(logits);
+  const qSub = sampler.distribution(logits, vocab);
   const token = vocab[sampler.draw(qSub)];
   const q = new Float64Array(vocabSize);
   for (let i = 0; i < vocab.length; i++) q[vocab[i]] = qSub[i];

@@ -5,10 +5,12 @@
  * - sampling: a draft x drawn from q is accepted with probability min(1, p(x) / q(x)); on rejection the
  *   replacement is drawn from normalise(max(0, p - q)). Then the emitted token is distributed exactly as p
  *   (Leviathan et al. 2023, Chen et al. 2023).
- * After a fully accepted block the bonus token is a plain draw from p (`sampler.pick`).
+ * After a fully accepted block the bonus token is a plain draw from p (`sampler.pick`). p and the
+ * greedy argmax are of the processed target row (logit_bias, penalties: `Sampler.process`), and every
+ * judged token is recorded, so the next row is processed with the completion up to its position.
  */
 import type { ControlledAcceptance } from './decoder';
-import { argmax, Rng, type Sampler } from './sampling';
+import { Rng, type Sampler } from './sampling';
 
 export type { ControlledAcceptance } from './decoder';
 
@@ -31,18 +33,20 @@ export interface Verdict {
 
 /** Drafts one token from draft logits: argmax when greedy, else a draw from q = distribution(logits). */
 export function draftFrom(sampler: Sampler, logits: ArrayLike<number>): Draft {
-  if (sampler.greedy) return { token: argmax(logits) };
+  if (sampler.greedy) return { token: sampler.best(logits) };
   const q = sampler.distribution(logits);
   return { token: sampler.draw(q), q };
 }
 
-/** Judges `draft` against the target logits of the same position. */
+/** Judges `draft` against the target logits of the same position; the emitted token is recorded. */
 export function judge(sampler: Sampler, targetLogits: ArrayLike<number>, draft: Draft): Verdict {
+  let verdict: Verdict;
   if (sampler.greedy) {
-    const best = argmax(targetLogits);
-    return { accepted: best === draft.token, token: best };
-  }
-  return judgeDistributions(sampler, sampler.distribution(targetLogits), draft);
+    const best = sampler.best(targetLogits);
+    verdict = { accepted: best === draft.token, token: best };
+  } else verdict = judgeDistributions(sampler, sampler.distribution(targetLogits), draft);
+  sampler.record(targetLogits, verdict.token);
+  return verdict;
 }
 
 /** The rule on explicit distributions: p the target's, q the draft's (one-hot of draft.token when absent). */

@@ -1,4 +1,5 @@
 import { type Decoder, type SpeculationStats, startStats } from '../decode/decoder';
+import { type IdLogprob, type IdLogprobs, type TokenLogprob, tokenString } from '../decode/logprobs';
 import { Sampler } from '../decode/sampling';
 import type { Tokenizer } from '../tokenizer';
 import { StopText } from './stop-text';
@@ -10,6 +11,14 @@ export interface GenerateParams {
   seed?: number; // default 0
   stop?: string[];
   signal?: AbortSignal;
+  /** Token id -> added to its logit (OpenAI logit_bias; JSON objects have string keys, read as ids). */
+  logitBias?: Readonly<Record<number, number>>;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  /** Report each token's raw log-probability (decode/logprobs.ts) with this many top alternatives. */
+  logprobs?: number;
+  /** EESD / DV: fixed draft block length for this generation. */
+  draftLength?: number;
 }
 
 /** A batch of verified tokens and the text they complete (UTF-8 safe; may be empty while held back). */
@@ -17,6 +26,8 @@ export interface TokenEvent {
   index: number; // completion index of ids[0]
   ids: number[];
   text: string;
+  /** One entry per id, when the generation asked for logprobs. */
+  logprobs?: TokenLogprob[];
 }
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
@@ -29,6 +40,8 @@ export interface GenerationResult {
   finishReason: FinishReason;
   stats: SpeculationStats;
   timings: { firstTokenMs: number; totalMs: number; tokensPerSecond: number };
+  /** One entry per token, when asked for. */
+  logprobs?: TokenLogprob[];
 }
 
 export type OnTokens = (event: TokenEvent) => void | Promise<void>;
@@ -50,7 +63,22 @@ export async function runGeneration(
     temperature: params.temperature ?? 0,
     topP: params.topP ?? 1,
     seed: params.seed ?? 0,
+    logitBias: biasMap(params.logitBias),
+    presencePenalty: params.presencePenalty,
+    frequencyPenalty: params.frequencyPenalty,
+    logprobs: params.logprobs,
   });
+  const render = (t: IdLogprob) => {
+    const bytes = tokenizer.tokenBytes(t.id);
+    return { token: tokenString(bytes), bytes: Array.from(bytes), logprob: t.logprob };
+  };
+  const entry = (t: IdLogprobs, offset: number): TokenLogprob => ({
+    ...render(t),
+    offset,
+    top: t.top.map(render),
+  });
+  const logprobs: TokenLogprob[] | undefined = params.logprobs === undefined ? undefined : [];
+  let decodedChars = 0; // text the decoder has produced: where the next token's text starts
   const endTokens = new Set([tokenizer.eosId, tokenizer.bosId]); // llama2.c ends a story at BOS
   const stopText = new StopText(params.stop ?? []);
   const textDecoder = tokenizer.createStreamDecoder(prompt[prompt.length - 1]);
@@ -59,7 +87,13 @@ export async function runGeneration(
   let finishReason: FinishReason = 'length';
   let firstTokenMs = 0;
 
-  const request = { prompt, maxTokens: params.maxTokens, sampler, signal: params.signal };
+  const request = {
+    prompt,
+    maxTokens: params.maxTokens,
+    sampler,
+    signal: params.signal,
+    draftLength: params.draftLength,
+  };
   const stats: SpeculationStats = startStats(request, decoder.name);
   const steps = decoder.decode({ ...request, stats });
   try {
@@ -68,14 +102,19 @@ export async function runGeneration(
       if (step.done) break;
       if (tokens.length === 0) firstTokenMs = performance.now() - started;
       const ids: number[] = [];
+      const stepLogprobs: TokenLogprob[] = [];
       let delta = '';
       for (const id of step.value) {
         if (endTokens.has(id)) {
           finishReason = 'stop';
           break;
         }
+        // the sampler recorded every verified token in order, so entry i is completion token i
+        if (logprobs) stepLogprobs.push(entry(sampler.logprobs[tokens.length + ids.length], decodedChars));
         ids.push(id);
-        delta += stopText.push(textDecoder.push(id));
+        const piece = textDecoder.push(id);
+        decodedChars += piece.length;
+        delta += stopText.push(piece);
         if (stopText.stopped) {
           finishReason = 'stop';
           break;
@@ -84,7 +123,11 @@ export async function runGeneration(
       }
       const done = finishReason === 'stop' || tokens.length + ids.length >= params.maxTokens;
       if (ids.length > 0 || delta) {
-        const event = { index: tokens.length, ids, text: delta };
+        const event: TokenEvent = { index: tokens.length, ids, text: delta };
+        if (logprobs) {
+          event.logprobs = stepLogprobs;
+          logprobs.push(...stepLogprobs);
+        }
         tokens.push(...ids);
         text += delta;
         await onTokens?.(event);
@@ -117,5 +160,10 @@ export async function runGeneration(
     finishReason,
     stats,
     timings: { firstTokenMs, totalMs, tokensPerSecond: tokens.length / (totalMs / 1000) },
+    ...(logprobs ? { logprobs } : {}),
   };
 }
+
+/** logit_bias as the Sampler takes it; a key that is no integer becomes NaN, which the Sampler refuses. */
+export const biasMap = (bias: Readonly<Record<number, number>> | undefined) =>
+  bias && new Map(Object.entries(bias).map(([id, b]) => [/^\d+$/.test(id) ? Number(id) : Number.NaN, b]));

@@ -51,6 +51,9 @@ export class HfTokenizer implements Tokenizer {
   /** Byte-level pieces spell one byte per character, SentencePiece ones one character (▁ for a space). */
   readonly maxPieceChars: number;
   private readonly impl: HfTokenizerImpl;
+  /** GPT-2 style byte-level vocabulary: each byte is spelled by one printable character. */
+  private readonly byteLevel: boolean;
+  private readonly special: Set<number>;
 
   constructor(
     json: HfTokenizerJson,
@@ -82,6 +85,8 @@ export class HfTokenizer implements Tokenizer {
     }
     this.maxPieceChars = maxPieceChars;
     this.vocabSize = maxId + 1;
+    this.byteLevel = JSON.stringify(json.decoder ?? null).includes('"ByteLevel"');
+    this.special = new Set((json.added_tokens ?? []).filter((t) => t.special).map((t) => t.id));
     this.bosId = options.bosId ?? this.specialId(config.bos_token, BOS_NAMES) ?? -1;
     this.eosId = options.eosId ?? this.specialId(config.eos_token, EOS_NAMES) ?? -1;
   }
@@ -98,6 +103,16 @@ export class HfTokenizer implements Tokenizer {
 
   encode(text: string): number[] {
     return this.impl.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  tokenBytes(id: number): Uint8Array {
+    const token = this.impl.id_to_token(id);
+    if (token === undefined)
+      throw new RangeError(`token id ${id} is outside the vocabulary (0..${this.vocabSize - 1})`);
+    const byte = /^<0x([0-9A-Fa-f]{2})>$/.exec(token);
+    if (byte && !this.special.has(id)) return Uint8Array.of(Number.parseInt(byte[1], 16));
+    if (this.byteLevel && !this.special.has(id)) return Uint8Array.from(token, (ch) => byteOfChar(ch));
+    return utf8.encode(this.special.has(id) ? token : token.replaceAll('\u2581', ' '));
   }
 
   decode(ids: number[]): string {
@@ -137,6 +152,25 @@ export class HfTokenizer implements Tokenizer {
       flush: () => emitNew(true),
     };
   }
+}
+
+const utf8 = new TextEncoder();
+
+/** GPT-2's bytes_to_unicode, inverted: printable Latin-1 bytes spell themselves, the rest 256 + n. */
+const BYTE_OF_CHAR = (() => {
+  const map = new Map<number, number>();
+  let n = 0;
+  for (let b = 0; b < 256; b++) {
+    const printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || b >= 0xae;
+    map.set(printable ? b : 256 + n++, b);
+  }
+  return map;
+})();
+
+function byteOfChar(ch: string): number {
+  const b = BYTE_OF_CHAR.get(ch.codePointAt(0)!);
+  if (b === undefined) throw new Error(`byte-level token character ${JSON.stringify(ch)} maps to no byte`);
+  return b;
 }
 
 /**

@@ -151,6 +151,11 @@ export class Llama2cTokenizer implements Tokenizer {
     return prev === LLAMA2C_BOS && piece[0] === 0x20 ? piece.subarray(1) : piece;
   }
 
+  tokenBytes(id: number): Uint8Array {
+    const control = CONTROL_NAMES[id];
+    return control ? utf8Bytes.encode(control) : this.pieceBytes(-1, id);
+  }
+
   decode(ids: number[]): string {
     const stream = this.createStreamDecoder();
     let text = '';
@@ -178,6 +183,12 @@ export class Llama2cTokenizer implements Tokenizer {
 }
 
 const EMPTY = new Uint8Array(0);
+const CONTROL_NAMES: Record<number, string> = {
+  [LLAMA2C_UNK]: '<unk>',
+  [LLAMA2C_BOS]: '<s>',
+  [LLAMA2C_EOS]: '</s>',
+};
+const utf8Bytes = new TextEncoder();
 
 interface Candidate {
   score: number;

@@ -19,6 +19,11 @@ export interface Tokenizer {
    */
   decode(ids: number[]): string;
   /**
+   * The bytes token `id` stands for inside a text (no leading-space strip; a byte token's one byte); a
+   * control token's name (`<s>`, `</s>`, ...), as OpenAI's logprobs show special tokens.
+   */
+  tokenBytes(id: number): Uint8Array;
+  /**
    * Incremental decoding of generated tokens. `prevToken` is the last token of the context the
    * generated tokens follow (normally the prompt's last token); omitted, the tokens start a sequence.
    * The concatenated deltas equal the text of the tokens in that context, and no delta ends in half a
