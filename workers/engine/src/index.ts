@@ -18,6 +18,7 @@ export {
   loadPackage,
   MANIFEST_FILE,
   type PackageManifest,
+  packageTokenizerOptions,
   parseManifest,
   readManifest,
   verifyPackage,

@@ -20,6 +20,7 @@
  *   GGUFs were converted from.
  */
 import {
+  type BiasKey,
   headDim,
   type LayerWeights,
   type LlamaConfig,
@@ -57,7 +58,7 @@ import { EMBED_TOKENS, LM_HEAD, layerTensorName } from './hf-llama';
 import { interleavedRowOrder, rotateHalfRowOrder } from './llama2c';
 import type { ProgressFn } from './progress';
 
-const LAYER_GGUF: Record<keyof LayerWeights, string> = {
+const LAYER_GGUF: Record<GgufLayerKey, string> = {
   attnNorm: 'attn_norm',
   wq: 'attn_q',
   wk: 'attn_k',
@@ -68,12 +69,13 @@ const LAYER_GGUF: Record<keyof LayerWeights, string> = {
   w2: 'ffn_down',
   w3: 'ffn_up',
 };
-const LAYER_KEYS = Object.keys(LAYER_GGUF) as (keyof LayerWeights)[];
+const LAYER_KEYS = Object.keys(LAYER_GGUF) as GgufLayerKey[];
+type GgufLayerKey = Exclude<keyof LayerWeights, BiasKey>;
 const NORM_KEYS = new Set<keyof LayerWeights>(['attnNorm', 'ffnNorm']);
 export const TOKEN_EMBD = 'token_embd.weight';
 export const OUTPUT_NORM = 'output_norm.weight';
 export const OUTPUT = 'output.weight';
-export const ggufLayerTensorName = (layer: number, key: keyof LayerWeights): string =>
+export const ggufLayerTensorName = (layer: number, key: GgufLayerKey): string =>
   `blk.${layer}.${LAYER_GGUF[key]}.weight`;
 
 /** llama.cpp's token types (tokenizer.ggml.token_type). */
@@ -186,7 +188,7 @@ export async function readGgufLlama(
     const tokenEmbedding = await matrix(TOKEN_EMBD, EMBED_TOKENS);
     const layers: LayerWeights[] = [];
     for (let l = 0; l < config.nLayers; l++) {
-      const g = (key: keyof LayerWeights) => ggufLayerTensorName(l, key);
+      const g = (key: GgufLayerKey) => ggufLayerTensorName(l, key);
       const m = (key: MatrixKey, order?: Int32Array) => matrix(g(key), layerTensorName(l, key), order);
       layers.push({
         attnNorm: await vector(g('attnNorm')),
@@ -244,7 +246,7 @@ function describe(c: LlamaConfig): string {
 /** GGUF name -> expected dims ([columns, rows] for matrices). */
 function expectedShapes(c: LlamaConfig): Map<string, number[]> {
   const hd = headDim(c);
-  const per: Record<keyof LayerWeights, number[]> = {
+  const per: Record<GgufLayerKey, number[]> = {
     attnNorm: [c.dim],
     wq: [c.dim, c.nHeads * hd],
     wk: [c.dim, c.nKvHeads * hd],
