@@ -211,10 +211,10 @@ describe('rope_scaling linear and dynamic; refusals', () => {
   it('dynamic is plain RoPE within max_position_embeddings and is not served beyond it', async () => {
     const dir = await withConfig('dynamic', { rope_scaling: { rope_type: 'dynamic', factor: 2.0 } });
     const { model } = await readHfFolder(dir);
-    expect(model.config.ropeScaling).toEqual({ type: 'dynamic', factor: 2, maxPositionEmbeddings: 128 });
-    const plain = ropeTables({ ...model.config, ropeScaling: undefined }, 128);
-    expect(ropeTables(model.config, 128).cos).toEqual(plain.cos);
-    expect(() => ropeTables(model.config, 129)).toThrow(/dynamic.*within max_position_embeddings = 128/);
+    expect(model.config.ropeScaling).toEqual({ type: 'dynamic', factor: 2, maxPositionEmbeddings: 256 });
+    const plain = ropeTables({ ...model.config, ropeScaling: undefined }, 256);
+    expect(ropeTables(model.config, 256).cos).toEqual(plain.cos);
+    expect(() => ropeTables(model.config, 257)).toThrow(/dynamic.*within max_position_embeddings = 256/);
   });
 
   it('refuses what it cannot run, naming the field and value', async () => {

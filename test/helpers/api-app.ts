@@ -46,7 +46,12 @@ export interface TestApi {
   close(): Promise<void>;
 }
 
-export async function startApi(url: string, over: Partial<ApiConfig> = {}): Promise<TestApi> {
+/** `extraModels` are served next to stories260K (e.g. packages with a chat template). */
+export async function startApi(
+  url: string,
+  over: Partial<ApiConfig> = {},
+  extraModels: ModelInfo[] = [],
+): Promise<TestApi> {
   const redis = new Redis(url, { ...FAIL_FAST, lazyConnect: true });
   const subscriber = new Redis(url, { maxRetriesPerRequest: null, lazyConnect: true });
   redis.on('error', () => {});
@@ -64,7 +69,7 @@ export async function startApi(url: string, over: Partial<ApiConfig> = {}): Prom
     return q;
   };
   const config = defaultConfig({
-    models: [{ id: MODEL }],
+    models: [{ id: MODEL }, ...extraModels.map((m) => ({ id: m.id }))],
     pollMs: 200,
     keepAliveMs: 60_000,
     redisTimeoutMs: 1_500,
@@ -74,7 +79,7 @@ export async function startApi(url: string, over: Partial<ApiConfig> = {}): Prom
     redis,
     subscriber,
     queues: queue,
-    models: staticRegistry([model]),
+    models: staticRegistry([model, ...extraModels]),
     config,
     metrics: new Registry(),
   });

@@ -189,7 +189,7 @@ const model = (
 ) => randomLlama(llamaConfig(c), seed, { std: 0.3 });
 
 /**
- * Llama 3.2-style: BF16 weights, `llama3` rope scaling (original context 64 of 128), explicit head_dim 16
+ * Llama 3.2-style: BF16 weights, `llama3` rope scaling (original context 64 of 256), explicit head_dim 16
  * at hidden 32 / 4 heads, GQA, tied embeddings, eos ids [end_of_text, eom, eot] across config and
  * generation config, the Llama 3 tokenizer's special tokens and BOS post-processor, the Llama 3 template.
  */
@@ -213,7 +213,7 @@ export async function writeLlama3Folder(dir: string): Promise<FamilyFolder> {
       nKvHeads: 2,
       headDim: 16,
       vocabSize,
-      maxSeqLen: 128,
+      maxSeqLen: 256,
       ropeTheta: 10000,
       tiedEmbeddings: true,
       ropeScaling: {
@@ -237,7 +237,7 @@ export async function writeLlama3Folder(dir: string): Promise<FamilyFolder> {
     hidden_size: 32,
     initializer_range: 0.02,
     intermediate_size: 48,
-    max_position_embeddings: 128,
+    max_position_embeddings: 256,
     mlp_bias: false,
     model_type: 'llama',
     num_attention_heads: 4,
@@ -303,7 +303,7 @@ export async function writeQwen2Folder(dir: string): Promise<FamilyFolder> {
       nHeads: 4,
       nKvHeads: 2,
       vocabSize,
-      maxSeqLen: 64,
+      maxSeqLen: 256,
       ropeTheta: 1000000,
       tiedEmbeddings: true,
       qkvBias: true,
@@ -320,7 +320,7 @@ export async function writeQwen2Folder(dir: string): Promise<FamilyFolder> {
     hidden_size: 32,
     initializer_range: 0.02,
     intermediate_size: 64,
-    max_position_embeddings: 64,
+    max_position_embeddings: 256,
     max_window_layers: 21,
     model_type: 'qwen2',
     num_attention_heads: 4,
@@ -328,7 +328,7 @@ export async function writeQwen2Folder(dir: string): Promise<FamilyFolder> {
     num_key_value_heads: 2,
     rms_norm_eps: 1e-6,
     rope_theta: 1000000.0,
-    sliding_window: 64,
+    sliding_window: 256,
     tie_word_embeddings: true,
     torch_dtype: 'bfloat16',
     transformers_version: '4.43.1',

@@ -4,6 +4,7 @@
  */
 import { randomBytes, randomInt } from 'node:crypto';
 import {
+  ChatTemplateError,
   type DecoderName,
   EVENTS_TTL_SECONDS,
   type FinishReason,
@@ -49,8 +50,8 @@ export interface AdmitInput {
   tenant: string;
   model?: string;
   kind: JobKind;
-  /** The rendered prompt text the engine completes. */
-  prompt: string;
+  /** The prompt text the engine completes, or how to render it for the resolved model (chat, summarize). */
+  prompt: string | ((model: ModelInfo) => string);
   maxTokens?: number;
   temperature?: number;
   topP?: number;
@@ -120,6 +121,17 @@ export function statusOf(terminal: StreamEvent | undefined): JobStatus | undefin
   return undefined;
 }
 
+/** The prompt for `model`; a chat template that refuses the messages is the client's 400. */
+function renderFor(model: ModelInfo, prompt: AdmitInput['prompt']): string {
+  if (typeof prompt === 'string') return prompt;
+  try {
+    return prompt(model);
+  } catch (err) {
+    if (err instanceof ChatTemplateError) throw invalid(err.message, 'messages');
+    throw err;
+  }
+}
+
 const decoderOf = (s: Speculation): DecoderName => (typeof s === 'object' ? s.decoder : 'ar');
 
 export function createJobService(d: JobServiceDeps) {
@@ -152,7 +164,9 @@ export function createJobService(d: JobServiceDeps) {
 
   async function admit(input: AdmitInput): Promise<Admitted> {
     const model = resolveModel(input.model);
-    const promptTokens = model.countPromptTokens(input.prompt);
+    const prompt = renderFor(model, input.prompt);
+    const promptTokens = model.countPromptTokens(prompt);
+    if (promptTokens < 1) throw invalid('The prompt is empty.', 'prompt');
     if (config.maxPromptTokens > 0 && promptTokens > config.maxPromptTokens) {
       throw tooLong(
         `The prompt has ${promptTokens} tokens; this service accepts at most ${config.maxPromptTokens}.`,
@@ -240,7 +254,7 @@ export function createJobService(d: JobServiceDeps) {
       tenant: input.tenant,
       model: model.id,
       kind: input.kind,
-      prompt: input.prompt,
+      prompt,
       promptTokens,
       params: {
         maxTokens,

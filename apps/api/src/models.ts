@@ -6,6 +6,7 @@
 import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { type ChatTemplate, type PromptRenderer, promptRenderer } from '@ppsd/contract';
 import type { ApiConfig, ModelSource } from './config';
 
 export interface ModelInfo {
@@ -14,6 +15,8 @@ export interface ModelInfo {
   maxContext: number;
   /** Tokens the prompt occupies in the engine (BOS included), exactly as the worker will count them. */
   countPromptTokens(text: string): number;
+  /** Chat messages and summarization requests -> prompt text (the model's chat template, if it has one). */
+  prompts: PromptRenderer;
   /** Seconds since epoch (OpenAI's `created`). */
   created: number;
   /** The dtype the package stores its weights in (f32, f16, bf16, q8, q4), when known. */
@@ -30,47 +33,56 @@ export function staticRegistry(models: ModelInfo[]): ModelRegistry {
   return { list: () => [...byId.values()], get: (id) => byId.get(id) };
 }
 
-/** The engine tokenizer shape the registry needs (`encode` without BOS; the engine prepends BOS). */
+/** The engine tokenizer shape the registry needs: the engine's own prompt encoding (BOS included). */
 export interface PromptTokenizer {
-  readonly bosId: number;
-  encode(text: string): number[];
+  encodePrompt(text: string): number[];
 }
-
-export type TokenizerLoader = (file: string) => Promise<PromptTokenizer>;
 
 /** What a model package's manifest.json tells the API (see @ppsd/engine's PackageManifest). */
 interface ManifestSlice {
   name?: string;
   createdAt?: string;
-  config?: { maxSeqLen?: number };
-  tokenizer?: { file?: string };
+  config?: { maxSeqLen?: number; bosId?: number; eosId?: number };
+  tokenizer?: { file?: string; addBos?: boolean };
+  chat?: ChatTemplate;
   dtype?: string;
 }
 
-/** ModelInfo counting exactly as the engine does: BOS + the tokenizer's ids. */
+/** Loads a package's tokenizer file exactly as the engine does, given the package's manifest. */
+export type TokenizerLoader = (file: string, manifest: ManifestSlice) => Promise<PromptTokenizer>;
+
+/** ModelInfo counting exactly as the engine does (`encodePrompt`), rendering with `chat` when given. */
 export function modelInfoFromTokenizer(
   id: string,
   tokenizer: PromptTokenizer,
   maxContext: number,
   createdMs = Date.now(),
   dtype?: string,
+  chat?: ChatTemplate,
 ): ModelInfo {
   return {
     id,
     maxContext,
-    countPromptTokens: (text) => 1 + tokenizer.encode(text).length,
+    countPromptTokens: (text) => tokenizer.encodePrompt(text).length,
+    prompts: promptRenderer(chat),
     created: Math.floor(createdMs / 1000),
     ...(dtype ? { dtype } : {}),
   };
 }
 
+interface EngineTokenizerExports {
+  loadTokenizer?: (file: string, options: unknown) => Promise<PromptTokenizer>;
+  packageTokenizerOptions?: (manifest: ManifestSlice) => unknown;
+}
+
 /** `loadTokenizer` of `@ppsd/engine`, loaded lazily (the API never needs the inference runtime). */
 export async function engineTokenizerLoader(): Promise<TokenizerLoader> {
-  const engine = (await import('@ppsd/engine')) as unknown as { loadTokenizer?: TokenizerLoader };
-  if (typeof engine.loadTokenizer !== 'function') {
+  const engine = (await import('@ppsd/engine')) as unknown as EngineTokenizerExports;
+  const { loadTokenizer, packageTokenizerOptions } = engine;
+  if (typeof loadTokenizer !== 'function' || typeof packageTokenizerOptions !== 'function') {
     throw new Error('@ppsd/engine does not export loadTokenizer: cannot count prompt tokens');
   }
-  return engine.loadTokenizer;
+  return (file, manifest) => loadTokenizer(file, packageTokenizerOptions(manifest));
 }
 
 /** ModelInfo from a model package folder: manifest.json (context size) + its tokenizer file. */
@@ -80,12 +92,16 @@ export async function modelInfoFromPackage(id: string, dir: string, loadTokenize
   const maxContext = manifest.config?.maxSeqLen;
   if (!maxContext) throw new Error(`model ${id}: ${manifestFile} gives no config.maxSeqLen`);
   if (!manifest.tokenizer?.file) throw new Error(`model ${id}: ${manifestFile} names no tokenizer file`);
-  const tokenizer = await loadTokenizer(join(dir, manifest.tokenizer.file));
+  const tokenizer = await loadTokenizer(join(dir, manifest.tokenizer.file), manifest);
   const created =
     (manifest.createdAt && Date.parse(manifest.createdAt)) || (await stat(manifestFile)).mtimeMs;
   // packages written before per-tensor dtypes say 'float32'
   const dtype = manifest.dtype === 'float32' ? 'f32' : manifest.dtype;
-  return modelInfoFromTokenizer(id, tokenizer, maxContext, created, dtype);
+  try {
+    return modelInfoFromTokenizer(id, tokenizer, maxContext, created, dtype, manifest.chat);
+  } catch (err) {
+    throw new Error(`model ${id}: ${manifestFile}: chat template does not parse (${(err as Error).message})`);
+  }
 }
 
 /**
