@@ -11,6 +11,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Decoder } from '../../workers/engine/src/decode/decoder';
 import { startStats } from '../../workers/engine/src/decode/decoder';
+import { readGgufLlama, writeGgufLlama } from '../../workers/engine/src/formats/gguf-llama';
 import { readHfFolder } from '../../workers/engine/src/formats/hf';
 import { runGeneration } from '../../workers/engine/src/generate/generate';
 import { ropeInvFreq, ropeTables } from '../../workers/engine/src/graph/rope';
@@ -21,10 +22,13 @@ import { createOrtStage } from '../../workers/engine/src/runtime';
 import { llama2cToHfJson, readLlama2cTokenizer } from '../../workers/engine/src/tokenizer';
 import {
   type FamilyFolder,
+  LLAMA3_TEMPLATE,
+  QWEN2_TEMPLATE,
   writeLlama3Folder,
   writeMistralFolder,
   writeQwen2Folder,
 } from '../helpers/hf-families';
+import { expectSameWeights } from '../helpers/same-weights';
 import { TOK512 } from '../helpers/shared';
 import { relErr, row } from './runtime-helpers';
 
@@ -296,5 +300,56 @@ describe('packages: BOS, eos, chat template', () => {
     expect([b.finishReason, b.tokens]).toEqual(['stop', hi]);
     const c = await run([...hi, s['<|end_of_text|>']]);
     expect([c.finishReason, c.tokens]).toEqual(['stop', hi]);
+  });
+});
+
+describe('GGUF of these families', () => {
+  /** The folder's byte-level tokenizer as tokenizer.ggml.* values, padded to the model's vocabulary. */
+  function vocabOf(f: FamilyFolder, model: LlamaModel, pre: string, addBos: boolean) {
+    const json = f.tokenizer.json as { model: { vocab: Record<string, number>; merges: string[] } };
+    const tokens = Object.keys(json.model.vocab);
+    const types = tokens.map(() => 1);
+    for (const name of Object.keys(f.tokenizer.special))
+      [tokens.length, types.length] = [tokens.push(name), types.push(3)];
+    while (tokens.length < model.config.vocabSize) {
+      tokens.push(`<|reserved_special_token_${tokens.length}|>`);
+      types.push(3);
+    }
+    return {
+      model: 'gpt2' as const,
+      tokens,
+      tokenTypes: Int32Array.from(types),
+      merges: json.model.merges,
+      pre,
+      bosId: model.config.bosId,
+      eosId: model.config.eosId,
+      addBos,
+    };
+  }
+
+  it('Llama 3 (llama3 scaling as rope_freqs, head_dim, eos/eot/eom) and Qwen2 (biases) carry the same config', async () => {
+    for (const [f, pre, addBos, template] of [
+      [llama3, 'llama-bpe', true, LLAMA3_TEMPLATE],
+      [qwen2, 'qwen2', false, QWEN2_TEMPLATE],
+    ] as const) {
+      const { model } = await readHfFolder(f.dir);
+      const file = at(`${pre}.gguf`);
+      await writeGgufLlama(file, model, vocabOf(f, model, pre, addBos), {
+        type: 'f32',
+        chatTemplate: template,
+      });
+      const back = await readGgufLlama(file);
+      expectSameWeights(back.model, model);
+      expect(back.model.config.eosIds).toEqual(model.config.eosIds);
+      expect(back.metadata.architecture).toBe(pre === 'qwen2' ? 'qwen2' : 'llama');
+      expect(back.chat?.template).toBe(template);
+      expect(back.addBos).toBe(addBos);
+      const tokens = tokensOf(80, f.tokenizer.size, 5);
+      const a = referenceForward(back.model, tokens).logits;
+      const b = referenceForward(model, tokens).logits;
+      a.forEach((r, t) => {
+        expect(r).toEqual(b[t]);
+      });
+    }
   });
 });

@@ -72,6 +72,8 @@ export async function run(argv: string[]): Promise<void> {
   if (from.endsWith('.gguf')) {
     const gguf = await readGgufLlama(from, { onProgress: reading });
     model = gguf.model;
+    chat = gguf.chat;
+    addBos = gguf.addBos;
     storedDtype = packageDtypeOf(gguf.tensorDtypes);
     if (!tokenizer) {
       scratch = await mkdtemp(path.join(os.tmpdir(), 'ppsd-gguf-'));
