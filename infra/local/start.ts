@@ -1,9 +1,12 @@
 /**
- * `npm start`: the whole local stack in the foreground on the embedded defaults.
+ * `npm start [-- --model <GGUF file | HF folder | llama2.c checkpoint | package folder>]`: the whole local
+ * stack in the foreground, on the embedded stories260K model or on the model given.
  *
  *   redis-server (Debian's; installed if missing)  127.0.0.1:6379, AOF on, noeviction, data .data/redis
  *   s3rver (S3 protocol)                            127.0.0.1:4569, data .data/s3, bucket ppsd-models
- *   the stories260K package                         .data/packages/stories260K -> s3://ppsd-models/stories260K
+ *   the model package                               .data/packages/stories260K -> s3://ppsd-models/stories260K
+ *                                                   (--model: imported once into .data/packages/<name>-<hash>,
+ *                                                   calibrated, published as s3://ppsd-models/<name>)
  *   the API                                         $HOST:$PORT (default 127.0.0.1:8080)
  *   one GPU worker (on CPU here)                    package cache .data/cache
  *
@@ -12,7 +15,8 @@
  * Ctrl-C reaches only this script, which stops them in that order.
  *
  * Environment: PORT, HOST, PPSD_BOOTSTRAP_KEYS ("acme:KEY1,globex:KEY2"; none: one key is created,
- * kept in .data/bootstrap-key and printed), PPSD_REDIS_PORT, PPSD_S3_PORT, PPSD_DATA_DIR.
+ * kept in .data/bootstrap-key and printed), PPSD_REDIS_PORT, PPSD_S3_PORT, PPSD_DATA_DIR,
+ * PPSD_LOCAL_MODEL (= --model), PPSD_LOCAL_MAX_SEQ_LEN (context a --model import serves, default 4096).
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -22,15 +26,34 @@ import { join, resolve } from 'node:path';
 import { CreateBucketCommand, HeadBucketCommand } from '@aws-sdk/client-s3';
 import S3rver from 's3rver';
 import { makeS3Client } from '../../packages/model-store/src/s3';
-import { ensureCalibrated, ensureStoriesPackage, publishIfChanged, REPO_ROOT } from './seed';
+import {
+  ensureCalibrated,
+  ensureModelPackage,
+  ensureStoriesPackage,
+  publishIfChanged,
+  REPO_ROOT,
+} from './seed';
 
-const MODEL = 'stories260K';
+const DEFAULT_MODEL = 'stories260K';
 const BUCKET = 'ppsd-models';
 const DATA = resolve(REPO_ROOT, process.env.PPSD_DATA_DIR ?? '.data');
 const PORT = Number(process.env.PORT ?? 8080);
 const HOST = process.env.HOST ?? '127.0.0.1';
 const REDIS_PORT = Number(process.env.PPSD_REDIS_PORT ?? 6379);
 const S3_PORT = Number(process.env.PPSD_S3_PORT ?? 4569);
+// the served context of a --model import: sizes the worker's KV cache (Llama 3.1's 131072 positions
+// would be gigabytes per layer); `ppsd import --max-seq-len` records it in the package
+const LOCAL_MAX_SEQ_LEN = Number(process.env.PPSD_LOCAL_MAX_SEQ_LEN ?? 4096);
+
+/** `--model PATH` (or `--model=PATH`) from the command line, else PPSD_LOCAL_MODEL. */
+function modelArg(argv: string[]): string | undefined {
+  if (argv.length === 0) return process.env.PPSD_LOCAL_MODEL?.trim() || undefined;
+  const [flag, value] = argv[0].startsWith('--model=') ? ['--model', argv[0].slice(8)] : argv;
+  if (flag !== '--model' || argv.length > (argv[0] === '--model' ? 2 : 1))
+    throw new Error(`unknown arguments '${argv.join(' ')}' (npm start -- --model <path>)`);
+  if (!value) throw new Error('--model needs a path (GGUF file, HF folder, llama2.c checkpoint or package)');
+  return value;
+}
 
 const log = (msg: string) => console.error(`[local] ${msg}`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -231,12 +254,23 @@ async function main(): Promise<void> {
   }
   log(`S3 (s3rver) on ${s3Endpoint}, bucket ${BUCKET} (data ${join(DATA, 's3')})`);
 
-  // the package
-  const pkgDir = join(DATA, 'packages', MODEL);
-  await ensureStoriesPackage(pkgDir, log);
+  // the package: the embedded default, or --model imported once
+  const source = modelArg(process.argv.slice(2));
+  let model = DEFAULT_MODEL;
+  let pkgDir = join(DATA, 'packages', DEFAULT_MODEL);
+  if (source) {
+    if (!(Number.isInteger(LOCAL_MAX_SEQ_LEN) && LOCAL_MAX_SEQ_LEN > 0))
+      throw new Error(
+        `PPSD_LOCAL_MAX_SEQ_LEN must be a positive integer, got ${process.env.PPSD_LOCAL_MAX_SEQ_LEN}`,
+      );
+    ({ dir: pkgDir, name: model } = await ensureModelPackage(source, join(DATA, 'packages'), {
+      maxSeqLen: LOCAL_MAX_SEQ_LEN,
+      log,
+    }));
+  } else await ensureStoriesPackage(pkgDir, log);
   await ensureCalibrated(pkgDir, log);
-  const published = await publishIfChanged(s3, pkgDir, { bucket: BUCKET, prefix: MODEL }, log);
-  log(`package ${MODEL}: ${published ? 'published to' : 'already in'} s3://${BUCKET}/${MODEL}`);
+  const published = await publishIfChanged(s3, pkgDir, { bucket: BUCKET, prefix: model }, log);
+  log(`package ${model}: ${published ? 'published to' : 'already in'} s3://${BUCKET}/${model}`);
   s3.destroy();
 
   // API and worker
@@ -250,7 +284,7 @@ async function main(): Promise<void> {
       PORT: String(PORT),
       HOST,
       PPSD_REDIS_URL: redisUrl,
-      PPSD_MODELS: `${MODEL}=${pkgDir}`,
+      PPSD_MODELS: `${model}=${pkgDir}`,
       PPSD_BOOTSTRAP_KEYS: keys.spec,
     },
     { restart: true },
@@ -261,9 +295,9 @@ async function main(): Promise<void> {
     [...tsx.slice(1), 'workers/gpu-worker/src/main.ts'],
     {
       PPSD_REDIS_URL: redisUrl,
-      PPSD_MODEL: MODEL,
+      PPSD_MODEL: model,
       PPSD_S3_BUCKET: BUCKET,
-      PPSD_S3_PREFIX: MODEL,
+      PPSD_S3_PREFIX: model,
       PPSD_S3_ENDPOINT: s3Endpoint,
       AWS_REGION: process.env.AWS_REGION ?? 'us-east-1',
       PPSD_CACHE_DIR: join(DATA, 'cache'),
@@ -277,7 +311,7 @@ async function main(): Promise<void> {
   const key = keys.printed[0].key;
   const lines = [
     '',
-    `ppsd is up: ${url}  (model ${MODEL}; Ctrl-C stops everything)`,
+    `ppsd is up: ${url}  (model ${model}; Ctrl-C stops everything)`,
     ...keys.printed.map(
       (k) =>
         `  tenant ${k.tenant}  key ${k.key}${keys.generated ? '  (created; kept in .data/bootstrap-key)' : ''}`,
@@ -285,7 +319,7 @@ async function main(): Promise<void> {
     '',
     'try:',
     `  curl -N ${url}/v1/chat/completions -H 'Authorization: Bearer ${key}' -H 'Content-Type: application/json' \\`,
-    `    -d '{"model":"${MODEL}","messages":[{"role":"user","content":"Once upon a time"}],"max_tokens":64,"stream":true}'`,
+    `    -d '{"model":"${model}","messages":[{"role":"user","content":"Once upon a time"}],"max_tokens":64,"stream":true}'`,
     '',
   ];
   console.log(lines.join('\n'));

@@ -309,16 +309,19 @@ describe('Hugging Face folders', () => {
     const config = JSON.parse(await readFile(configPath, 'utf8'));
     await writeFile(
       configPath,
-      JSON.stringify({ ...config, rope_scaling: { rope_type: 'llama3', factor: 8 } }),
+      JSON.stringify({ ...config, rope_scaling: { rope_type: 'yarn', factor: 8 } }),
     );
-    await expect(readHfFolder(dir)).rejects.toThrow(/rope_scaling of type 'llama3' is not implemented/);
-    await writeFile(configPath, JSON.stringify({ ...config, rope_scaling: { type: 'linear', factor: 2 } }));
-    await expect(readHfFolder(dir)).rejects.toThrow(/rope_scaling of type 'linear'/);
+    await expect(readHfFolder(dir)).rejects.toThrow(/rope_scaling type 'yarn' is not implemented/);
     await writeFile(
       configPath,
-      JSON.stringify({ ...config, model_type: 'mistral', architectures: ['MistralForCausalLM'] }),
+      JSON.stringify({ ...config, rope_scaling: { rope_type: 'llama3', factor: 8 } }),
     );
-    await expect(readHfFolder(dir)).rejects.toThrow(/model_type 'mistral'/);
+    await expect(readHfFolder(dir)).rejects.toThrow(/rope_scaling.low_freq_factor must be a positive number/);
+    await writeFile(
+      configPath,
+      JSON.stringify({ ...config, model_type: 'phi3', architectures: ['Phi3ForCausalLM'] }),
+    );
+    await expect(readHfFolder(dir)).rejects.toThrow(/model_type 'phi3'/);
     await writeFile(configPath, JSON.stringify({ ...config, num_hidden_layers: 6 }));
     await expect(readHfFolder(dir)).rejects.toThrow(/missing tensor 'model.layers.5.input_layernorm.weight'/);
     await writeFile(configPath, JSON.stringify({ ...config, intermediate_size: 100 }));

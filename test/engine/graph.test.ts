@@ -53,13 +53,13 @@ describe('graph builder', () => {
   });
 
   it('rope tables use the HF rotate_half layout with float32 angles (llama2.c)', () => {
-    const { cos, sin } = ropeTables(4, 10000, 3);
+    const { cos, sin } = ropeTables({ dim: 8, nHeads: 2, ropeTheta: 10000 }, 3);
     // head size 4: frequencies 1 and 1/100; columns i and i+2 share a frequency
     expect(cos[4 * 2 + 0]).toBeCloseTo(Math.cos(2), 12);
     expect(cos[4 * 2 + 2]).toBe(cos[4 * 2 + 0]);
     expect(sin[4 * 2 + 1]).toBeCloseTo(Math.sin(Math.fround(2 * Math.fround(0.01))), 12);
     expect(sin[4 * 2 + 3]).toBe(sin[4 * 2 + 1]);
-    expect(() => ropeTables(5, 10000, 3)).toThrow(/even/);
+    expect(() => ropeTables({ dim: 10, nHeads: 2, ropeTheta: 10000 }, 3)).toThrow(/even/);
   });
 });
 

@@ -45,7 +45,7 @@ describe('ppsd import', () => {
     expect(res.stderr).toBe('');
     const pkg = await loadPackage(out);
     expect(pkg.manifest.name).toBe('stories-hf');
-    expect(pkg.manifest.tokenizer).toEqual({ file: 'tokenizer.json', kind: 'hf' });
+    expect(pkg.manifest.tokenizer).toEqual({ file: 'tokenizer.json', kind: 'hf', addBos: true });
     expectSameWeights(pkg.model, stories);
     expect(pkg.tokenizer.encode('The cat sat.')).toEqual(
       (await loadPackage(at('stories'))).tokenizer.encode('The cat sat.'),

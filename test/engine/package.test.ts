@@ -68,7 +68,7 @@ describe('model packages', () => {
     const dir = at('hf-tokenizer');
     await writePackage(dir, stories, json);
     const pkg = await loadPackage(dir);
-    expect(pkg.manifest.tokenizer).toEqual({ file: 'tokenizer.json', kind: 'hf' });
+    expect(pkg.manifest.tokenizer).toEqual({ file: 'tokenizer.json', kind: 'hf', addBos: true });
     expect(pkg.tokenizer.kind).toBe('hf');
     expect([pkg.tokenizer.bosId, pkg.tokenizer.eosId]).toEqual([1, 2]);
     const llama2c = (await loadPackage(at('basic'))).tokenizer;

@@ -30,7 +30,7 @@ export async function stories260K(maxContext = 512, id = MODEL): Promise<ModelIn
     maxContext,
     Date.UTC(2024, 0, 1),
     'f32',
-    (text) => pool.count(TOKENIZER_FILE, text),
+    { countTokens: (text) => pool.count(TOKENIZER_FILE, text) },
   );
 }
 
@@ -51,9 +51,11 @@ export interface TestApi {
   close(): Promise<void>;
 }
 
+/** `extraModels` are served next to the model (stories260K unless `opts.model`), e.g. packages with a chat template. */
 export async function startApi(
   url: string,
   over: Partial<ApiConfig> = {},
+  extraModels: ModelInfo[] = [],
   opts: { model?: ModelInfo } = {},
 ): Promise<TestApi> {
   const redis = new Redis(url, { ...FAIL_FAST, lazyConnect: true });
@@ -73,7 +75,7 @@ export async function startApi(
     return q;
   };
   const config = defaultConfig({
-    models: [{ id: MODEL }],
+    models: [{ id: MODEL }, ...extraModels.map((m) => ({ id: m.id }))],
     pollMs: 200,
     keepAliveMs: 60_000,
     redisTimeoutMs: 1_500,
@@ -83,7 +85,7 @@ export async function startApi(
     redis,
     subscriber,
     queues: queue,
-    models: staticRegistry([model]),
+    models: staticRegistry([model, ...extraModels]),
     config,
     metrics: new Registry(),
   });

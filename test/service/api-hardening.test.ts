@@ -29,12 +29,14 @@ beforeAll(async () => {
     200_000,
     Date.UTC(2024, 0, 1),
     'f32',
-    (text) => {
-      counted.push(text.length);
-      return pool.count(TOKENIZER_FILE, text);
+    {
+      countTokens: (text) => {
+        counted.push(text.length);
+        return pool.count(TOKENIZER_FILE, text);
+      },
     },
   );
-  api = await startApi(redis.url, { maxBodyBytes: MAX_BODY }, { model });
+  api = await startApi(redis.url, { maxBodyBytes: MAX_BODY }, [], { model });
   const server = serve({ fetch: api.app.fetch, port: 0, hostname: '127.0.0.1' });
   await new Promise<void>((r) => server.once('listening', () => r()));
   base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
@@ -112,11 +114,13 @@ describe('oversized requests never freeze the API', () => {
 
   it('a prompt no context could hold is refused by its length, before any tokenization', async () => {
     const seen: number[] = [];
-    const small = modelInfoFromTokenizer(MODEL, await loadTokenizer(TOKENIZER_FILE), 512, 0, 'f32', (t) => {
-      seen.push(t.length);
-      return pool.count(TOKENIZER_FILE, t);
+    const small = modelInfoFromTokenizer(MODEL, await loadTokenizer(TOKENIZER_FILE), 512, 0, 'f32', {
+      countTokens: (t) => {
+        seen.push(t.length);
+        return pool.count(TOKENIZER_FILE, t);
+      },
     });
-    const smallApi = await startApi(redis.url, {}, { model: small });
+    const smallApi = await startApi(redis.url, {}, [], { model: small });
     const prompt = 'a'.repeat(small.maxPromptChars + 1);
     const res = await smallApi.req('/v1/completions', { body: { model: MODEL, prompt } });
     const fits = await smallApi.req('/v1/jobs', { body: { model: MODEL, prompt: 'Once upon a time' } });

@@ -4,6 +4,7 @@
  */
 import { randomBytes, randomInt } from 'node:crypto';
 import {
+  ChatTemplateError,
   type DecoderName,
   EVENTS_TTL_SECONDS,
   type FinishReason,
@@ -55,8 +56,8 @@ export interface AdmitInput {
   tenant: string;
   model?: string;
   kind: JobKind;
-  /** The rendered prompt text the engine completes. */
-  prompt: string;
+  /** The prompt text the engine completes, or how to render it for the resolved model (chat, summarize). */
+  prompt: string | ((model: ModelInfo) => string);
   maxTokens?: number;
   temperature?: number;
   topP?: number;
@@ -137,6 +138,17 @@ export function statusOf(terminal: StreamEvent | undefined): JobStatus | undefin
   return undefined;
 }
 
+/** The prompt for `model`; a chat template that refuses the messages is the client's 400. */
+function renderFor(model: ModelInfo, prompt: AdmitInput['prompt']): string {
+  if (typeof prompt === 'string') return prompt;
+  try {
+    return prompt(model);
+  } catch (err) {
+    if (err instanceof ChatTemplateError) throw invalid(err.message, 'messages');
+    throw err;
+  }
+}
+
 const decoderOf = (s: Speculation): DecoderName => (typeof s === 'object' ? s.decoder : 'ar');
 
 export function createJobService(d: JobServiceDeps) {
@@ -213,12 +225,14 @@ export function createJobService(d: JobServiceDeps) {
 
   async function admit(input: AdmitInput): Promise<Admitted> {
     const model = resolveModel(input.model);
-    if (input.prompt.length > model.maxPromptChars) {
+    const prompt = renderFor(model, input.prompt);
+    if (prompt.length > model.maxPromptChars) {
       throw tooLong(
-        `The prompt has ${input.prompt.length} characters; no text that long fits this model's context of ${model.maxContext} tokens.`,
+        `The prompt has ${prompt.length} characters; no text that long fits this model's context of ${model.maxContext} tokens.`,
       );
     }
-    const promptTokens = await model.countPromptTokens(input.prompt);
+    const promptTokens = await model.countPromptTokens(prompt);
+    if (promptTokens < 1) throw invalid('The prompt is empty.', 'prompt');
     if (config.maxPromptTokens > 0 && promptTokens > config.maxPromptTokens) {
       throw tooLong(
         `The prompt has ${promptTokens} tokens; this service accepts at most ${config.maxPromptTokens}.`,
@@ -314,7 +328,7 @@ export function createJobService(d: JobServiceDeps) {
       tenant: input.tenant,
       model: model.id,
       kind: input.kind,
-      prompt: input.prompt,
+      prompt,
       promptTokens,
       params: {
         maxTokens,

@@ -6,7 +6,9 @@
 import { existsSync } from 'node:fs';
 import { readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { loadTokenizer as engineLoadTokenizer } from '@ppsd/engine/tokenizer';
+import { type ChatTemplate, type PromptRenderer, promptRenderer } from '@ppsd/contract';
+import { packageTokenizerOptions } from '@ppsd/engine/package';
+import { loadTokenizer } from '@ppsd/engine/tokenizer';
 import type { ApiConfig, ModelSource } from './config';
 import type { TokenCountPool } from './tokens/pool';
 
@@ -15,8 +17,9 @@ export interface ModelInfo {
   /** Prompt + completion tokens the model can hold. */
   maxContext: number;
   /**
-   * Tokens the prompt occupies in the engine (BOS included), exactly as the worker will count them.
-   * Production counts on a worker thread (./tokens/pool), so a long prompt never blocks the event loop.
+   * Tokens the prompt occupies in the engine (BOS where the tokenizer adds one), exactly as the worker
+   * will count them. Production counts on a worker thread (./tokens/pool): a long prompt never blocks
+   * the event loop.
    */
   countPromptTokens(text: string): Promise<number>;
   /**
@@ -24,6 +27,8 @@ export interface ModelInfo {
    * before any tokenization (maxContext x the longest vocabulary piece x NORMALIZER_SLACK).
    */
   maxPromptChars: number;
+  /** Chat messages and summarization requests -> prompt text (the model's chat template, if it has one). */
+  prompts: PromptRenderer;
   /** Seconds since epoch (OpenAI's `created`). */
   created: number;
   /** The dtype the package stores its weights in (f32, f16, bf16, q8, q4), when known. */
@@ -42,15 +47,15 @@ export function staticRegistry(models: ModelInfo[]): ModelRegistry {
   return { list: () => [...byId.values()], get: (id) => byId.get(id) };
 }
 
-/** The engine tokenizer shape the registry needs (`encode` without BOS; the engine prepends BOS). */
+/** The engine tokenizer shape the registry needs (`encodePrompt`: the ids the engine feeds, BOS included). */
 export interface PromptTokenizer {
   readonly bosId: number;
   readonly maxPieceChars: number;
   readonly vocabSize?: number;
-  encode(text: string): number[];
+  encodePrompt(text: string): number[];
 }
 
-/** Counts a text's tokens (no BOS); by default in this thread, in production on the pool's threads. */
+/** Counts a prompt's tokens as the engine feeds them; in production on the pool's threads. */
 export type CountTokens = (text: string) => Promise<number>;
 
 /**
@@ -59,31 +64,45 @@ export type CountTokens = (text: string) => Promise<number>;
  */
 export const NORMALIZER_SLACK = 4;
 
-export type TokenizerLoader = (file: string) => Promise<PromptTokenizer>;
-
 /** What a model package's manifest.json tells the API (see @ppsd/engine's PackageManifest). */
 interface ManifestSlice {
   name?: string;
   createdAt?: string;
-  config?: { maxSeqLen?: number };
-  tokenizer?: { file?: string };
+  config: { maxSeqLen?: number; bosId?: number; eosId?: number };
+  tokenizer: { file: string; addBos?: boolean };
   dtype?: string;
+  chat?: ChatTemplate;
 }
 
-/** ModelInfo counting exactly as the engine does: BOS + the tokenizer's ids. */
+export type TokenizerLoader = (file: string, manifest?: ManifestSlice) => Promise<PromptTokenizer>;
+
+/** The engine's loader with the package's own tokenizer options, as the worker loads it. */
+export const engineLoadTokenizer: TokenizerLoader = (file, manifest) =>
+  loadTokenizer(file, manifest ? packageTokenizerOptions(manifest as never) : {});
+
+export interface ModelInfoOptions {
+  /** The model's chat template (rendering), when it has one. */
+  chat?: ChatTemplate;
+  /** Default: in this thread with `tokenizer`. */
+  countTokens?: CountTokens;
+}
+
+/** ModelInfo counting exactly as the engine does (`encodePrompt`), rendering with `chat` when given. */
 export function modelInfoFromTokenizer(
   id: string,
   tokenizer: PromptTokenizer,
   maxContext: number,
   createdMs = Date.now(),
   dtype?: string,
-  countTokens: CountTokens = async (text) => tokenizer.encode(text).length,
+  opts: ModelInfoOptions = {},
 ): ModelInfo {
+  const countTokens = opts.countTokens ?? (async (text: string) => tokenizer.encodePrompt(text).length);
   return {
     id,
     maxContext,
     maxPromptChars: maxContext * tokenizer.maxPieceChars * NORMALIZER_SLACK,
-    countPromptTokens: async (text) => 1 + (await countTokens(text)),
+    countPromptTokens: countTokens,
+    prompts: promptRenderer(opts.chat),
     created: Math.floor(createdMs / 1000),
     ...(dtype ? { dtype } : {}),
     ...(tokenizer.vocabSize ? { vocabSize: tokenizer.vocabSize } : {}),
@@ -91,13 +110,13 @@ export function modelInfoFromTokenizer(
 }
 
 /**
- * ModelInfo from a model package folder: manifest.json (context size) + its tokenizer file. The tokenizer
- * is loaded here for its limits; with a pool, counting runs on the pool's threads.
+ * ModelInfo from a model package folder: manifest.json (context size, chat template) + its tokenizer
+ * file, loaded here for its limits; with a pool, counting runs on the pool's threads with the same options.
  */
 export async function modelInfoFromPackage(
   id: string,
   dir: string,
-  loadTokenizer: TokenizerLoader = engineLoadTokenizer,
+  load: TokenizerLoader = engineLoadTokenizer,
   pool?: TokenCountPool,
 ) {
   const manifestFile = join(dir, 'manifest.json');
@@ -106,13 +125,21 @@ export async function modelInfoFromPackage(
   if (!maxContext) throw new Error(`model ${id}: ${manifestFile} gives no config.maxSeqLen`);
   if (!manifest.tokenizer?.file) throw new Error(`model ${id}: ${manifestFile} names no tokenizer file`);
   const tokenizerFile = join(dir, manifest.tokenizer.file);
-  const tokenizer = await loadTokenizer(tokenizerFile);
+  const tokenizer = await load(tokenizerFile, manifest);
   const created =
     (manifest.createdAt && Date.parse(manifest.createdAt)) || (await stat(manifestFile)).mtimeMs;
   // packages written before per-tensor dtypes say 'float32'
   const dtype = manifest.dtype === 'float32' ? 'f32' : manifest.dtype;
-  const countTokens = pool ? (text: string) => pool.count(tokenizerFile, text) : undefined;
-  return modelInfoFromTokenizer(id, tokenizer, maxContext, created, dtype, countTokens);
+  const options = packageTokenizerOptions(manifest as never);
+  const countTokens = pool ? (text: string) => pool.count(tokenizerFile, text, options) : undefined;
+  try {
+    return modelInfoFromTokenizer(id, tokenizer, maxContext, created, dtype, {
+      chat: manifest.chat,
+      countTokens,
+    });
+  } catch (err) {
+    throw new Error(`model ${id}: ${manifestFile}: chat template does not parse (${(err as Error).message})`);
+  }
 }
 
 /**

@@ -7,6 +7,7 @@ import {
   type OnTokens,
   runGeneration,
 } from './generate/generate';
+import { endTokenIds } from './model/llama';
 import { type LoadedPackage, loadPackage } from './package';
 import type { Tokenizer } from './tokenizer';
 
@@ -93,9 +94,9 @@ export class Engine {
     return Math.min(this.pkg.model.config.nLayers, this.options.stages ?? Math.max(2, devices));
   }
 
-  /** The prompt as the engine feeds it: BOS then the encoded text. */
+  /** The prompt as the engine feeds it: BOS where the tokenizer adds one (never twice), then the text. */
   encodePrompt(text: string): Int32Array {
-    return Int32Array.from([this.tokenizer.bosId, ...this.tokenizer.encode(text)]);
+    return Int32Array.from(this.tokenizer.encodePrompt(text));
   }
 
   countPromptTokens(text: string): number {
@@ -105,6 +106,8 @@ export class Engine {
   generate(prompt: string, params: EngineGenerateParams, onTokens?: OnTokens): Promise<GenerationResult> {
     const ids = this.encodePrompt(prompt);
     if (!(params.maxTokens >= 1)) throw new RangeError('maxTokens must be at least 1');
+    if (ids.length === 0)
+      throw new RangeError('the prompt is empty and this model starts prompts with no BOS');
     if (ids.length + params.maxTokens > this.maxContext) {
       throw new PromptTooLongError(ids.length, params.maxTokens, this.maxContext);
     }
@@ -112,7 +115,14 @@ export class Engine {
     this.checkParams(name, params);
     const run = this.queue.then(async () => {
       const decoder = await this.decoder(name, params.stages);
-      return runGeneration(decoder, this.tokenizer, ids, params, onTokens);
+      return runGeneration(
+        decoder,
+        this.tokenizer,
+        ids,
+        params,
+        onTokens,
+        endTokenIds(this.pkg.model.config),
+      );
     });
     this.queue = run.catch(() => undefined);
     return run;

@@ -19,6 +19,7 @@ export {
   loadPackage,
   MANIFEST_FILE,
   type PackageManifest,
+  packageTokenizerOptions,
   parseManifest,
   readManifest,
   verifyPackage,

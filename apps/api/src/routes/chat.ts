@@ -1,7 +1,6 @@
 /** POST /v1/chat/completions (OpenAI chat completions). */
 
 import { createRoute, z } from '@hono/zod-openapi';
-import { renderChatPrompt } from '@ppsd/contract';
 import type { AppContext } from '../context';
 import { router } from '../context';
 import { chatObject } from '../openai';
@@ -40,7 +39,7 @@ export function chatRoutes(ctx: AppContext) {
       tenant: c.get('tenant'),
       model: body.model,
       kind: 'chat',
-      prompt: renderChatPrompt(chatMessages(body.messages)),
+      prompt: (model) => model.prompts.chat(chatMessages(body.messages)),
       ...sampling,
       maxTokens: body.max_completion_tokens ?? sampling.maxTokens,
       logprobs: chatLogprobs(body),

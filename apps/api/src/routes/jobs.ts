@@ -6,11 +6,12 @@
  */
 
 import { createRoute, z } from '@hono/zod-openapi';
-import { keys, renderChatPrompt, renderSummarizePrompt } from '@ppsd/contract';
+import { keys } from '@ppsd/contract';
 import { STREAM_ID } from '../adapters/redis-events';
 import type { AppContext } from '../context';
 import { router } from '../context';
 import { invalid } from '../errors';
+import type { ModelInfo } from '../models';
 import { lostJobCheck } from '../relay';
 import {
   errorResponses,
@@ -117,8 +118,8 @@ export function jobsRoutes(ctx: AppContext) {
         kind === 'completion'
           ? body.prompt!
           : kind === 'chat'
-            ? renderChatPrompt(chatMessages(body.messages!))
-            : renderSummarizePrompt(body.text!);
+            ? (model: ModelInfo) => model.prompts.chat(chatMessages(body.messages!))
+            : (model: ModelInfo) => model.prompts.summarize(body.text!);
       const { meta, created } = await ctx.jobs.admit({
         tenant: c.get('tenant'),
         model: body.model,

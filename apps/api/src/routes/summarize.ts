@@ -1,7 +1,6 @@
 /** POST /v1/summarize: the text wrapped in the model's summarization prompt, answered like a completion. */
 
 import { createRoute, z } from '@hono/zod-openapi';
-import { renderSummarizePrompt } from '@ppsd/contract';
 import type { AppContext } from '../context';
 import { router } from '../context';
 import { completionObject } from '../openai';
@@ -38,7 +37,7 @@ export function summarizeRoutes(ctx: AppContext) {
       tenant: c.get('tenant'),
       model: body.model,
       kind: 'summarize',
-      prompt: renderSummarizePrompt(body.text),
+      prompt: (model) => model.prompts.summarize(body.text),
       ...samplingInput(body),
       logprobs: body.logprobs ?? undefined,
       idempotencyKey: idempotencyKeyOf(c.req.valid('header')),

@@ -7,7 +7,7 @@
  */
 import type { Worker } from 'node:worker_threads';
 import { spawnModuleWorker } from '@ppsd/engine/threads';
-import type { CountReply, CountRequest } from './protocol';
+import type { CountReply, CountRequest, TokenizerOptions } from './protocol';
 
 interface Pending {
   resolve: (tokens: number) => void;
@@ -20,8 +20,8 @@ interface Thread {
 }
 
 export interface TokenCountPool {
-  /** Tokens `text` encodes to with the tokenizer in `file` (no BOS). */
-  count(file: string, text: string): Promise<number>;
+  /** Prompt tokens of `text` with the tokenizer in `file` loaded with `options` (BOS where it adds one). */
+  count(file: string, text: string, options?: TokenizerOptions): Promise<number>;
   close(): Promise<void>;
 }
 
@@ -63,13 +63,13 @@ export function createTokenCountPool(size = 1): TokenCountPool {
   };
 
   return {
-    count(file, text) {
+    count(file, text, options) {
       const thread = pick();
       const id = nextId++;
       return new Promise<number>((resolve, reject) => {
         thread.pending.set(id, { resolve, reject });
         thread.worker.ref(); // a count in flight keeps the process up until it answers
-        thread.worker.postMessage({ id, file, text } satisfies CountRequest);
+        thread.worker.postMessage({ id, file, options, text } satisfies CountRequest);
       });
     },
     async close() {

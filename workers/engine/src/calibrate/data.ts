@@ -141,7 +141,7 @@ export function collectHiddenStates(
   let teacher = 0;
   for (const p of paragraphs) {
     if (teacher >= opts.teacherRows) break;
-    const ids = [c.bosId, ...tokenizer.encode(p)].slice(0, Math.min(maxSeq, opts.teacherRows - teacher + 1));
+    const ids = tokenizer.encodePrompt(p).slice(0, Math.min(maxSeq, opts.teacherRows - teacher + 1));
     if (ids.length < 2) continue;
     runner.truncate(0);
     const out = runner.forward(ids);
@@ -153,7 +153,7 @@ export function collectHiddenStates(
   let greedy = 0;
   for (const p of paragraphs) {
     if (greedy >= opts.greedySequences) break;
-    const ids = [c.bosId, ...tokenizer.encode(p)].slice(0, prefix);
+    const ids = tokenizer.encodePrompt(p).slice(0, prefix);
     if (ids.length < prefix || prefix + greedyN > maxSeq) continue;
     runner.truncate(0);
     const out = runner.forward(ids);

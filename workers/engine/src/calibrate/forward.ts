@@ -33,7 +33,7 @@ export class HiddenStateModel {
     const kvDim = c.nKvHeads * headDim(c);
     this.k = Array.from({ length: c.nLayers }, () => new Float32Array(maxSeq * kvDim));
     this.v = Array.from({ length: c.nLayers }, () => new Float32Array(maxSeq * kvDim));
-    const t = ropeTables(headDim(c), c.ropeTheta, maxSeq);
+    const t = ropeTables(c, maxSeq);
     this.cos = Float32Array.from(t.cos);
     this.sin = Float32Array.from(t.sin);
   }
@@ -97,9 +97,9 @@ export class HiddenStateModel {
       const vc = this.v[l];
       // attention
       rmsnormRows(x, T, dim, lw.attnNorm, c.normEps, xb);
-      linearRows(xb, T, dim, denseCached(lw.wq), nH * hd, q);
-      linearRows(xb, T, dim, denseCached(lw.wk), kvDim, kc.subarray(P * kvDim, (P + T) * kvDim));
-      linearRows(xb, T, dim, denseCached(lw.wv), kvDim, vc.subarray(P * kvDim, (P + T) * kvDim));
+      linearRows(xb, T, dim, denseCached(lw.wq), nH * hd, q, lw.bq);
+      linearRows(xb, T, dim, denseCached(lw.wk), kvDim, kc.subarray(P * kvDim, (P + T) * kvDim), lw.bk);
+      linearRows(xb, T, dim, denseCached(lw.wv), kvDim, vc.subarray(P * kvDim, (P + T) * kvDim), lw.bv);
       for (let t = 0; t < T; t++) {
         rope(q, t * nH * hd, P + t, nH);
         rope(kc, (P + t) * kvDim, P + t, c.nKvHeads);

@@ -1,6 +1,12 @@
 /**
- * llama-architecture GGUF files (llama.cpp's `llama` models: Llama 1/2/3, TinyLlama, llama2.c exports,
- * Mistral-style dense models) <-> LlamaModel + tokenizer.
+ * llama- and qwen2-architecture GGUF files (llama.cpp's `llama` models: Llama 1/2/3.x, TinyLlama, SmolLM,
+ * llama2.c exports, Mistral; its `qwen2` models: Qwen2/2.5) <-> LlamaModel + tokenizer + chat template.
+ *
+ * Config from `<arch>.*` metadata: explicit head size (`attention.key_length`), linear rope scaling
+ * (`rope.scaling.type` / `.factor`), and Llama 3.1-style scaling as llama.cpp's converter stores it: a
+ * `rope_freqs.weight` tensor of per-frequency divisors, read back into the llama3 parameters they were
+ * computed from (and checked against them). End-of-generation ids: eos, eot and eom token ids.
+ * qwen2 adds blk.N.attn_{q,k,v}.bias and keeps Q/K rows in rotate_half order (llama.cpp runs it NEOX-style).
  *
  * Tensors: token_embd.weight, blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate,
  * ffn_down, ffn_up}.weight, output_norm.weight, output.weight (absent = tied to the embedding). GGUF dims
@@ -19,14 +25,20 @@
  *   user-defined tokens plain added tokens (matched whole, printed when decoding), as in the HF files the
  *   GGUFs were converted from.
  */
+import { ropeInvFreq } from '../graph/rope';
 import {
+  BIAS_KEYS,
+  type BiasKey,
+  endTokenIds,
   headDim,
   type LayerWeights,
   type LlamaConfig,
   type LlamaModel,
   type MatrixKey,
+  type RopeScaling,
 } from '../model/llama';
 import { isBlock, type Matrix, type MatrixDtype, permuteRows } from '../model/matrix';
+import type { ChatTemplate } from '../package/manifest';
 import { LLAMA2C_BOS, LLAMA2C_EOS, Llama2cTokenizer, readLlama2cTokenizer } from '../tokenizer/llama2c';
 import { addedTokens, SPACE_MARK, sentencePieceToHfJson, TOKEN_TYPE, uniqueVocab } from '../tokenizer/to-hf';
 import {
@@ -57,7 +69,7 @@ import { EMBED_TOKENS, LM_HEAD, layerTensorName } from './hf-llama';
 import { interleavedRowOrder, rotateHalfRowOrder } from './llama2c';
 import type { ProgressFn } from './progress';
 
-const LAYER_GGUF: Record<keyof LayerWeights, string> = {
+const LAYER_GGUF: Record<GgufLayerKey, string> = {
   attnNorm: 'attn_norm',
   wq: 'attn_q',
   wk: 'attn_k',
@@ -68,13 +80,21 @@ const LAYER_GGUF: Record<keyof LayerWeights, string> = {
   w2: 'ffn_down',
   w3: 'ffn_up',
 };
-const LAYER_KEYS = Object.keys(LAYER_GGUF) as (keyof LayerWeights)[];
+const LAYER_KEYS = Object.keys(LAYER_GGUF) as GgufLayerKey[];
+type GgufLayerKey = Exclude<keyof LayerWeights, BiasKey>;
 const NORM_KEYS = new Set<keyof LayerWeights>(['attnNorm', 'ffnNorm']);
 export const TOKEN_EMBD = 'token_embd.weight';
 export const OUTPUT_NORM = 'output_norm.weight';
 export const OUTPUT = 'output.weight';
-export const ggufLayerTensorName = (layer: number, key: keyof LayerWeights): string =>
+export const ggufLayerTensorName = (layer: number, key: GgufLayerKey): string =>
   `blk.${layer}.${LAYER_GGUF[key]}.weight`;
+const BIAS_GGUF: Record<BiasKey, string> = { bq: 'attn_q', bk: 'attn_k', bv: 'attn_v' };
+export const ggufBiasTensorName = (layer: number, key: BiasKey): string =>
+  `blk.${layer}.${BIAS_GGUF[key]}.bias`;
+export const ROPE_FREQS = 'rope_freqs.weight';
+/** The GGUF architectures this module reads and writes. */
+export type GgufArch = 'llama' | 'qwen2';
+const ARCHES: readonly string[] = ['llama', 'qwen2'];
 
 /** llama.cpp's token types (tokenizer.ggml.token_type). */
 export { TOKEN_TYPE };
@@ -87,7 +107,7 @@ export type GgufTokenizer = { kind: 'llama2c'; bytes: Buffer } | { kind: 'hf'; j
 
 export interface GgufLlamaSummary {
   name?: string;
-  architecture: 'llama';
+  architecture: GgufArch;
   version: number;
   alignment: number;
   fileType?: number;
@@ -105,6 +125,10 @@ export interface GgufLlamaImport {
   /** HF name of every matrix -> its dtype after import (norms are always f32 and not listed). */
   tensorDtypes: Record<string, MatrixDtype>;
   metadata: GgufLlamaSummary;
+  /** `tokenizer.chat_template`, with the BOS/EOS token strings it prints. */
+  chat?: ChatTemplate;
+  /** Whether prompts start with BOS (`tokenizer.ggml.add_bos_token`; absent: SentencePiece yes, BPE no). */
+  addBos: boolean;
 }
 
 export interface ReadGgufLlamaOptions {
@@ -127,15 +151,25 @@ export async function readGgufLlama(
     };
     const arch = metaString(h, 'general.architecture');
     if (arch === undefined) fail('has no general.architecture (not a model file?)');
-    if (arch !== 'llama') fail(`architecture '${arch}' is not supported (only 'llama')`);
+    if (!ARCHES.includes(arch as string))
+      fail(`general.architecture '${arch}' is not supported (runs ${ARCHES.join(', ')})`);
+    const a = arch as GgufArch;
 
     const vocab = readVocab(h);
-    const config = configFromGguf(h, vocab);
     const tokenizer = tokenizerFromVocab(vocab, h.path, options.tokenizerFormat ?? 'auto');
+    const freqsInfo = file.find(ROPE_FREQS);
+    const freqs = freqsInfo
+      ? ggmlToVector(
+          `${path}: tensor '${ROPE_FREQS}'`,
+          freqsInfo.type,
+          freqsInfo.dims,
+          await file.readTensor(freqsInfo),
+        )
+      : undefined;
+    const config = configFromGguf(h, vocab, a, fitsLlama2c(vocab), freqs);
 
     const expected = expectedShapes(config);
-    if (file.find('rope_freqs.weight'))
-      fail("tensor 'rope_freqs.weight' (Llama 3.1-style rope frequency scaling) is not supported");
+    if (freqs) expected.set(ROPE_FREQS, [freqs.length]);
     const unexpected = h.tensors.filter((t) => !expected.has(t.name));
     if (unexpected.length > 0) {
       const names = unexpected.slice(0, 5).map((t) => `'${t.name}'`);
@@ -144,6 +178,7 @@ export async function readGgufLlama(
           `${unexpected.length > 5 ? ` and ${unexpected.length - 5} more` : ''} (refusing to ignore them)`,
       );
     }
+    expected.delete(ROPE_FREQS); // read above, into the config
     const infos = new Map<string, GgufTensorInfo>();
     for (const [name, shape] of expected) {
       const t = file.find(name);
@@ -181,12 +216,13 @@ export async function readGgufLlama(
     };
 
     const hd = headDim(config);
-    const qOrder = rotateHalfRowOrder(config.nHeads, hd);
-    const kOrder = rotateHalfRowOrder(config.nKvHeads, hd);
+    // llama: Q/K rows interleaved by the converter, permuted back; qwen2 keeps rotate_half rows
+    const qOrder = a === 'llama' ? rotateHalfRowOrder(config.nHeads, hd) : undefined;
+    const kOrder = a === 'llama' ? rotateHalfRowOrder(config.nKvHeads, hd) : undefined;
     const tokenEmbedding = await matrix(TOKEN_EMBD, EMBED_TOKENS);
     const layers: LayerWeights[] = [];
     for (let l = 0; l < config.nLayers; l++) {
-      const g = (key: keyof LayerWeights) => ggufLayerTensorName(l, key);
+      const g = (key: GgufLayerKey) => ggufLayerTensorName(l, key);
       const m = (key: MatrixKey, order?: Int32Array) => matrix(g(key), layerTensorName(l, key), order);
       layers.push({
         attnNorm: await vector(g('attnNorm')),
@@ -199,6 +235,8 @@ export async function readGgufLlama(
         w2: await m('w2'),
         w3: await m('w3'),
       });
+      if (config.qkvBias)
+        for (const key of BIAS_KEYS) layers[l][key] = await vector(ggufBiasTensorName(l, key));
     }
     const finalNorm = await vector(OUTPUT_NORM);
     const classifier = config.tiedEmbeddings ? tokenEmbedding : await matrix(OUTPUT, LM_HEAD);
@@ -212,7 +250,7 @@ export async function readGgufLlama(
       tensorDtypes,
       metadata: {
         name: metaString(h, 'general.name'),
-        architecture: 'llama',
+        architecture: a,
         version: h.version,
         alignment: h.alignment,
         fileType: metaNumber(h, 'general.file_type'),
@@ -222,6 +260,8 @@ export async function readGgufLlama(
         tokenizerPre: vocab.pre,
         fileBytes: h.fileBytes,
       },
+      ...chatOf(h, vocab),
+      addBos: vocab.addBos ?? vocab.model === 'llama',
     };
   } finally {
     await file.close();
@@ -244,7 +284,7 @@ function describe(c: LlamaConfig): string {
 /** GGUF name -> expected dims ([columns, rows] for matrices). */
 function expectedShapes(c: LlamaConfig): Map<string, number[]> {
   const hd = headDim(c);
-  const per: Record<keyof LayerWeights, number[]> = {
+  const per: Record<GgufLayerKey, number[]> = {
     attnNorm: [c.dim],
     wq: [c.dim, c.nHeads * hd],
     wk: [c.dim, c.nKvHeads * hd],
@@ -256,8 +296,14 @@ function expectedShapes(c: LlamaConfig): Map<string, number[]> {
     w3: [c.dim, c.hiddenDim],
   };
   const out = new Map<string, number[]>([[TOKEN_EMBD, [c.dim, c.vocabSize]]]);
-  for (let l = 0; l < c.nLayers; l++)
+  for (let l = 0; l < c.nLayers; l++) {
     for (const key of LAYER_KEYS) out.set(ggufLayerTensorName(l, key), per[key]);
+    if (c.qkvBias) {
+      out.set(ggufBiasTensorName(l, 'bq'), [c.nHeads * hd]);
+      out.set(ggufBiasTensorName(l, 'bk'), [c.nKvHeads * hd]);
+      out.set(ggufBiasTensorName(l, 'bv'), [c.nKvHeads * hd]);
+    }
+  }
   out.set(OUTPUT_NORM, [c.dim]);
   if (!c.tiedEmbeddings) out.set(OUTPUT, [c.dim, c.vocabSize]);
   return out;
@@ -272,62 +318,170 @@ function shortestF32(v: number): number {
   return v;
 }
 
-function configFromGguf(h: GgufHeader, vocab: Vocab): LlamaConfig {
+/** tokenizer.chat_template with the special-token strings it prints. */
+function chatOf(h: GgufHeader, v: Vocab): { chat?: ChatTemplate } {
+  const template = metaString(h, 'tokenizer.chat_template');
+  if (!template) return {};
+  return { chat: { template, bosToken: v.tokens[v.bosId], eosToken: v.tokens[v.eosId] } };
+}
+
+function configFromGguf(
+  h: GgufHeader,
+  vocab: Vocab,
+  arch: GgufArch,
+  llama2cVocab: boolean,
+  freqs: Float32Array | undefined,
+): LlamaConfig {
   const fail = (why: string): never => {
-    throw new GgufError(`${h.path}: unsupported llama model: ${why}`);
+    throw new GgufError(`${h.path}: unsupported ${arch} model: ${why}`);
   };
-  const int = (key: string, fallback?: number): number => {
-    const v = metaNumber(h, key) ?? fallback;
-    if (v === undefined) return fail(`missing metadata '${key}'`);
-    if (!Number.isInteger(v) || v <= 0 || v >= 2 ** 31) return fail(`'${key}' = ${v} is not a positive size`);
+  const key = (k: string) => `${arch}.${k}`;
+  const int = (k: string, fallback?: number): number => {
+    const v = metaNumber(h, key(k)) ?? fallback;
+    if (v === undefined) return fail(`missing metadata '${key(k)}'`);
+    if (!Number.isInteger(v) || v <= 0 || v >= 2 ** 31)
+      return fail(`'${key(k)}' = ${v} is not a positive size`);
     return v;
   };
-  const dim = int('llama.embedding_length');
-  const nHeads = int('llama.attention.head_count');
-  const nKvHeads = int('llama.attention.head_count_kv', nHeads);
-  const normEps = metaNumber(h, 'llama.attention.layer_norm_rms_epsilon');
-  if (normEps === undefined) fail("missing metadata 'llama.attention.layer_norm_rms_epsilon'");
-  if (dim % nHeads !== 0) fail(`embedding_length ${dim} is not a multiple of head_count ${nHeads}`);
+  const dim = int('embedding_length');
+  const nHeads = int('attention.head_count');
+  const nKvHeads = int('attention.head_count_kv', nHeads);
+  const normEps = metaNumber(h, key('attention.layer_norm_rms_epsilon'));
+  if (normEps === undefined) fail(`missing metadata '${key('attention.layer_norm_rms_epsilon')}'`);
   if (nHeads % nKvHeads !== 0) fail(`head_count ${nHeads} is not a multiple of head_count_kv ${nKvHeads}`);
-  const hd = dim / nHeads;
-  if (hd % 2 !== 0) fail(`head size ${hd} is odd`);
-  for (const key of [
-    'llama.rope.dimension_count',
-    'llama.attention.key_length',
-    'llama.attention.value_length',
-  ]) {
-    const v = metaNumber(h, key);
-    if (v !== undefined && v !== hd) fail(`'${key}' = ${v} differs from the head size ${hd}`);
+  // the head size: attention.key_length when given (Llama 3.2, Mistral-Nemo), else embedding / heads
+  const keyLength = metaNumber(h, key('attention.key_length'));
+  if (keyLength === undefined && dim % nHeads !== 0)
+    fail(`embedding_length ${dim} is not a multiple of head_count ${nHeads}`);
+  const hd = keyLength ?? dim / nHeads;
+  if (!Number.isInteger(hd) || hd % 2 !== 0) fail(`head size ${hd} is not an even integer`);
+  for (const k of ['rope.dimension_count', 'attention.value_length']) {
+    const v = metaNumber(h, key(k));
+    if (v !== undefined && v !== hd) fail(`'${key(k)}' = ${v} differs from the head size ${hd}`);
   }
-  const experts = metaNumber(h, 'llama.expert_count') ?? 0;
-  if (experts > 0) fail(`mixture of experts (llama.expert_count = ${experts})`);
-  const scaling = metaString(h, 'llama.rope.scaling.type');
-  // llama.cpp reads a factor of 0 as "no scaling"
-  const rawFactor =
-    metaNumber(h, 'llama.rope.scaling.factor') ?? metaNumber(h, 'llama.rope.scale_linear') ?? 1;
-  const factor = rawFactor === 0 ? 1 : rawFactor;
-  if (scaling !== undefined && scaling !== 'none' && !(scaling === 'linear' && factor === 1))
-    fail(
-      `rope scaling type '${scaling}'${factor !== 1 ? ` (factor ${factor})` : ''}; only unscaled rope runs`,
-    );
-  if (scaling === undefined && factor !== 1) fail(`rope scaling factor ${factor} (linear scaling)`);
+  const experts = metaNumber(h, key('expert_count')) ?? 0;
+  if (experts > 0) fail(`mixture of experts (${key('expert_count')} = ${experts})`);
+  const maxSeqLen = int('context_length');
+  const ropeTheta = shortestF32(metaNumber(h, key('rope.freq_base')) ?? 10000);
+  const ropeScaling = ropeScalingFromGguf(h, key, { dim, nHeads, headDim: hd, ropeTheta }, freqs, fail);
 
+  // llama.cpp stops at any end-of-generation token: eos, eot (Llama 3's <|eot_id|>), eom
+  const ends = ['eos', 'eot', 'eom']
+    .map((k) => metaNumber(h, `tokenizer.ggml.${k}_token_id`))
+    .filter((id): id is number => id !== undefined);
+  const eosIds = [...new Set([vocab.eosId, ...ends])];
   // llama.cpp sizes the vocabulary by the tokens array (llama.vocab_size only matters without one)
   const vocabSize = vocab.tokens.length;
   return {
     dim,
-    hiddenDim: int('llama.feed_forward_length'),
-    nLayers: int('llama.block_count'),
+    hiddenDim: int('feed_forward_length'),
+    nLayers: int('block_count'),
     nHeads,
     nKvHeads,
     vocabSize,
-    maxSeqLen: int('llama.context_length'),
+    maxSeqLen,
     normEps: shortestF32(normEps as number),
-    ropeTheta: shortestF32(metaNumber(h, 'llama.rope.freq_base') ?? 10000),
+    ropeTheta,
     tiedEmbeddings: !h.tensors.some((t) => t.name === OUTPUT),
     bosId: vocab.bosId,
     eosId: vocab.eosId,
+    // a llama2.c vocabulary keeps llama2.c's ending (EOS or BOS: run.c ends a story at BOS)
+    ...(llama2cVocab ? {} : { eosIds }),
+    ...(keyLength !== undefined && keyLength !== dim / nHeads ? { headDim: keyLength } : {}),
+    ...(ropeScaling ? { ropeScaling } : {}),
+    ...(arch === 'qwen2' ? { qkvBias: true, family: 'qwen2' as const } : {}),
   };
+}
+
+/**
+ * llama.cpp's rope_freqs factors for Llama 3.1 scaling, as convert_hf_to_gguf.py computes them from the
+ * HF parameters: 1 for short wavelengths, `factor` for long ones, 1 / ((1 - smooth) / factor + smooth)
+ * between (the rotation angle is divided by the factor).
+ */
+export function llama3FreqFactors(c: Parameters<typeof ropeInvFreq>[0]): Float32Array {
+  const s = c.ropeScaling;
+  if (s?.type !== 'llama3') throw new Error('llama3FreqFactors needs llama3 rope scaling');
+  const plain = ropeInvFreq({ ...c, ropeScaling: undefined });
+  const lowWavelen = s.originalMaxPositionEmbeddings / s.lowFreqFactor;
+  const highWavelen = s.originalMaxPositionEmbeddings / s.highFreqFactor;
+  return Float32Array.from(plain, (inv) => {
+    const wavelen = (2 * Math.PI) / inv;
+    if (wavelen < highWavelen) return 1;
+    if (wavelen > lowWavelen) return s.factor;
+    const smooth =
+      (s.originalMaxPositionEmbeddings / wavelen - s.lowFreqFactor) / (s.highFreqFactor - s.lowFreqFactor);
+    return 1 / ((1 - smooth) / s.factor + smooth);
+  });
+}
+
+/**
+ * The llama3 parameters behind a rope_freqs tensor: factor = the largest divisor; in the band between,
+ * 1/f = (1 - s)/factor + s with s = (old/wavelen - low)/(high - low), linear in 1/wavelen, so two band
+ * points give old/(high - low) and low/(high - low); with low_freq_factor 1 (every published Llama 3.x)
+ * that fixes high and the original context. The factors recomputed from the result must match the file.
+ */
+function llama3FromFreqFactors(
+  freqs: Float32Array,
+  c: Parameters<typeof ropeInvFreq>[0],
+  fail: (why: string) => never,
+): RopeScaling {
+  const plain = ropeInvFreq({ ...c, ropeScaling: undefined });
+  if (freqs.length !== plain.length)
+    fail(`'${ROPE_FREQS}' has ${freqs.length} entries for ${plain.length} frequencies`);
+  const factor = Math.max(...freqs);
+  const band = [...freqs.keys()].filter((i) => freqs[i] > 1 + 1e-6 && freqs[i] < factor * (1 - 1e-6));
+  if (!(factor > 1) || band.length < 2)
+    fail(
+      `'${ROPE_FREQS}' has ${band.length} interpolated frequencies; cannot recover Llama 3 scaling from it`,
+    );
+  // s_i = A / wavelen_i - B, least squares over the band
+  const pts = band.map((i) => ({
+    x: plain[i] / (2 * Math.PI),
+    y: (1 / freqs[i] - 1 / factor) / (1 - 1 / factor),
+  }));
+  const mx = pts.reduce((t, p) => t + p.x, 0) / pts.length;
+  const my = pts.reduce((t, p) => t + p.y, 0) / pts.length;
+  const A =
+    pts.reduce((t, p) => t + (p.x - mx) * (p.y - my), 0) / pts.reduce((t, p) => t + (p.x - mx) ** 2, 0);
+  const B = A * mx - my;
+  const round = (v: number) => Number(v.toPrecision(6));
+  const scaling: RopeScaling = {
+    type: 'llama3',
+    factor: round(factor),
+    lowFreqFactor: 1,
+    highFreqFactor: round(1 + 1 / B),
+    originalMaxPositionEmbeddings: Math.round(A / B),
+  };
+  const again = llama3FreqFactors({ ...c, ropeScaling: scaling });
+  again.forEach((f, i) => {
+    if (Math.abs(f - freqs[i]) > 1e-4 * freqs[i])
+      fail(
+        `'${ROPE_FREQS}'[${i}] = ${freqs[i]} is not Llama 3 scaling (best fit ${JSON.stringify(scaling)} gives ${f})`,
+      );
+  });
+  return scaling;
+}
+
+function ropeScalingFromGguf(
+  h: GgufHeader,
+  key: (k: string) => string,
+  c: Parameters<typeof ropeInvFreq>[0],
+  freqs: Float32Array | undefined,
+  fail: (why: string) => never,
+): RopeScaling | undefined {
+  const type = metaString(h, key('rope.scaling.type'));
+  // llama.cpp reads a factor of 0 as "no scaling"
+  const rawFactor = metaNumber(h, key('rope.scaling.factor')) ?? metaNumber(h, key('rope.scale_linear')) ?? 1;
+  const factor = rawFactor === 0 ? 1 : rawFactor;
+  if (freqs) {
+    if (type !== undefined && type !== 'none' && !(type === 'linear' && factor === 1))
+      fail(`'${ROPE_FREQS}' together with rope scaling type '${type}'`);
+    return llama3FromFreqFactors(freqs, c, fail);
+  }
+  if (type === undefined || type === 'none' || type === 'linear') {
+    return factor === 1 ? undefined : { type: 'linear', factor: shortestF32(factor) };
+  }
+  return fail(`${key('rope.scaling.type')} '${type}' (runs none, linear, and llama3 through ${ROPE_FREQS})`);
 }
 
 // ---- tokenizers ---------------------------------------------------------------------------------------
@@ -597,10 +751,22 @@ function vocabMetadata(v: GgufVocab, c: LlamaConfig, where: string): [string, Gg
   return out;
 }
 
+/** The end ids past eos as llama.cpp's eot / eom token ids (a llama2.c config's BOS ending stays implied). */
+function endMetadata(c: LlamaConfig, where: string): [string, GgufValue][] {
+  if (!c.eosIds) return [];
+  const [eos, ...more] = endTokenIds(c);
+  if (eos !== c.eosId) throw new GgufError(`${where}: the first end id ${eos} is not the eos id ${c.eosId}`);
+  if (more.length > 2)
+    throw new GgufError(`${where}: ${more.length + 1} end ids; GGUF holds eos, eot and eom only`);
+  return more.map((id, i) => [`tokenizer.ggml.${i === 0 ? 'eot' : 'eom'}_token_id`, gguf.u32(id)]);
+}
+
 export interface WriteGgufLlamaOptions {
   type: GgufFileType;
   /** general.name (default 'llama'). */
   name?: string;
+  /** Written as tokenizer.chat_template. */
+  chatTemplate?: string;
   onProgress?: ProgressFn;
 }
 
@@ -613,9 +779,11 @@ export interface WriteGgufLlamaResult {
 }
 
 /**
- * Writes the model as a llama-architecture GGUF that llama.cpp loads: Q/K rows back in interleaved
- * order, norms in F32, matrices in `type` (exactly: q8/q4 matrices with 32-value blocks are written
- * as they are, float matrices quantized by llama.cpp's reference quantizers).
+ * Writes the model as a GGUF that llama.cpp loads: `qwen2` architecture for Qwen2 (q/k/v biases,
+ * rotate_half Q/K rows), else `llama` (Q/K rows back in interleaved order); norms and biases in F32,
+ * matrices in `type` (exactly: q8/q4 matrices with 32-value blocks are written as they are, float
+ * matrices quantized by llama.cpp's reference quantizers); linear rope scaling as metadata, llama3
+ * scaling as the rope_freqs.weight factors convert_hf_to_gguf.py writes.
  */
 export async function writeGgufLlama(
   path: string,
@@ -631,23 +799,44 @@ export async function writeGgufLlama(
     );
   const vocab = await resolveVocab(tokenizer);
   const hd = headDim(c);
+  const arch: GgufArch = c.family === 'qwen2' ? 'qwen2' : 'llama';
+  if (c.qkvBias && arch !== 'qwen2') throw new GgufError(`${path}: q/k/v biases are written only as qwen2`);
+  if (c.ropeScaling?.type === 'dynamic')
+    throw new GgufError(`${path}: dynamic rope scaling has no GGUF form llama.cpp runs`);
+  const a = (k: string) => `${arch}.${k}`;
   const metadata: [string, GgufValue][] = [
-    ['general.architecture', gguf.string('llama')],
-    ['general.name', gguf.string(options.name ?? 'llama')],
+    ['general.architecture', gguf.string(arch)],
+    ['general.name', gguf.string(options.name ?? arch)],
     ['general.alignment', gguf.u32(32)],
     ['general.file_type', gguf.u32(FILE_TYPE_IDS[options.type])],
     ['general.quantization_version', gguf.u32(2)],
-    ['llama.context_length', gguf.u32(c.maxSeqLen)],
-    ['llama.embedding_length', gguf.u32(c.dim)],
-    ['llama.block_count', gguf.u32(c.nLayers)],
-    ['llama.feed_forward_length', gguf.u32(c.hiddenDim)],
-    ['llama.rope.dimension_count', gguf.u32(hd)],
-    ['llama.attention.head_count', gguf.u32(c.nHeads)],
-    ['llama.attention.head_count_kv', gguf.u32(c.nKvHeads)],
-    ['llama.attention.layer_norm_rms_epsilon', gguf.f32(c.normEps)],
-    ['llama.rope.freq_base', gguf.f32(c.ropeTheta)],
-    ['llama.vocab_size', gguf.u32(c.vocabSize)],
+    [a('context_length'), gguf.u32(c.maxSeqLen)],
+    [a('embedding_length'), gguf.u32(c.dim)],
+    [a('block_count'), gguf.u32(c.nLayers)],
+    [a('feed_forward_length'), gguf.u32(c.hiddenDim)],
+    [a('rope.dimension_count'), gguf.u32(hd)],
+    [a('attention.head_count'), gguf.u32(c.nHeads)],
+    [a('attention.head_count_kv'), gguf.u32(c.nKvHeads)],
+    [a('attention.layer_norm_rms_epsilon'), gguf.f32(c.normEps)],
+    [a('rope.freq_base'), gguf.f32(c.ropeTheta)],
+    [a('vocab_size'), gguf.u32(c.vocabSize)],
+    ...(c.headDim !== undefined
+      ? ([
+          [a('attention.key_length'), gguf.u32(hd)],
+          [a('attention.value_length'), gguf.u32(hd)],
+        ] as [string, GgufValue][])
+      : []),
+    ...(c.ropeScaling?.type === 'linear'
+      ? ([
+          [a('rope.scaling.type'), gguf.string('linear')],
+          [a('rope.scaling.factor'), gguf.f32(c.ropeScaling.factor)],
+        ] as [string, GgufValue][])
+      : []),
     ...vocabMetadata(vocab, c, path),
+    ...endMetadata(c, path),
+    ...(options.chatTemplate
+      ? ([['tokenizer.chat_template', gguf.string(options.chatTemplate)]] as [string, GgufValue][])
+      : []),
   ];
 
   const tensorTypes: Record<string, string> = {};
@@ -666,14 +855,19 @@ export async function writeGgufLlama(
     tensorTypes[name] = 'F32';
     tensors.push({ name, type: WRITE_TYPE_IDS.F32, dims: [v.length], data: vectorToGgml(v) });
   };
-  const qOrder = interleavedRowOrder(c.nHeads, hd);
-  const kOrder = interleavedRowOrder(c.nKvHeads, hd);
+  const qOrder = arch === 'llama' ? interleavedRowOrder(c.nHeads, hd) : undefined;
+  const kOrder = arch === 'llama' ? interleavedRowOrder(c.nKvHeads, hd) : undefined;
+  if (c.ropeScaling?.type === 'llama3') addNorm(ROPE_FREQS, llama3FreqFactors(c));
   addMatrix(TOKEN_EMBD, w.tokenEmbedding);
   w.layers.forEach((layer, l) => {
     for (const key of LAYER_KEYS) {
       const name = ggufLayerTensorName(l, key);
       if (NORM_KEYS.has(key)) addNorm(name, layer[key] as Float32Array);
       else addMatrix(name, layer[key] as Matrix, key === 'wq' ? qOrder : key === 'wk' ? kOrder : undefined);
+    }
+    for (const key of BIAS_KEYS) {
+      const b = layer[key];
+      if (b) addNorm(ggufBiasTensorName(l, key), b);
     }
   });
   addNorm(OUTPUT_NORM, w.finalNorm);

@@ -3,10 +3,15 @@
  * reader/writer and the model package (whose weights.safetensors uses the same tensor names).
  */
 import {
+  BIAS_KEYS,
+  endTokenIds,
+  headDim,
   type LayerWeights,
   type LlamaConfig,
   type LlamaModel,
   type MatrixKey,
+  type ModelFamily,
+  type RopeScaling,
   tensorShapes,
 } from '../model/llama';
 import { f32Matrix, isBlock, type Matrix, type MatrixDtype, nBlocks } from '../model/matrix';
@@ -22,6 +27,9 @@ const LAYER_TENSORS: Record<keyof LayerWeights, string> = {
   w1: 'mlp.gate_proj.weight',
   w2: 'mlp.down_proj.weight',
   w3: 'mlp.up_proj.weight',
+  bq: 'self_attn.q_proj.bias',
+  bk: 'self_attn.k_proj.bias',
+  bv: 'self_attn.v_proj.bias',
 };
 const LAYER_KEYS = Object.keys(LAYER_TENSORS) as (keyof LayerWeights)[];
 
@@ -62,7 +70,10 @@ function hfEntries(model: LlamaModel): [string, Matrix | Float32Array][] {
   const w = model.weights;
   const out: [string, Matrix | Float32Array][] = [[EMBED_TOKENS, w.tokenEmbedding]];
   w.layers.forEach((layer, l) => {
-    for (const key of LAYER_KEYS) out.push([layerTensorName(l, key), layer[key]]);
+    for (const key of LAYER_KEYS) {
+      const t = layer[key];
+      if (t) out.push([layerTensorName(l, key), t]);
+    }
   });
   out.push([FINAL_NORM, w.finalNorm]);
   if (!model.config.tiedEmbeddings) out.push([LM_HEAD, w.classifier]);
@@ -91,7 +102,8 @@ export function modelTensorDtypes(model: LlamaModel): Record<string, TensorDtype
 /** Names of the tensors `modelFromHfTensors` needs for this config. */
 export function requiredHfTensorNames(c: LlamaConfig): string[] {
   const names = [EMBED_TOKENS, FINAL_NORM];
-  for (let l = 0; l < c.nLayers; l++) for (const key of LAYER_KEYS) names.push(layerTensorName(l, key));
+  const keys = LAYER_KEYS.filter((k) => c.qkvBias || !(BIAS_KEYS as string[]).includes(k));
+  for (let l = 0; l < c.nLayers; l++) for (const key of keys) names.push(layerTensorName(l, key));
   if (!c.tiedEmbeddings) names.push(LM_HEAD);
   return names;
 }
@@ -151,6 +163,7 @@ export function modelFromHfTensors(
   where: string,
 ): LlamaModel {
   const shapes = tensorShapes(config);
+  // norms and biases: f32 vectors
   const norm = (name: string, shape: number[]): Float32Array => {
     const t = tensors.get(name);
     if (!t) throw new Error(`${where}: missing tensor '${name}'`);
@@ -159,13 +172,14 @@ export function modelFromHfTensors(
         `${where}: tensor '${name}' has shape [${t.shape}], expected [${shape}] for this config`,
       );
     if ('dtype' in t && t.dtype !== 'F32')
-      throw new Error(`${where}: norm '${name}' must be F32, is ${t.dtype}`);
+      throw new Error(`${where}: vector '${name}' must be F32, is ${t.dtype}`);
     return t.data as Float32Array;
   };
   const tokenEmbedding = takeMatrix(tensors, EMBED_TOKENS, shapes.tokenEmbedding, where);
   const layers: LayerWeights[] = [];
   for (let l = 0; l < config.nLayers; l++) {
     const m = (key: MatrixKey) => takeMatrix(tensors, layerTensorName(l, key), shapes[key], where);
+    const b = (key: keyof LayerWeights) => norm(layerTensorName(l, key), shapes[key]);
     layers.push({
       attnNorm: norm(layerTensorName(l, 'attnNorm'), shapes.attnNorm),
       wq: m('wq'),
@@ -176,6 +190,7 @@ export function modelFromHfTensors(
       w1: m('w1'),
       w2: m('w2'),
       w3: m('w3'),
+      ...(config.qkvBias ? { bq: b('bq'), bk: b('bk'), bv: b('bv') } : {}),
     });
   }
   const finalNorm = norm(FINAL_NORM, shapes.finalNorm);
@@ -185,7 +200,7 @@ export function modelFromHfTensors(
   return { config, weights: { tokenEmbedding, layers, finalNorm, classifier } };
 }
 
-/** The subset of a HF LlamaForCausalLM config.json the engine reads and writes. */
+/** The subset of a HF config.json (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) the engine reads and writes. */
 export interface HfLlamaConfigJson {
   architectures?: string[];
   model_type?: string;
@@ -203,47 +218,101 @@ export interface HfLlamaConfigJson {
   bos_token_id?: number | null;
   eos_token_id?: number | number[] | null;
   hidden_act?: string;
-  head_dim?: number;
+  head_dim?: number | null;
   attention_bias?: boolean;
   mlp_bias?: boolean;
+  sliding_window?: number | null;
+  use_sliding_window?: boolean;
   [key: string]: unknown;
 }
 
-export function configToHfJson(c: LlamaConfig): HfLlamaConfigJson {
+/** generation_config.json: only its end-of-sequence ids matter to the engine. */
+export interface HfGenerationConfigJson {
+  eos_token_id?: number | number[] | null;
+  [key: string]: unknown;
+}
+
+const FAMILY_OF_MODEL_TYPE: Record<string, ModelFamily> = {
+  llama: 'llama',
+  mistral: 'mistral',
+  qwen2: 'qwen2',
+};
+const ARCHITECTURE: Record<ModelFamily, string> = {
+  llama: 'LlamaForCausalLM',
+  mistral: 'MistralForCausalLM',
+  qwen2: 'Qwen2ForCausalLM',
+};
+
+/** rope_scaling as HF writes it (rope_type, the parameters the engine reads), or null for plain RoPE. */
+function ropeScalingToHf(s: RopeScaling | undefined): Record<string, unknown> | null {
+  if (!s) return null;
+  if (s.type === 'linear' || s.type === 'dynamic') return { rope_type: s.type, factor: s.factor };
   return {
-    architectures: ['LlamaForCausalLM'],
-    model_type: 'llama',
+    rope_type: 'llama3',
+    factor: s.factor,
+    low_freq_factor: s.lowFreqFactor,
+    high_freq_factor: s.highFreqFactor,
+    original_max_position_embeddings: s.originalMaxPositionEmbeddings,
+  };
+}
+
+export function configToHfJson(c: LlamaConfig): HfLlamaConfigJson {
+  const family = c.family ?? 'llama';
+  const eos = endTokenIds(c);
+  const out: HfLlamaConfigJson = {
+    architectures: [ARCHITECTURE[family]],
+    model_type: family,
     hidden_size: c.dim,
     intermediate_size: c.hiddenDim,
     num_hidden_layers: c.nLayers,
     num_attention_heads: c.nHeads,
     num_key_value_heads: c.nKvHeads,
-    head_dim: c.dim / c.nHeads,
+    head_dim: headDim(c),
     vocab_size: c.vocabSize,
     max_position_embeddings: c.maxSeqLen,
     rms_norm_eps: c.normEps,
     rope_theta: c.ropeTheta,
-    rope_scaling: null,
+    rope_scaling: ropeScalingToHf(c.ropeScaling),
     tie_word_embeddings: c.tiedEmbeddings,
-    bos_token_id: c.bosId,
-    eos_token_id: c.eosId,
+    bos_token_id: c.bosId < 0 ? null : c.bosId,
+    eos_token_id: eos.length === 1 ? eos[0] : eos,
     hidden_act: 'silu',
-    attention_bias: false,
-    mlp_bias: false,
     torch_dtype: 'float32',
   };
+  if (family === 'llama') Object.assign(out, { attention_bias: false, mlp_bias: false });
+  if (family === 'mistral') out.sliding_window = null;
+  if (family === 'qwen2') Object.assign(out, { use_sliding_window: false, sliding_window: c.maxSeqLen });
+  return out;
 }
 
-/** Reads a HF Llama config, refusing features the engine does not implement rather than ignoring them. */
-export function configFromHfJson(j: HfLlamaConfigJson, where: string): LlamaConfig {
+export interface HfConfigOptions {
+  /** generation_config.json next to config.json: its eos ids end generation too. */
+  generation?: HfGenerationConfigJson;
+  /** Serve at most this many positions (default: max_position_embeddings). */
+  maxSeqLen?: number;
+}
+
+/**
+ * Reads a HF config of a Llama-block model (Llama 1/2/3.x, TinyLlama, SmolLM, Mistral, Qwen2/2.5),
+ * refusing features the engine does not implement, naming the field and its value, rather than ignoring them.
+ */
+export function configFromHfJson(
+  j: HfLlamaConfigJson,
+  where: string,
+  opts: HfConfigOptions = {},
+): LlamaConfig {
   const fail = (why: string): never => {
     throw new Error(`${where}: unsupported model config: ${why}`);
   };
   const arch = j.architectures?.[0];
-  if (j.model_type !== undefined && j.model_type !== 'llama')
-    fail(`model_type '${j.model_type}' (only 'llama')`);
-  if (arch !== undefined && arch !== 'LlamaForCausalLM')
-    fail(`architecture '${arch}' (only LlamaForCausalLM)`);
+  const byArch = Object.entries(ARCHITECTURE).find(([, a]) => a === arch)?.[0] as ModelFamily | undefined;
+  const family = j.model_type !== undefined ? FAMILY_OF_MODEL_TYPE[j.model_type] : (byArch ?? 'llama');
+  const known = Object.keys(FAMILY_OF_MODEL_TYPE).join(', ');
+  if (!family) fail(`model_type '${j.model_type}' (runs ${known})`);
+  if (arch !== undefined && arch !== ARCHITECTURE[family])
+    fail(
+      `architectures[0] '${arch}' with model_type '${family}' (runs ${Object.values(ARCHITECTURE).join(', ')})`,
+    );
   for (const field of [
     'hidden_size',
     'intermediate_size',
@@ -257,26 +326,51 @@ export function configFromHfJson(j: HfLlamaConfigJson, where: string): LlamaConf
       fail(`'${field}' must be a positive integer, got ${JSON.stringify(v)}`);
   }
   const nKvHeads = j.num_key_value_heads ?? j.num_attention_heads;
-  if (j.hidden_size % j.num_attention_heads !== 0)
-    fail('hidden_size must be a multiple of num_attention_heads');
   if (j.num_attention_heads % nKvHeads !== 0)
     fail('num_attention_heads must be a multiple of num_key_value_heads');
-  const hd = j.hidden_size / j.num_attention_heads;
-  if (j.head_dim !== undefined && j.head_dim !== null && j.head_dim !== hd) {
-    fail(`head_dim ${j.head_dim} differs from hidden_size / num_attention_heads = ${hd}`);
-  }
+  // head_dim: explicit (Llama 3.2, Mistral-Nemo) or hidden_size / num_attention_heads, as transformers reads it
+  const explicitHd = j.head_dim ?? undefined;
+  if (explicitHd !== undefined && (!Number.isInteger(explicitHd) || explicitHd <= 0 || explicitHd % 2 !== 0))
+    fail(`head_dim ${JSON.stringify(explicitHd)} must be a positive even integer`);
+  if (explicitHd === undefined && j.hidden_size % j.num_attention_heads !== 0)
+    fail('hidden_size must be a multiple of num_attention_heads when head_dim is not given');
+  const hd = explicitHd ?? j.hidden_size / j.num_attention_heads;
+  if (hd % 2 !== 0) fail(`head size ${hd} is odd (rotary embeddings need an even one)`);
   if (j.hidden_act !== undefined && j.hidden_act !== 'silu')
     fail(`hidden_act '${j.hidden_act}' (only 'silu')`);
-  if (j.attention_bias) fail('attention_bias = true (projections without bias only)');
-  if (j.mlp_bias) fail('mlp_bias = true (projections without bias only)');
-  const scaling = j.rope_scaling;
-  if (scaling) {
-    const kind = scaling.rope_type ?? scaling.type;
-    if (kind !== 'default')
-      fail(`rope_scaling of type '${String(kind)}' is not implemented (plain RoPE only)`);
-  }
-  // Some configs list several end-of-sequence ids; the engine stops on the first.
-  const eos = Array.isArray(j.eos_token_id) ? j.eos_token_id[0] : j.eos_token_id;
+  if (j.mlp_bias) fail('mlp_bias = true (MLP projections without bias only)');
+  if (family !== 'qwen2' && j.attention_bias)
+    fail("attention_bias = true (it biases o_proj too; only Qwen2's q/k/v biases run)");
+  const partial = j.partial_rotary_factor;
+  if (partial !== undefined && partial !== 1)
+    fail(`partial_rotary_factor ${JSON.stringify(partial)} (only 1)`);
+
+  const served = Math.min(j.max_position_embeddings, opts.maxSeqLen ?? Number.POSITIVE_INFINITY);
+  if (family === 'qwen2' && j.use_sliding_window)
+    fail('use_sliding_window = true (sliding-window attention is not implemented)');
+  if (family === 'mistral' && j.sliding_window != null && j.sliding_window < served)
+    fail(
+      `sliding_window ${j.sliding_window} is shorter than the served context of ${served} positions ` +
+        `(sliding-window attention is not implemented; serve at most ${j.sliding_window} positions, ` +
+        `e.g. ppsd import --max-seq-len ${j.sliding_window})`,
+    );
+
+  // rope: transformers 4.x `rope_scaling`, or 5.x `rope_parameters` (which also carries rope_theta)
+  const ropeParams = (j.rope_parameters ?? null) as Record<string, unknown> | null;
+  const theta = j.rope_theta ?? (ropeParams?.rope_theta as number | undefined) ?? 10000;
+  const ropeScaling = ropeScalingFromHf(
+    j.rope_scaling ?? ropeParams,
+    j.max_position_embeddings,
+    served,
+    fail,
+  );
+
+  const ids = (v: number | number[] | null | undefined): number[] =>
+    v === null || v === undefined ? [] : Array.isArray(v) ? v : [v];
+  // every id config.json or generation_config.json calls end-of-sequence ends a generation
+  const eosIds = [...new Set([...ids(j.eos_token_id), ...ids(opts.generation?.eos_token_id)])];
+  for (const id of eosIds) if (!Number.isInteger(id) || id < 0) fail(`eos_token_id ${JSON.stringify(id)}`);
+  if (eosIds.length === 0) fail('no eos_token_id in config.json or generation_config.json');
   return {
     dim: j.hidden_size,
     hiddenDim: j.intermediate_size,
@@ -284,11 +378,67 @@ export function configFromHfJson(j: HfLlamaConfigJson, where: string): LlamaConf
     nHeads: j.num_attention_heads,
     nKvHeads,
     vocabSize: j.vocab_size,
-    maxSeqLen: j.max_position_embeddings,
+    maxSeqLen: served,
     normEps: j.rms_norm_eps ?? 1e-6,
-    ropeTheta: j.rope_theta ?? 10000,
+    ropeTheta: theta,
     tiedEmbeddings: j.tie_word_embeddings ?? false,
-    bosId: j.bos_token_id ?? 1,
-    eosId: eos ?? 2,
+    bosId: j.bos_token_id ?? -1,
+    eosId: eosIds[0],
+    eosIds,
+    ...(explicitHd !== undefined && explicitHd !== j.hidden_size / j.num_attention_heads
+      ? { headDim: explicitHd }
+      : {}),
+    ...(ropeScaling ? { ropeScaling } : {}),
+    ...(family === 'qwen2' ? { qkvBias: true } : {}),
+    ...(family !== 'llama' ? { family } : {}),
+  };
+}
+
+const ROPE_FIELDS: Record<string, string[]> = {
+  linear: ['factor'],
+  dynamic: ['factor'],
+  llama3: ['factor', 'low_freq_factor', 'high_freq_factor', 'original_max_position_embeddings'],
+};
+
+/** HF rope_scaling -> RopeScaling (undefined: plain RoPE); every other type or field is refused. */
+function ropeScalingFromHf(
+  scaling: Record<string, unknown> | null | undefined,
+  maxPositions: number,
+  served: number,
+  fail: (why: string) => never,
+): RopeScaling | undefined {
+  if (!scaling) return undefined;
+  const kind = scaling.rope_type ?? scaling.type;
+  if (kind === 'default') return undefined;
+  const fields = ROPE_FIELDS[String(kind)];
+  if (!fields)
+    fail(
+      `rope_scaling type '${String(kind)}' is not implemented (runs default, ${Object.keys(ROPE_FIELDS).join(', ')})`,
+    );
+  const extra = Object.keys(scaling).filter(
+    (k) => !['rope_type', 'type', 'rope_theta', ...fields].includes(k),
+  );
+  if (extra.length > 0) fail(`rope_scaling field '${extra[0]}' (type '${kind}' reads ${fields.join(', ')})`);
+  const num = (k: string): number => {
+    const v = scaling[k];
+    if (typeof v !== 'number' || !(v > 0))
+      fail(`rope_scaling.${k} must be a positive number, got ${JSON.stringify(v)}`);
+    return v as number;
+  };
+  if (kind === 'linear') return { type: 'linear', factor: num('factor') };
+  if (kind === 'dynamic') {
+    // NTK rescaling starts only past max_position_embeddings; within it RoPE is plain (graph/rope.ts)
+    if (served > maxPositions) fail(`rope_scaling 'dynamic' beyond max_position_embeddings ${maxPositions}`);
+    return { type: 'dynamic', factor: num('factor'), maxPositionEmbeddings: maxPositions };
+  }
+  const low = num('low_freq_factor');
+  const high = num('high_freq_factor');
+  if (!(high > low)) fail(`rope_scaling high_freq_factor ${high} must exceed low_freq_factor ${low}`);
+  return {
+    type: 'llama3',
+    factor: num('factor'),
+    lowFreqFactor: low,
+    highFreqFactor: high,
+    originalMaxPositionEmbeddings: num('original_max_position_embeddings'),
   };
 }

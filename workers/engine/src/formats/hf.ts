@@ -1,15 +1,19 @@
 /**
- * Hugging Face Llama folders: config.json + one or many *.safetensors (optionally indexed by
- * model.safetensors.index.json) + tokenizer.json.
+ * Hugging Face folders of Llama-block models (Llama, Mistral, Qwen2; hf-llama.ts reads their configs):
+ * config.json + one or many *.safetensors (optionally indexed by model.safetensors.index.json) +
+ * tokenizer.json, and when present generation_config.json (more eos ids) and tokenizer_config.json
+ * (the chat template and the special tokens it prints; `add_bos_token`, read by the tokenizer).
  */
 import { access, copyFile, mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { LlamaModel } from '../model/llama';
+import type { ChatTemplate } from '../package/manifest';
 import { readLlama2cTokenizer } from '../tokenizer/llama2c';
 import { llama2cToHfJson } from '../tokenizer/to-hf';
 import {
   configFromHfJson,
   configToHfJson,
+  type HfGenerationConfigJson,
   type HfLlamaConfigJson,
   LM_HEAD,
   modelFromHfTensors,
@@ -23,20 +27,29 @@ export interface HfFolder {
   model: LlamaModel;
   /** The folder's tokenizer.json, when it has one. */
   tokenizerJsonPath: string | undefined;
+  /** The chat template of tokenizer_config.json (or chat_template.jinja), when the model has one. */
+  chat?: ChatTemplate;
+}
+
+export interface ReadHfFolderOptions {
+  onProgress?: ProgressFn;
+  /** Serve at most this many positions (default: max_position_embeddings). */
+  maxSeqLen?: number;
 }
 
 // Buffers HF checkpoints carry that the engine recomputes.
 const IGNORED_TENSORS = /(^|\.)rotary_emb\.inv_freq$/;
 
-export async function readHfFolder(
-  dir: string,
-  options: { onProgress?: ProgressFn } = {},
-): Promise<HfFolder> {
+export async function readHfFolder(dir: string, options: ReadHfFolderOptions = {}): Promise<HfFolder> {
   const configPath = path.join(dir, 'config.json');
   if (!(await exists(configPath)))
     throw new Error(`${dir}: not a Hugging Face model folder (no config.json)`);
   const configJson = await readJson<HfLlamaConfigJson>(configPath, 'config.json');
-  const config = configFromHfJson(configJson, configPath);
+  const generationPath = path.join(dir, 'generation_config.json');
+  const generation = (await exists(generationPath))
+    ? await readJson<HfGenerationConfigJson>(generationPath, 'generation_config.json')
+    : undefined;
+  const config = configFromHfJson(configJson, configPath, { generation, maxSeqLen: options.maxSeqLen });
 
   const files = await weightFiles(dir);
   // Which file holds each tensor, from the headers alone.
@@ -56,7 +69,7 @@ export async function readHfFolder(
     const expectedExtra = IGNORED_TENSORS.test(name) || (name === LM_HEAD && config.tiedEmbeddings);
     if (!required.has(name) && !expectedExtra) {
       throw new Error(
-        `${dir}: unexpected tensor '${name}' (not part of a plain Llama model; refusing to ignore it)`,
+        `${dir}: unexpected tensor '${name}' (not part of this ${config.family ?? 'llama'} model; refusing to ignore it)`,
       );
     }
   }
@@ -81,7 +94,52 @@ export async function readHfFolder(
   const model = modelFromHfTensors(config, tensors, dir);
 
   const tokenizerJsonPath = path.join(dir, 'tokenizer.json');
-  return { model, tokenizerJsonPath: (await exists(tokenizerJsonPath)) ? tokenizerJsonPath : undefined };
+  const chat = await readChatTemplate(dir);
+  return {
+    model,
+    tokenizerJsonPath: (await exists(tokenizerJsonPath)) ? tokenizerJsonPath : undefined,
+    ...(chat ? { chat } : {}),
+  };
+}
+
+/** A special token of tokenizer_config.json: a string, or an AddedToken object with `content`. */
+function tokenText(v: unknown): string | undefined {
+  if (typeof v === 'string') return v;
+  const content = (v as { content?: unknown } | null | undefined)?.content;
+  return typeof content === 'string' ? content : undefined;
+}
+
+/**
+ * The chat template as transformers finds it: `chat_template` of tokenizer_config.json (a string, or a
+ * list of named templates of which 'default' is the chat one), else a chat_template.jinja file.
+ */
+async function readChatTemplate(dir: string): Promise<ChatTemplate | undefined> {
+  const configPath = path.join(dir, 'tokenizer_config.json');
+  const config = (await exists(configPath))
+    ? await readJson<Record<string, unknown>>(configPath, 'tokenizer_config.json')
+    : {};
+  let template: string | undefined;
+  const raw = config.chat_template;
+  if (typeof raw === 'string') template = raw;
+  else if (Array.isArray(raw)) {
+    const named = raw.find((t) => (t as { name?: unknown })?.name === 'default') as
+      | { template?: unknown }
+      | undefined;
+    if (typeof named?.template !== 'string')
+      throw new Error(`${configPath}: chat_template is a list without a 'default' template`);
+    template = named.template;
+  } else if (raw !== undefined && raw !== null)
+    throw new Error(`${configPath}: chat_template is not a string`);
+  const jinjaPath = path.join(dir, 'chat_template.jinja');
+  if (template === undefined && (await exists(jinjaPath))) template = await readFile(jinjaPath, 'utf8');
+  if (!template) return undefined;
+  const bosToken = tokenText(config.bos_token);
+  const eosToken = tokenText(config.eos_token);
+  return {
+    template,
+    ...(bosToken !== undefined ? { bosToken } : {}),
+    ...(eosToken !== undefined ? { eosToken } : {}),
+  };
 }
 
 async function weightFiles(dir: string): Promise<string[]> {

@@ -15,7 +15,14 @@
  */
 import { type FileHandle, open } from 'node:fs/promises';
 import { endianness } from 'node:os';
-import { f32Weights, headDim, type LayerWeights, type LlamaConfig, type LlamaModel } from '../model/llama';
+import {
+  type BiasKey,
+  f32Weights,
+  headDim,
+  type LayerWeights,
+  type LlamaConfig,
+  type LlamaModel,
+} from '../model/llama';
 import { dense, f32Matrix, permuteRows } from '../model/matrix';
 import { bytesOf, readExactly, readInto } from './file-io';
 import type { ProgressFn } from './progress';
@@ -183,9 +190,10 @@ class SequentialReader {
   }
 }
 
-type Stacked = Record<keyof LayerWeights, Float32Array[]>;
+type Llama2cKey = Exclude<keyof LayerWeights, BiasKey>; // llama2.c has no biases
+type Stacked = Record<Llama2cKey, Float32Array[]>;
 
-function sizes(c: LlamaConfig): Record<keyof LayerWeights, number> {
+function sizes(c: LlamaConfig): Record<Llama2cKey, number> {
   const kvDim = c.nKvHeads * headDim(c);
   return {
     attnNorm: c.dim,
@@ -236,8 +244,8 @@ function assemble(
   classifier: Float32Array,
 ): LlamaModel {
   const layers = Array.from({ length: config.nLayers }, (_, l) => {
-    const layer = {} as Record<keyof LayerWeights, Float32Array>;
-    for (const key of Object.keys(stacked) as (keyof LayerWeights)[]) layer[key] = stacked[key][l];
+    const layer = {} as Record<Llama2cKey, Float32Array>;
+    for (const key of Object.keys(stacked) as Llama2cKey[]) layer[key] = stacked[key][l];
     return layer;
   });
   return { config, weights: f32Weights(config, { tokenEmbedding, layers, finalNorm, classifier }) };

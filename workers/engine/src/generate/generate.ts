@@ -57,6 +57,8 @@ export async function runGeneration(
   prompt: Int32Array,
   params: GenerateParams,
   onTokens?: OnTokens,
+  /** Ids that end the generation (the model's eos ids); default EOS and BOS, as llama2.c stops. */
+  endIds: Iterable<number> = [tokenizer.eosId, tokenizer.bosId],
 ): Promise<GenerationResult> {
   const started = performance.now();
   const sampler = new Sampler({
@@ -79,7 +81,7 @@ export async function runGeneration(
   });
   const logprobs: TokenLogprob[] | undefined = params.logprobs === undefined ? undefined : [];
   let decodedChars = 0; // text the decoder has produced: where the next token's text starts
-  const endTokens = new Set([tokenizer.eosId, tokenizer.bosId]); // llama2.c ends a story at BOS
+  const endTokens = new Set(endIds);
   const stopText = new StopText(params.stop ?? []);
   const textDecoder = tokenizer.createStreamDecoder(prompt[prompt.length - 1]);
   const tokens: number[] = [];

@@ -205,7 +205,13 @@ function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipM
   if (!skipAttn) {
     // attention rmsnorm, then q, k, v for the new rows (one projection when the storage allows)
     const xb = rmsnorm(s, x, w.attnNorm, `l${l}.attnNorm`); // [T, dim]
-    const [q2, k2, v2] = matmulWeights(g, xb, w, ['wq', 'wk', 'wv'], `l${l}.wqkv`, s.matmul);
+    let [q2, k2, v2] = matmulWeights(g, xb, w, ['wq', 'wk', 'wv'], `l${l}.wqkv`, s.matmul);
+    if (w.bq && w.bk && w.bv) {
+      // Qwen2's projection biases, added before RoPE as in its attention
+      q2 = g.add(q2, g.weight(`l${l}.bq`, w.bq, [w.bq.length])); // [T, nH*hd]
+      k2 = g.add(k2, g.weight(`l${l}.bk`, w.bk, [w.bk.length])); // [T, kvH*hd]
+      v2 = g.add(v2, g.weight(`l${l}.bv`, w.bv, [w.bv.length])); // [T, kvH*hd]
+    }
     v = g.reshape(v2, [-1, kvH, hd]); // [T, kvH, hd]
     // RoPE relative positional encoding
     let q: Tensor;
@@ -344,7 +350,7 @@ function stageGraph(model: LlamaModel, spec: StageSpec, opts: StageGraphOptions)
   // ---- rotary rows of the new positions, and the causal mask over the S keys:
   // host cache: S = P + 1 + T keys (cached positions 0..P-1, the scratch row (never visible), the new rows);
   // device cache: S = P + T keys (cached positions 0..P-1, the new rows)
-  const tables = ropeTables(hd, c.ropeTheta, maxSeq);
+  const tables = ropeTables(c, maxSeq);
   const cosT = g.weight('rope.cos', Float32Array.from(tables.cos), [maxSeq, hd]);
   const sinT = g.weight('rope.sin', Float32Array.from(tables.sin), [maxSeq, hd]);
   const pastRows = device ? pastLen! : g.shape(pastK[0], 0, 1); // [1] P (device) or P + 1 (host)

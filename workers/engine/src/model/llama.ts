@@ -10,6 +10,27 @@
  */
 import { convertMatrix, f32Matrix, type Matrix, type MatrixDtype } from './matrix';
 
+/**
+ * RoPE frequency scaling, as transformers' rope init functions define it (graph/rope.ts computes it):
+ * - linear: every inverse frequency divided by `factor` (position interpolation);
+ * - llama3: Llama 3.1's smooth per-frequency interpolation around `originalMaxPositionEmbeddings`;
+ * - dynamic: NTK rescaling that starts only past `maxPositionEmbeddings`; within it (the engine never
+ *   serves more, see graph/rope.ts) the frequencies are the plain ones.
+ */
+export type RopeScaling =
+  | { type: 'linear'; factor: number }
+  | { type: 'dynamic'; factor: number; maxPositionEmbeddings: number }
+  | {
+      type: 'llama3';
+      factor: number;
+      lowFreqFactor: number;
+      highFreqFactor: number;
+      originalMaxPositionEmbeddings: number;
+    };
+
+/** The Hugging Face families the engine runs, all the Llama block (RMSNorm, RoPE, GQA, SwiGLU). */
+export type ModelFamily = 'llama' | 'mistral' | 'qwen2';
+
 export interface LlamaConfig {
   dim: number; // model width
   hiddenDim: number; // SwiGLU inner width
@@ -23,9 +44,22 @@ export interface LlamaConfig {
   tiedEmbeddings: boolean; // classifier shares the token embedding
   bosId: number;
   eosId: number;
+  /** Every id that ends a generation (HF: `eos_token_id`, possibly a list). Absent in packages written
+   *  before the field: [eosId, bosId] (llama2.c ends a story at BOS). */
+  eosIds?: number[];
+  /** Per-head width when it is not dim / nHeads (HF `head_dim`, e.g. Mistral-Nemo: 128 at 5120 / 32). */
+  headDim?: number;
+  ropeScaling?: RopeScaling;
+  /** The q/k/v projections add a bias vector (Qwen2); o_proj and the MLP never do. */
+  qkvBias?: boolean;
+  /** Where the config came from, so writers name the architecture again (absent: llama). */
+  family?: ModelFamily;
 }
 
-export const headDim = (c: LlamaConfig): number => c.dim / c.nHeads;
+export const headDim = (c: LlamaConfig): number => c.headDim ?? c.dim / c.nHeads;
+
+/** The ids a generation stops at. */
+export const endTokenIds = (c: LlamaConfig): number[] => c.eosIds ?? [c.eosId, c.bosId];
 
 /** Matrices are stored in any package dtype (see matrix.ts); norm vectors are always f32. */
 export interface LayerWeights {
@@ -38,7 +72,14 @@ export interface LayerWeights {
   w1: Matrix; // gate [hiddenDim, dim]
   w2: Matrix; // down [dim, hiddenDim]
   w3: Matrix; // up   [hiddenDim, dim]
+  // q/k/v biases, only with config.qkvBias (f32 like the norms)
+  bq?: Float32Array; // [nHeads*headDim]
+  bk?: Float32Array; // [nKvHeads*headDim]
+  bv?: Float32Array; // [nKvHeads*headDim]
 }
+
+export type BiasKey = 'bq' | 'bk' | 'bv';
+export const BIAS_KEYS: readonly BiasKey[] = ['bq', 'bk', 'bv'];
 
 export type MatrixKey = 'wq' | 'wk' | 'wv' | 'wo' | 'w1' | 'w2' | 'w3';
 export const MATRIX_KEYS: readonly MatrixKey[] = ['wq', 'wk', 'wv', 'wo', 'w1', 'w2', 'w3'];
@@ -92,6 +133,9 @@ export function tensorShapes(c: LlamaConfig): Record<string, number[]> {
     w1: [c.hiddenDim, c.dim],
     w2: [c.dim, c.hiddenDim],
     w3: [c.hiddenDim, c.dim],
+    bq: [c.nHeads * hd],
+    bk: [c.nKvHeads * hd],
+    bv: [c.nKvHeads * hd],
     finalNorm: [c.dim],
     classifier: [c.vocabSize, c.dim],
   };
@@ -100,7 +144,8 @@ export function tensorShapes(c: LlamaConfig): Record<string, number[]> {
 /** f32 arrays, as f32-only importers read them, in the layout `tensorShapes` gives. */
 export interface F32Arrays {
   tokenEmbedding: Float32Array;
-  layers: Record<keyof LayerWeights, Float32Array>[];
+  layers: (Record<Exclude<keyof LayerWeights, BiasKey>, Float32Array> &
+    Partial<Record<BiasKey, Float32Array>>)[];
   finalNorm: Float32Array;
   classifier: Float32Array; // the same array as tokenEmbedding when tied
 }
@@ -121,6 +166,7 @@ export function f32Weights(c: LlamaConfig, a: F32Arrays): LlamaWeights {
     w1: m('w1', l.w1),
     w2: m('w2', l.w2),
     w3: m('w3', l.w3),
+    ...(l.bq && l.bk && l.bv ? { bq: l.bq, bk: l.bk, bv: l.bv } : {}),
   }));
   const classifier = a.classifier === a.tokenEmbedding ? tokenEmbedding : m('classifier', a.classifier);
   return { tokenEmbedding, layers, finalNorm: a.finalNorm, classifier };

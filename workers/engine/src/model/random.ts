@@ -121,7 +121,7 @@ export function randomLlama(config: LlamaConfig, seed: number, opts: RandomLlama
   const std = opts.std ?? 0.02;
   const resStd = (opts.scaleResiduals ?? true) ? std / Math.sqrt(2 * config.nLayers) : std;
   const normNoise = opts.normNoise ?? 0.02;
-  if (config.dim % config.nHeads !== 0)
+  if (config.headDim === undefined && config.dim % config.nHeads !== 0)
     throw new Error(`dim ${config.dim} is not a multiple of nHeads ${config.nHeads}`);
   const rng = new Rng(seed);
   const shapes = tensorShapes(config);
@@ -147,6 +147,8 @@ export function randomLlama(config: LlamaConfig, seed: number, opts: RandomLlama
       w1: mat('w1', std),
       w2: mat('w2', resStd),
       w3: mat('w3', std),
+      // biases large enough to matter next to the projections (Qwen2's are O(1) too)
+      ...(config.qkvBias ? { bq: normal('bq', 0.5), bk: normal('bk', 0.5), bv: normal('bv', 0.5) } : {}),
     });
   }
   const finalNorm = norm('finalNorm');

@@ -36,6 +36,10 @@ function matvec(out: Float64Array, m: Weights | Matrix, x: Float64Array): Float6
   return out;
 }
 
+function addBias(x: Float64Array, b: Float32Array): void {
+  for (let i = 0; i < x.length; i++) x[i] += b[i];
+}
+
 function rmsnorm(x: Float64Array, w: Weights, eps: number): Float64Array {
   let ss = 0;
   for (let i = 0; i < x.length; i++) ss += x[i] * x[i];
@@ -65,7 +69,7 @@ class RefLayers {
       this.k.push(new Float64Array(maxSeq * kvDim));
       this.v.push(new Float64Array(maxSeq * kvDim));
     }
-    ({ cos: this.cos, sin: this.sin } = ropeTables(headDim(c), c.ropeTheta, maxSeq));
+    ({ cos: this.cos, sin: this.sin } = ropeTables(c, maxSeq));
   }
 
   /** HF rotate_half RoPE on every head of `x` (heads * hd values) at position `pos`, in place. */
@@ -101,6 +105,11 @@ class RefLayers {
       const v = vc.subarray(pos * kvDim, (pos + 1) * kvDim);
       matvec(k, w.wk, xb);
       matvec(v, w.wv, xb);
+      if (w.bq && w.bk && w.bv) {
+        addBias(q, w.bq);
+        addBias(k, w.bk);
+        addBias(v, w.bv);
+      }
       this.rope(q, pos);
       this.rope(k, pos);
       const o = new Float64Array(c.nHeads * hd);

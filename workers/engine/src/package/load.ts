@@ -94,12 +94,18 @@ export async function loadPackage(
   const { tensors } = await readStoredTensors(weightsPath, { onProgress: options.onProgress });
   const model = modelFromHfTensors({ ...manifest.config }, tensors, weightsPath);
   checkTensorDtypes(manifest, model, dir);
-  const tokenizer = await loadTokenizer(path.join(dir, manifest.tokenizer.file), {
-    bosId: manifest.config.bosId,
-    eosId: manifest.config.eosId,
-  });
+  const tokenizer = await loadTokenizer(
+    path.join(dir, manifest.tokenizer.file),
+    packageTokenizerOptions(manifest),
+  );
   checkTokenizerFits(tokenizer, model, dir);
   return { dir, manifest, model, tokenizer };
+}
+
+/** How a package's tokenizer is loaded, by the engine and by the API that counts prompt tokens. */
+export function packageTokenizerOptions(m: Pick<PackageManifest, 'config' | 'tokenizer'>) {
+  // packages written before `addBos` was recorded always started prompts with BOS
+  return { bosId: m.config.bosId, eosId: m.config.eosId, addBos: m.tokenizer.addBos ?? true };
 }
 
 export function checkTokenizerFits(tokenizer: Tokenizer, model: LlamaModel, where: string): void {

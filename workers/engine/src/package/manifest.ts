@@ -10,6 +10,16 @@ export const WEIGHTS_FILE = 'weights.safetensors';
 export const PACKAGE_FORMAT = 'ppsd-package';
 export const PACKAGE_VERSION = 1;
 
+/**
+ * A chat template as the model publishes it (`chat_template` of tokenizer_config.json, or GGUF
+ * `tokenizer.chat_template`): Jinja source and the `bos_token` / `eos_token` strings it may print.
+ */
+export interface ChatTemplate {
+  template: string;
+  bosToken?: string;
+  eosToken?: string;
+}
+
 export interface FileRecord {
   sha256: string; // lowercase hex
   bytes: number;
@@ -37,7 +47,10 @@ export interface PackageManifest {
   dtype: MatrixDtype;
   /** Every matrix's stored dtype by HF tensor name (norms are always f32). */
   tensors?: Record<string, TensorDtype>;
-  tokenizer: { file: string; kind: 'llama2c' | 'hf' };
+  /** `addBos`: whether prompts start with BOS (absent in packages written before the field: yes). */
+  tokenizer: { file: string; kind: 'llama2c' | 'hf'; addBos?: boolean };
+  /** The model's chat template and the special tokens it reads; absent for models without one. */
+  chat?: ChatTemplate;
   /** Safetensors file with Hugging Face Llama tensor names. */
   weights: string;
   files: Record<string, FileRecord>;
@@ -118,6 +131,15 @@ export function parseManifest(json: unknown, dir: string): PackageManifest {
   }
   if (!m.tokenizer || typeof m.tokenizer.file !== 'string' || !['llama2c', 'hf'].includes(m.tokenizer.kind)) {
     fail('tokenizer must be {file, kind: "llama2c" | "hf"}');
+  }
+  if (m.tokenizer && m.tokenizer.addBos !== undefined && typeof m.tokenizer.addBos !== 'boolean')
+    fail('tokenizer.addBos must be a boolean');
+  if (m.chat !== undefined) {
+    const ch = m.chat as Partial<ChatTemplate> | null;
+    if (!ch || typeof ch.template !== 'string' || ch.template.length === 0)
+      fail('chat.template must be a non-empty string');
+    for (const k of ['bosToken', 'eosToken'] as const)
+      if (ch?.[k] !== undefined && typeof ch[k] !== 'string') fail(`chat.${k} must be a string`);
   }
   if (typeof m.weights !== 'string') fail('weights is missing');
   if (!m.files || typeof m.files !== 'object' || Array.isArray(m.files))

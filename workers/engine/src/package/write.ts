@@ -10,6 +10,7 @@ import { loadTokenizer, tokenizerKindOf } from '../tokenizer';
 import { hashFile } from './checksum';
 import { checkTokenizerFits } from './load';
 import {
+  type ChatTemplate,
   type FileRecord,
   MANIFEST_FILE,
   PACKAGE_FORMAT,
@@ -25,6 +26,10 @@ export interface PackageExtras {
   /** The dtype the package was made in (default f32); each matrix's own is recorded in `tensors`. */
   dtype?: MatrixDtype;
   stagePlan?: Record<string, unknown>;
+  /** Whether prompts start with BOS (GGUF `add_bos_token`); default: what the tokenizer files say. */
+  addBos?: boolean;
+  /** The model's chat template, stored in the manifest. */
+  chat?: ChatTemplate;
   /** Bytes of weights written so far / total. */
   onProgress?: ProgressFn;
 }
@@ -44,6 +49,7 @@ export async function writePackage(
   const tokenizer = await loadTokenizer(tokenizerSourcePath, {
     bosId: model.config.bosId,
     eosId: model.config.eosId,
+    addBos: extras.addBos,
   });
   checkTokenizerFits(tokenizer, model, tokenizerSourcePath);
   await ensureEmptyOrAbsent(dir);
@@ -69,7 +75,8 @@ export async function writePackage(
       config: { ...model.config },
       dtype: extras.dtype ?? 'f32',
       tensors: modelTensorDtypes(model),
-      tokenizer: { file: tokenizerFile, kind },
+      tokenizer: { file: tokenizerFile, kind, addBos: tokenizer.addsBos },
+      ...(extras.chat ? { chat: extras.chat } : {}),
       weights: WEIGHTS_FILE,
       files,
       createdAt: new Date().toISOString(),

@@ -4,13 +4,16 @@
 import { access, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { Tokenizer as HfTokenizerImpl } from '@huggingface/tokenizers';
-import type { StreamDecoder, Tokenizer } from './tokenizer';
+import { promptIds, type StreamDecoder, type Tokenizer } from './tokenizer';
 
 export interface HfTokenizerOptions {
   /** Override the BOS/EOS ids (e.g. from the model config); otherwise taken from tokenizer_config.json
    *  next to the file, or from well-known special tokens. */
   bosId?: number;
   eosId?: number;
+  /** Whether prompts start with BOS; otherwise `add_bos_token` of tokenizer_config.json when it says,
+   *  else what tokenizer.json's post-processor adds (Llama's TemplateProcessing does, Qwen's has none). */
+  addBos?: boolean;
 }
 
 const BOS_NAMES = ['<s>', '<|begin_of_text|>', '<bos>', '<|startoftext|>', '<|endoftext|>'];
@@ -50,6 +53,7 @@ export class HfTokenizer implements Tokenizer {
   readonly eosId: number;
   /** Byte-level pieces spell one byte per character, SentencePiece ones one character (▁ for a space). */
   readonly maxPieceChars: number;
+  readonly addsBos: boolean;
   private readonly impl: HfTokenizerImpl;
   /** GPT-2 style byte-level vocabulary: each byte is spelled by one printable character. */
   private readonly byteLevel: boolean;
@@ -89,6 +93,20 @@ export class HfTokenizer implements Tokenizer {
     this.special = new Set((json.added_tokens ?? []).filter((t) => t.special).map((t) => t.id));
     this.bosId = options.bosId ?? this.specialId(config.bos_token, BOS_NAMES) ?? -1;
     this.eosId = options.eosId ?? this.specialId(config.eos_token, EOS_NAMES) ?? -1;
+    const configured = typeof config.add_bos_token === 'boolean' ? config.add_bos_token : undefined;
+    this.addsBos = options.addBos ?? configured ?? this.postProcessorAddsBos();
+  }
+
+  /** Whether encoding with special tokens puts BOS in front (the post-processor's template). */
+  private postProcessorAddsBos(): boolean {
+    if (this.bosId < 0) return false;
+    const plain = this.impl.encode('a', { add_special_tokens: false }).ids;
+    const full = this.impl.encode('a', { add_special_tokens: true }).ids;
+    return full.length > plain.length && full[0] === this.bosId;
+  }
+
+  encodePrompt(text: string): number[] {
+    return promptIds(this, text);
   }
 
   private specialId(configured: unknown, wellKnown: string[]): number | undefined {

@@ -11,7 +11,7 @@
  *   kept as bytes, so text is only formed from complete UTF-8 sequences.
  */
 import { readFile } from 'node:fs/promises';
-import type { StreamDecoder, Tokenizer } from './tokenizer';
+import { promptIds, type StreamDecoder, type Tokenizer } from './tokenizer';
 
 export const LLAMA2C_UNK = 0;
 export const LLAMA2C_BOS = 1;
@@ -28,6 +28,7 @@ export class Llama2cTokenizer implements Tokenizer {
   readonly kind = 'llama2c' as const;
   readonly bosId = LLAMA2C_BOS;
   readonly eosId = LLAMA2C_EOS;
+  readonly addsBos = true; // run.c feeds BOS first
   readonly vocabSize: number;
   /** A piece of k bytes covers at most k input characters. */
   readonly maxPieceChars: number;
@@ -84,6 +85,10 @@ export class Llama2cTokenizer implements Tokenizer {
     if (pieces.length <= BYTE_PIECE_OFFSET + 255)
       fail(`only ${pieces.length} tokens; expected control and byte pieces`);
     return new Llama2cTokenizer(pieces, Float32Array.from(scores), maxTokenLength);
+  }
+
+  encodePrompt(text: string): number[] {
+    return promptIds(this, text);
   }
 
   encode(text: string): number[] {

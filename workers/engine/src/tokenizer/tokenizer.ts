@@ -11,8 +11,12 @@ export interface Tokenizer {
    * server refuse a prompt far beyond the context without paying for its tokenization.
    */
   readonly maxPieceChars: number;
-  /** Token ids of `text`, without BOS (the caller adds it). */
+  /** Whether a prompt starts with BOS (llama2.c, Llama, Mistral: yes; Qwen: no). */
+  readonly addsBos: boolean;
+  /** Token ids of `text`, without BOS; special tokens written in the text are matched whole. */
   encode(text: string): number[];
+  /** The ids a prompt is fed as: `promptIds` (BOS where the tokenizer adds one, never twice). */
+  encodePrompt(text: string): number[];
   /**
    * The text of `ids` read as the start of a sequence (as if right after BOS): the first piece's
    * leading space is dropped and control tokens (BOS, EOS, UNK) print nothing.
@@ -37,4 +41,13 @@ export interface StreamDecoder {
   push(id: number): string;
   /** Returns whatever text is still held back (an incomplete UTF-8 sequence decodes to U+FFFD). */
   flush(): string;
+}
+
+/**
+ * A prompt's ids: BOS (when the tokenizer adds one) and the text's ids. A prompt that already begins
+ * with BOS, as a chat template that writes `<|begin_of_text|>` or `<s>` renders it, gets no second one.
+ */
+export function promptIds(t: Pick<Tokenizer, 'addsBos' | 'bosId' | 'encode'>, text: string): number[] {
+  const ids = t.encode(text);
+  return t.addsBos && ids[0] !== t.bosId ? [t.bosId, ...ids] : ids;
 }

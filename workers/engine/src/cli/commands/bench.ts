@@ -133,7 +133,7 @@ export async function run(argv: string[]): Promise<void> {
     ppsdSplitLayer === undefined
       ? ''
       : ` PPSD splits inside layer ${ppsdSplitLayer} (its attention ends stage 1, where the exit reads the hidden state; its MLP starts stage 2).`;
-  const encoded = prompts.map((p) => Int32Array.from([tokenizer.bosId, ...tokenizer.encode(p)]));
+  const encoded = prompts.map((p) => Int32Array.from(tokenizer.encodePrompt(p)));
   const longest = Math.max(...encoded.map((p) => p.length));
   const maxSeqLen = numberFlag(
     values['max-seq'],

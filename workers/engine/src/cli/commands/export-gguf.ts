@@ -48,6 +48,7 @@ export async function run(argv: string[]): Promise<void> {
   const res = await writeGgufLlama(out, pkg.model, path.join(dir, pkg.manifest.tokenizer.file), {
     type,
     name: pkg.manifest.name,
+    chatTemplate: pkg.manifest.chat?.template,
     onProgress: writing,
   });
   writing?.end();

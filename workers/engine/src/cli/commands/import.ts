@@ -1,6 +1,7 @@
 /**
- * `ppsd import --from <llama2.c .bin | HF folder> [--tokenizer FILE] --out DIR [--name N] [--dtype D]`: converts a
- * checkpoint into a model package (manifest.json + weights.safetensors + tokenizer, all checksummed).
+ * `ppsd import --from <llama2.c .bin | HF folder | .gguf> [--tokenizer FILE] --out DIR [--name N] [--dtype D]
+ * [--max-seq-len N]`: converts a checkpoint into a model package (manifest.json + weights.safetensors +
+ * tokenizer, all checksummed; the chat template, when the model has one, in the manifest).
  */
 import { access, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import os from 'node:os';
@@ -12,14 +13,15 @@ import { stderrProgress } from '../../formats/progress';
 import { isSlowPath, unrunnableReason } from '../../graph/weights';
 import { convertModel, type LlamaModel, modelMatrices } from '../../model/llama';
 import type { MatrixDtype } from '../../model/matrix';
-import { writePackage } from '../../package';
-import { DTYPE_HELP, dtypeFlag, parseCommandArgs, UsageError } from '../args';
+import { type ChatTemplate, writePackage } from '../../package';
+import { DTYPE_HELP, dtypeFlag, numberFlag, parseCommandArgs, UsageError } from '../args';
 
 const HELP = `usage: ppsd import --from <checkpoint> --out <dir> [options]
 
-Imports a llama2.c checkpoint (.bin, legacy or version 1), a Hugging Face Llama folder
-(config.json + *.safetensors + tokenizer.json) or a llama-architecture GGUF file (v2/v3; its tokenizer
-and config come from its metadata) into a model package.
+Imports a llama2.c checkpoint (.bin, legacy or version 1), a Hugging Face folder of a Llama, Mistral or
+Qwen2 model (config.json + *.safetensors + tokenizer.json, with generation_config.json and
+tokenizer_config.json when present) or a GGUF file of those (v2/v3; its tokenizer, chat template and
+config come from its metadata) into a model package.
 
 options:
   --from PATH        llama2.c .bin file, Hugging Face folder or .gguf file
@@ -29,6 +31,8 @@ options:
   --name N           package name (default: the checkpoint's name)
   --dtype D          ${DTYPE_HELP}; default f32, or for GGUF the tensors' own
                      (F32/F16/BF16/Q8_0/Q4_0 kept exactly, Q4_K/Q5_K/Q6_K converted exactly)
+  --max-seq-len N    serve at most N positions (default: the model's max_position_embeddings); sizes the
+                     engine's KV cache and rotary tables
   --quiet            no progress output`;
 
 export async function run(argv: string[]): Promise<void> {
@@ -40,6 +44,7 @@ export async function run(argv: string[]): Promise<void> {
       tokenizer: { type: 'string' },
       name: { type: 'string' },
       dtype: { type: 'string' },
+      'max-seq-len': { type: 'string' },
       quiet: { type: 'boolean' },
     },
     HELP,
@@ -52,15 +57,23 @@ export async function run(argv: string[]): Promise<void> {
   const source = await statOrNull(from);
   if (!source) throw new UsageError(`--from ${values.from}: no such file or folder`);
 
+  const maxSeqLen =
+    values['max-seq-len'] === undefined ? undefined : numberFlag(values['max-seq-len'], 'max-seq-len');
+  if (maxSeqLen !== undefined && !(Number.isInteger(maxSeqLen) && maxSeqLen >= 1))
+    throw new UsageError(`--max-seq-len must be a positive integer, got ${values['max-seq-len']}`);
   const started = Date.now();
   const reading = quiet ? undefined : stderrProgress('reading');
   let model: LlamaModel;
   let tokenizer = values.tokenizer ? path.resolve(values.tokenizer) : undefined;
   let storedDtype: MatrixDtype = 'f32';
   let scratch: string | undefined; // a folder for the tokenizer a GGUF carries in its metadata
+  let chat: ChatTemplate | undefined;
+  let addBos: boolean | undefined; // GGUF says; tokenizer files say for themselves
   if (from.endsWith('.gguf')) {
     const gguf = await readGgufLlama(from, { onProgress: reading });
     model = gguf.model;
+    chat = gguf.chat;
+    addBos = gguf.addBos;
     storedDtype = packageDtypeOf(gguf.tensorDtypes);
     if (!tokenizer) {
       scratch = await mkdtemp(path.join(os.tmpdir(), 'ppsd-gguf-'));
@@ -71,8 +84,9 @@ export async function run(argv: string[]): Promise<void> {
       );
     }
   } else if (source.isDirectory()) {
-    const folder = await readHfFolder(from, { onProgress: reading });
+    const folder = await readHfFolder(from, { onProgress: reading, maxSeqLen });
     model = folder.model;
+    chat = folder.chat;
     tokenizer ??= folder.tokenizerJsonPath;
     if (!tokenizer) throw new UsageError(`${from} has no tokenizer.json; pass --tokenizer`);
   } else {
@@ -85,12 +99,16 @@ export async function run(argv: string[]): Promise<void> {
     }
   }
   reading?.end();
+  if (maxSeqLen !== undefined && maxSeqLen < model.config.maxSeqLen)
+    model = { ...model, config: { ...model.config, maxSeqLen } };
   const dtype = dtypeFlag(values.dtype, storedDtype);
   const c = model.config;
   if (!quiet) {
     console.error(
       `model: dim ${c.dim}, hidden ${c.hiddenDim}, ${c.nLayers} layers, ${c.nHeads} heads (${c.nKvHeads} kv), ` +
-        `vocab ${c.vocabSize}, context ${c.maxSeqLen}, ${c.tiedEmbeddings ? 'tied' : 'untied'} classifier`,
+        `vocab ${c.vocabSize}, context ${c.maxSeqLen}, ${c.tiedEmbeddings ? 'tied' : 'untied'} classifier` +
+        `${c.family ? `, ${c.family}` : ''}${c.ropeScaling ? `, rope scaling ${c.ropeScaling.type}` : ''}` +
+        `${chat ? ', chat template' : ''}`,
     );
   }
 
@@ -105,6 +123,8 @@ export async function run(argv: string[]): Promise<void> {
     dtype,
     name: values.name ?? path.basename(from).replace(/\.(bin|gguf)$/, ''),
     source: from,
+    chat,
+    addBos,
     onProgress: writing,
   }).finally(() => scratch && rm(scratch, { recursive: true, force: true }));
   writing?.end();

@@ -59,7 +59,7 @@ export async function run(argv: string[]): Promise<void> {
 
   const pkg = await loadPackage(dir);
   const { model, tokenizer } = pkg;
-  const prompts = texts.map((t) => Int32Array.from([tokenizer.bosId, ...tokenizer.encode(t)]));
+  const prompts = texts.map((t) => Int32Array.from(tokenizer.encodePrompt(t)));
   const maxSeqLen = Math.min(model.config.maxSeqLen, 512);
   const ar = await createDecoder('ar', { model, maxSeqLen });
   try {
