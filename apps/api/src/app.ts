@@ -9,9 +9,10 @@ import { HTTPException } from 'hono/http-exception';
 import { requestId } from 'hono/request-id';
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
+import { createAuditLog } from './adapters/audit';
 import { createQuota } from './adapters/quota';
 import { createJobEvents, type JobEvents } from './adapters/redis-events';
-import { createTenantStore } from './adapters/tenants';
+import { createAdminKeyStore, createTenantStore } from './adapters/tenants';
 import type { ApiConfig } from './config';
 import type { AppContext, AppEnv } from './context';
 import { ApiError, isRedisUnavailable, unauthorized, unavailable } from './errors';
@@ -60,7 +61,9 @@ export function createApp(deps: AppDeps): PpsdApp {
   const { redis, config } = deps;
   const events: JobEvents = createJobEvents(redis, deps.subscriber, { pollMs: config.pollMs });
   const quota = createQuota(redis, config);
-  const tenants = createTenantStore(redis);
+  const tenants = createTenantStore(redis, config.keySecret);
+  const adminKeys = createAdminKeyStore(redis, config.keySecret);
+  const audit = createAuditLog(redis);
   const metrics = createMetrics(deps.metrics, { queues: deps.queues, models: deps.models });
   const jobs = createJobService({
     redis,
@@ -70,6 +73,7 @@ export function createApp(deps: AppDeps): PpsdApp {
     events,
     quota,
     clock,
+    allowedModels: async (tenant) => (await tenants.getTenant(tenant))?.models,
   });
   const ctx: AppContext = {
     redis,
@@ -79,6 +83,8 @@ export function createApp(deps: AppDeps): PpsdApp {
     events,
     quota,
     tenants,
+    adminKeys,
+    audit,
     jobs,
     metrics,
     clock,
@@ -107,7 +113,7 @@ export function createApp(deps: AppDeps): PpsdApp {
     }
     const tenant = await tenants.authenticate(m[1]);
     if (!tenant) throw unauthorized('Incorrect or revoked API key provided.');
-    c.set('tenant', tenant);
+    c.set('tenant', tenant.id);
     await next();
   });
 
@@ -147,6 +153,11 @@ export function createApp(deps: AppDeps): PpsdApp {
     type: 'http',
     scheme: 'bearer',
     description: 'API key of a tenant',
+  });
+  app.openAPIRegistry.registerComponent('securitySchemes', 'adminAuth', {
+    type: 'http',
+    scheme: 'bearer',
+    description: 'Admin key (PPSD_ADMIN_KEYS, or printed once on first start); never valid on /v1/',
   });
 
   app

@@ -21,7 +21,16 @@ import type { Redis } from 'ioredis';
 import type { Quota } from './adapters/quota';
 import type { JobEvents, StreamEntry } from './adapters/redis-events';
 import type { ApiConfig } from './config';
-import { invalid, isRedisUnavailable, notFound, tooLong, tooMany, unavailable, withTimeout } from './errors';
+import {
+  forbidden,
+  invalid,
+  isRedisUnavailable,
+  notFound,
+  tooLong,
+  tooMany,
+  unavailable,
+  withTimeout,
+} from './errors';
 import type { ModelInfo, ModelRegistry } from './models';
 
 export type JobStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
@@ -91,6 +100,8 @@ export interface JobServiceDeps {
   events: JobEvents;
   quota: Quota;
   clock: () => number;
+  /** Models a tenant may use (undefined = all served models). */
+  allowedModels?: (tenant: string) => Promise<string[] | undefined>;
 }
 
 /** Text and token count from a job's entries, each token index counted once (retries never duplicate). */
@@ -152,6 +163,14 @@ export function createJobService(d: JobServiceDeps) {
 
   async function admit(input: AdmitInput): Promise<Admitted> {
     const model = resolveModel(input.model);
+    const allowed = await d.allowedModels?.(input.tenant);
+    if (allowed && !allowed.includes(model.id)) {
+      throw forbidden(
+        `This API key's tenant may not use the model '${model.id}'.`,
+        'model_not_allowed',
+        'model',
+      );
+    }
     const promptTokens = model.countPromptTokens(input.prompt);
     if (config.maxPromptTokens > 0 && promptTokens > config.maxPromptTokens) {
       throw tooLong(
@@ -209,7 +228,7 @@ export function createJobService(d: JobServiceDeps) {
     }
     if (r.kind === 'queue') {
       throw tooMany(
-        `Too many unfinished jobs for this tenant (limit ${config.tenantMaxJobs}); retry when some have finished.`,
+        `Too many unfinished jobs for this tenant (limit ${r.limit}); retry when some have finished.`,
         'tenant_queue_limit',
         config.retryAfterSeconds,
       );
