@@ -19,6 +19,7 @@ import { ApiError, isRedisUnavailable, unauthorized, unavailable } from './error
 import { createJobService } from './jobs';
 import { createMetrics } from './metrics';
 import type { ModelRegistry } from './models';
+import { adminRoutes } from './routes/admin';
 import { chatRoutes } from './routes/chat';
 import { completionsRoutes } from './routes/completions';
 import { healthRoutes } from './routes/health';
@@ -167,7 +168,8 @@ export function createApp(deps: AppDeps): PpsdApp {
     .route('/', chatRoutes(ctx))
     .route('/', summarizeRoutes(ctx))
     .route('/', jobsRoutes(ctx))
-    .route('/', usageRoutes(ctx));
+    .route('/', usageRoutes(ctx))
+    .route('/', adminRoutes(ctx));
 
   app.doc31('/openapi.json', OPENAPI_INFO);
 
