@@ -69,6 +69,8 @@ export function chatObject(meta: JobMeta, out: Outcome) {
 export function chunker(meta: JobMeta, chat: boolean, includeUsage: boolean) {
   const base = { id: meta.id, created: Math.floor(meta.createdAt / 1000), model: meta.model };
   const withUsage = (o: object) => JSON.stringify(includeUsage ? { ...o, usage: null } : o);
+  /** The `ppsd` extension field (./stream-extension), when there is one. */
+  const ppsd = (ext: object | undefined) => (ext ? { ppsd: ext } : {});
   return {
     first(): string | undefined {
       if (!chat) return undefined;
@@ -80,31 +82,35 @@ export function chunker(meta: JobMeta, chat: boolean, includeUsage: boolean) {
         ],
       });
     },
-    text(text: string): string {
+    text(text: string, ext?: object): string {
       return chat
         ? withUsage({
             ...base,
             object: 'chat.completion.chunk',
             choices: [{ index: 0, delta: { content: text }, logprobs: null, finish_reason: null }],
+            ...ppsd(ext),
           })
         : withUsage({
             ...base,
             object: 'text_completion',
             choices: [{ text, index: 0, logprobs: null, finish_reason: null }],
+            ...ppsd(ext),
           });
     },
-    finish(reason: FinishReason): string {
+    finish(reason: FinishReason, ext?: object): string {
       const finish_reason = openaiFinish(reason);
       return chat
         ? withUsage({
             ...base,
             object: 'chat.completion.chunk',
             choices: [{ index: 0, delta: {}, logprobs: null, finish_reason }],
+            ...ppsd(ext),
           })
         : withUsage({
             ...base,
             object: 'text_completion',
             choices: [{ text: '', index: 0, logprobs: null, finish_reason }],
+            ...ppsd(ext),
           });
     },
     usage(usage: TokenUsage): string {

@@ -8,6 +8,7 @@ import type { AppContext } from './context';
 import type { JobMeta } from './jobs';
 import { chunker, type Outcome, outcomeOf } from './openai';
 import { sseResponse } from './sse';
+import { finishExtension, textExtension } from './stream-extension';
 
 export interface RelayOptions {
   chat: boolean;
@@ -77,7 +78,7 @@ export function relayStream(
         if (ev.type === 'tokens') {
           if (ev.index + ev.ids.length <= next) continue; // a retried attempt's repeat
           next = ev.index + ev.ids.length;
-          if (ev.text) w.send(chunks.text(ev.text));
+          if (ev.text) w.send(chunks.text(ev.text, textExtension(ev)));
         } else if (ev.type === 'done' || ev.type === 'error') {
           ended = true;
           if (ev.type === 'error' && ev.finishReason !== 'cancelled') {
@@ -93,7 +94,7 @@ export function relayStream(
             );
           } else {
             const out = outcomeOf(meta, entries);
-            w.send(chunks.finish(out.finishReason));
+            w.send(chunks.finish(out.finishReason, finishExtension(entries)));
             if (o.includeUsage) w.send(chunks.usage(out.usage));
           }
           w.send('[DONE]');

@@ -9,6 +9,7 @@ export type {
   GenerateParams,
   GenerationResult,
   OnTokens,
+  TextSegment,
   TokenEvent,
 } from './generate/generate';
 export type { LlamaConfig, LlamaModel } from './model/llama';

@@ -20,6 +20,7 @@ import {
   type GenerationJob,
   type JobResult,
   keys,
+  lastSegments,
   progressKeys,
   type Speculation,
   type StreamEvent,
@@ -189,8 +190,10 @@ export function createProcessor(
         const skip = Math.max(0, publishedTokens - ev.index);
         const text = fullText.length > publishedChars ? fullText.slice(publishedChars) : '';
         publishedChars = Math.max(publishedChars, fullText.length);
+        // marks for exactly `text` (a retried attempt publishes only the tail the stream lacks)
+        const segments = text.length <= ev.text.length ? lastSegments(ev.segments, text.length) : undefined;
         void publish(
-          { type: 'tokens', attempt, index: ev.index + skip, ids: ev.ids.slice(skip), text },
+          { type: 'tokens', attempt, index: ev.index + skip, ids: ev.ids.slice(skip), text, segments },
           'tokens',
           end,
           publishedChars,
@@ -408,7 +411,11 @@ export class EventPublisher {
     for (let head = this.queue.shift(); head; head = this.queue.shift()) {
       const { item, done } = head;
       if (item.ev.type === 'tokens') {
-        const ev = { ...item.ev, ids: [...item.ev.ids] };
+        const ev = {
+          ...item.ev,
+          ids: [...item.ev.ids],
+          ...(item.ev.segments ? { segments: [...item.ev.segments] } : {}),
+        };
         for (let next = this.queue[0]; next && next.item.ev.type === 'tokens'; next = this.queue[0]) {
           const n = next.item.ev;
           if (
@@ -420,6 +427,7 @@ export class EventPublisher {
           this.queue.shift();
           ev.ids.push(...n.ids);
           ev.text += n.text;
+          ev.segments = ev.segments && n.segments ? [...ev.segments, ...n.segments] : undefined;
           item.tokenEnd = next.item.tokenEnd;
           item.charsEnd = next.item.charsEnd;
           done.push(...next.done);
