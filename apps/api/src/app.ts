@@ -22,6 +22,7 @@ import type { ModelRegistry } from './models';
 import { adminRoutes } from './routes/admin';
 import { chatRoutes } from './routes/chat';
 import { completionsRoutes } from './routes/completions';
+import { consoleRoutes } from './routes/console';
 import { healthRoutes } from './routes/health';
 import { jobsRoutes } from './routes/jobs';
 import { modelsRoutes } from './routes/models';
@@ -169,7 +170,8 @@ export function createApp(deps: AppDeps): PpsdApp {
     .route('/', summarizeRoutes(ctx))
     .route('/', jobsRoutes(ctx))
     .route('/', usageRoutes(ctx))
-    .route('/', adminRoutes(ctx));
+    .route('/', adminRoutes(ctx))
+    .route('/', consoleRoutes());
 
   app.doc31('/openapi.json', OPENAPI_INFO);
 
