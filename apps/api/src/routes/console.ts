@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { Hono } from 'hono';
 import type { AppEnv } from '../context';
 
+/** apps/api/console, next to src/ (a bundled server must keep that layout or pass its own dir). */
 const DIR = fileURLToPath(new URL('../../console/', import.meta.url));
 
 const CSP =
