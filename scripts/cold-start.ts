@@ -6,6 +6,7 @@
  *   node --import tsx scripts/cold-start.ts --package .tmp/pkg-260k [--rounds 5]
  */
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -36,10 +37,16 @@ async function once(args: string[]): Promise<{ healthz: number }> {
       PPSD_MODELS: `m=${values.package}`,
       PPSD_REDIS_URL: 'redis://127.0.0.1:1',
       PPSD_REDIS_TIMEOUT_MS: '50',
+      PPSD_KEY_SECRET: randomBytes(32).toString('base64url'),
     },
+  });
+  let exited = false;
+  child.once('exit', () => {
+    exited = true;
   });
   try {
     for (;;) {
+      if (exited) throw new Error(`the API exited before answering /healthz (${args.join(' ')})`);
       try {
         if ((await fetch(`http://127.0.0.1:${port}/healthz`)).ok) return { healthz: performance.now() - t0 };
       } catch {}

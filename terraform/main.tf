@@ -88,6 +88,8 @@ module "api" {
   redis_url                      = local.redis_url
   models                         = [var.model_id]
   bootstrap_keys                 = var.api_bootstrap_keys
+  key_secret                     = var.api_key_secret
+  admin_keys                     = var.api_admin_keys
   memory_mb                      = var.api_memory_mb
   timeout_seconds                = var.api_timeout_seconds
   reserved_concurrency           = var.api_reserved_concurrency

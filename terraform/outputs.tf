@@ -3,6 +3,21 @@ output "api_url" {
   value       = module.api.url
 }
 
+output "first_admin_key" {
+  description = "How to get the first admin key of the admin API (/admin/, ppsd admin, /console)."
+  value = join(" ", [
+    "With TF_VAR_api_admin_keys set, the admin keys are those.",
+    "Otherwise the API creates one on its first start and prints it once:",
+    "curl -s ${module.api.url}healthz; aws logs filter-log-events --log-group-name ${module.api.log_group_name}",
+    "--filter-pattern '\"created admin key\"' --query 'events[].message' --output text",
+  ])
+}
+
+output "console_url" {
+  description = "The web console (playground; operator views with an admin key)."
+  value       = "${module.api.url}console"
+}
+
 output "model_bucket" {
   description = "Bucket to publish model packages to (ppsd publish <package> s3://<bucket>/<prefix>)."
   value       = module.model_bucket.bucket_name

@@ -174,7 +174,24 @@ variable "worker_image_uri" {
 variable "api_bootstrap_keys" {
   type        = string
   sensitive   = true
-  description = "PPSD_BOOTSTRAP_KEYS (tenant:key,tenant2:key2) accepted by a fresh deployment. Pass as TF_VAR_api_bootstrap_keys."
+  description = "PPSD_BOOTSTRAP_KEYS (tenant:key,tenant2:key2) accepted by a fresh deployment; each key at least 32 random characters (the API refuses weaker ones). Pass as TF_VAR_api_bootstrap_keys."
+}
+
+variable "api_key_secret" {
+  type        = string
+  sensitive   = true
+  description = "PPSD_KEY_SECRET: the server secret every stored API key hash is an HMAC with. At least 32 random characters; changing it invalidates every key. Pass as TF_VAR_api_key_secret=\"$(openssl rand -base64 32)\"."
+
+  validation {
+    condition     = length(var.api_key_secret) >= 32
+    error_message = "api_key_secret must be at least 32 random characters (openssl rand -base64 32)."
+  }
+}
+
+variable "api_admin_keys" {
+  type        = string
+  sensitive   = true
+  description = "PPSD_ADMIN_KEYS: comma-separated admin API keys (each at least 32 random characters), as TF_VAR_api_admin_keys. Empty (TF_VAR_api_admin_keys=\"\"): the API creates one on its first start and prints it once to its log group (see the first_admin_key output)."
 }
 
 variable "api_memory_mb" {

@@ -15,7 +15,9 @@
  * Ctrl-C reaches only this script, which stops them in that order.
  *
  * Environment: PORT, HOST, PPSD_BOOTSTRAP_KEYS ("acme:KEY1,globex:KEY2"; none: one key is created,
- * kept in .data/bootstrap-key and printed), PPSD_REDIS_PORT, PPSD_S3_PORT, PPSD_DATA_DIR,
+ * kept in .data/bootstrap-key and printed), PPSD_ADMIN_KEYS (none: one admin key is created, kept in
+ * .data/admin-key and printed the first time only), PPSD_KEY_SECRET (none: one is generated and kept in
+ * .data/key-secret), PPSD_REDIS_PORT, PPSD_S3_PORT, PPSD_DATA_DIR,
  * PPSD_LOCAL_MODEL (= --model), PPSD_LOCAL_MAX_SEQ_LEN (context a --model import serves, default 4096).
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
@@ -24,6 +26,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join, resolve } from 'node:path';
 import { CreateBucketCommand, HeadBucketCommand } from '@aws-sdk/client-s3';
+import { generateApiKey, keyWeakness } from '@ppsd/contract';
 import S3rver from 's3rver';
 import { makeS3Client } from '../../packages/model-store/src/s3';
 import {
@@ -201,11 +204,43 @@ function bootstrapKeys(): { spec: string; printed: { tenant: string; key: string
   }
   const file = join(DATA, 'bootstrap-key');
   let key = existsSync(file) ? readFileSync(file, 'utf8').trim() : '';
+  if (key && keyWeakness(key)) {
+    log(`${file} holds a key below the strength the API requires: replacing it with a new one`);
+    key = '';
+  }
   if (!key) {
-    key = `sk-local-${randomBytes(18).toString('base64url')}`;
+    key = generateApiKey();
     writeFileSync(file, `${key}\n`, { mode: 0o600 });
   }
   return { spec: `local:${key}`, printed: [{ tenant: 'local', key }], generated: true };
+}
+
+/** PPSD_KEY_SECRET, or one generated on first start and kept in .data/key-secret. */
+function keySecret(): string {
+  const given = process.env.PPSD_KEY_SECRET?.trim();
+  if (given) return given;
+  const file = join(DATA, 'key-secret');
+  const kept = existsSync(file) ? readFileSync(file, 'utf8').trim() : '';
+  if (kept) return kept;
+  const secret = randomBytes(32).toString('base64url');
+  writeFileSync(file, `${secret}\n`, { mode: 0o600 });
+  log(`generated the API key secret (PPSD_KEY_SECRET) in ${file}`);
+  return secret;
+}
+
+/**
+ * PPSD_ADMIN_KEYS, or the admin key of .data/admin-key: created (and printed, that once) on first start.
+ * `printed` is the key to show now, or undefined when it was shown before.
+ */
+function adminKeys(): { spec: string; printed?: string; file?: string } {
+  const given = process.env.PPSD_ADMIN_KEYS?.trim();
+  if (given) return { spec: given };
+  const file = join(DATA, 'admin-key');
+  const kept = existsSync(file) ? readFileSync(file, 'utf8').trim() : '';
+  if (kept) return { spec: kept, file };
+  const key = generateApiKey('admin');
+  writeFileSync(file, `${key}\n`, { mode: 0o600 });
+  return { spec: key, printed: key, file };
 }
 
 async function waitUntil(what: string, fn: () => Promise<boolean>, timeoutMs: number): Promise<void> {
@@ -275,6 +310,7 @@ async function main(): Promise<void> {
 
   // API and worker
   const keys = bootstrapKeys();
+  const admin = adminKeys();
   const tsx = [process.execPath, '--import', 'tsx'];
   apiChild = startChild(
     'api',
@@ -286,6 +322,8 @@ async function main(): Promise<void> {
       PPSD_REDIS_URL: redisUrl,
       PPSD_MODELS: `${model}=${pkgDir}`,
       PPSD_BOOTSTRAP_KEYS: keys.spec,
+      PPSD_ADMIN_KEYS: admin.spec,
+      PPSD_KEY_SECRET: keySecret(),
     },
     { restart: true },
   );
@@ -316,6 +354,12 @@ async function main(): Promise<void> {
       (k) =>
         `  tenant ${k.tenant}  key ${k.key}${keys.generated ? '  (created; kept in .data/bootstrap-key)' : ''}`,
     ),
+    admin.printed
+      ? `  admin key ${admin.printed}  (created; shown this once, kept in ${admin.file})`
+      : admin.file
+        ? `  admin key in ${admin.file}`
+        : '  admin keys from PPSD_ADMIN_KEYS',
+    `  console   ${url}/console`,
     '',
     'try:',
     `  curl -N ${url}/v1/chat/completions -H 'Authorization: Bearer ${key}' -H 'Content-Type: application/json' \\`,

@@ -14,6 +14,7 @@ import { type ModelInfo, modelInfoFromTokenizer, staticRegistry } from '../../ap
 import { FAIL_FAST } from '../../apps/api/src/runtime';
 import { createTokenCountPool } from '../../apps/api/src/tokens/pool';
 import { loadTokenizer } from '../../workers/engine/src/tokenizer';
+import { testKey } from './keys';
 
 export const MODEL = 'stories260K';
 export const TOKENIZER_FILE = fileURLToPath(
@@ -34,8 +35,10 @@ export async function stories260K(maxContext = 512, id = MODEL): Promise<ModelIn
   );
 }
 
-export const KEY_A = 'sk-acme-test-key-0001';
-export const KEY_B = 'sk-globex-test-key-0002';
+export const KEY_A = testKey('acme');
+export const KEY_B = testKey('globex');
+/** Registered as an admin key (PPSD_ADMIN_KEYS) by startApi. */
+export const ADMIN_KEY = testKey('root', 'admin');
 
 export interface TestApi {
   app: PpsdApp;
@@ -91,6 +94,7 @@ export async function startApi(
   });
   await app.ctx.tenants.addKey('acme', KEY_A);
   await app.ctx.tenants.addKey('globex', KEY_B);
+  await app.ctx.adminKeys.add(ADMIN_KEY, { source: 'config', createdBy: 'bootstrap' });
   return {
     app,
     redis,

@@ -23,6 +23,7 @@ import {
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { ensureStoriesPackage, publishIfChanged, REPO_ROOT } from '../../infra/local/seed';
+import { TEST_KEY_SECRET, testKey } from './keys';
 import { type RedisServer, startRedis } from './redis-server';
 import { startS3, type TestS3 } from './s3-server';
 
@@ -139,6 +140,8 @@ export interface Stack {
   cacheDir: string;
   apiUrl: string;
   apiKey: string;
+  /** Admin key the API is started with (PPSD_ADMIN_KEYS). */
+  adminKey: string;
   tenant: string;
   keys: { tenant: string; key: string }[];
   api: Proc | null;
@@ -190,7 +193,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
     client.on('error', () => {});
     cleanups.push(async () => client.disconnect());
     for (const [k, v] of Object.entries(opts.redisConfig ?? {})) await client.config('SET', k, v);
-    const stackKeys = opts.keys ?? [{ tenant: 'acme', key: 'sk-test-acme-0001' }];
+    const stackKeys = opts.keys ?? [{ tenant: 'acme', key: testKey('acme') }];
 
     const stack: Stack = {
       redis,
@@ -199,6 +202,7 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
       cacheDir,
       apiUrl: '',
       apiKey: stackKeys[0].key,
+      adminKey: testKey('stackroot', 'admin'),
       tenant: stackKeys[0].tenant,
       keys: stackKeys,
       api: null,
@@ -247,6 +251,8 @@ export async function startStack(opts: StackOptions = {}): Promise<Stack> {
           PPSD_REDIS_URL: redis.url,
           PPSD_MODELS: `${MODEL}=${pkg.dir}`,
           PPSD_BOOTSTRAP_KEYS: stackKeys.map((k) => `${k.tenant}:${k.key}`).join(','),
+          PPSD_KEY_SECRET: TEST_KEY_SECRET,
+          PPSD_ADMIN_KEYS: stack.adminKey,
           PPSD_STREAM_POLL_MS: '500',
           ...opts.apiEnv,
           ...env,

@@ -3,6 +3,7 @@
  * prompt tokens on its bundled thread and admits a job; the Lambda bundles export their handlers.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -10,7 +11,7 @@ import { type RedisServer, startRedis } from '../helpers/redis-server';
 import { runPpsd, scratchDir } from '../helpers/shared';
 
 const ROOT = join(import.meta.dirname, '..', '..');
-const KEY = 'sk-build-test-0123456789abcdef';
+const KEY = `sk-build-${randomBytes(32).toString('base64url')}`;
 let redis: RedisServer;
 let api: ChildProcess | undefined;
 
@@ -56,6 +57,7 @@ it('dist/api/server.js serves, counts tokens on dist/api/thread.js and admits a 
       PPSD_REDIS_URL: redis.url,
       PPSD_MODELS: `stories260K=${pkg}`,
       PPSD_BOOTSTRAP_KEYS: `acme:${KEY}`,
+      PPSD_KEY_SECRET: randomBytes(32).toString('base64url'),
     },
   });
   api.stderr?.on('data', (d) => {

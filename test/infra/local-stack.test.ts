@@ -6,12 +6,14 @@
  * one's heartbeat goes stale.)
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, expect, it } from 'vitest';
 
 const ROOT = join(import.meta.dirname, '..', '..');
+const KEY = `sk-local-${randomBytes(32).toString('base64url')}`;
 const data = mkdtempSync(join(tmpdir(), 'ppsd-local-'));
 const base = 21_000 + Math.floor(Math.random() * 9_000);
 const ports = { api: base, redis: base + 1, s3: base + 2 };
@@ -56,7 +58,7 @@ it('restarts a dead worker and keeps serving', async () => {
       PORT: String(ports.api),
       PPSD_REDIS_PORT: String(ports.redis),
       PPSD_S3_PORT: String(ports.s3),
-      PPSD_BOOTSTRAP_KEYS: 'local:sk-local-stack-test-0123456789',
+      PPSD_BOOTSTRAP_KEYS: `local:${KEY}`,
     },
   });
   stack.stdout?.on('data', (d) => {
@@ -81,7 +83,7 @@ it('restarts a dead worker and keeps serving', async () => {
 
   const res = await fetch(`${url}/v1/completions`, {
     method: 'POST',
-    headers: { Authorization: 'Bearer sk-local-stack-test-0123456789', 'Content-Type': 'application/json' },
+    headers: { Authorization: `Bearer ${KEY}`, 'Content-Type': 'application/json' },
     body: JSON.stringify({ model: 'stories260K', prompt: 'Once upon a time', max_tokens: 8 }),
   });
   expect(res.status).toBe(200);

@@ -102,6 +102,10 @@ describe('variables and outputs', () => {
       expect.arrayContaining([
         '.:redis_auth_token',
         '.:api_bootstrap_keys',
+        '.:api_key_secret',
+        '.:api_admin_keys',
+        'modules/api:key_secret',
+        'modules/api:admin_keys',
         'modules/redis:auth_token',
         'modules/api:redis_url',
         'modules/api:bootstrap_keys',
@@ -415,7 +419,24 @@ describe('API', () => {
     expect(fn.image_config[0].command).toEqual(['lambda/api.handler']);
     expect(fn.vpc_config[0].subnet_ids).toBe('${var.subnet_ids}');
     expect(Object.keys(fn.environment[0].variables).sort()).toEqual(
-      ['NODE_OPTIONS', 'PPSD_BOOTSTRAP_KEYS', 'PPSD_MODELS', 'PPSD_REDIS_URL'].sort(),
+      [
+        'NODE_OPTIONS',
+        'PPSD_ADMIN_KEYS',
+        'PPSD_BOOTSTRAP_KEYS',
+        'PPSD_KEY_SECRET',
+        'PPSD_MODELS',
+        'PPSD_REDIS_URL',
+      ].sort(),
     );
+    expect(fn.environment[0].variables.PPSD_KEY_SECRET).toBe('${var.key_secret}');
+    const root = mod('.');
+    expect(root.module.api.key_secret).toBe('${var.api_key_secret}');
+    expect(root.variable.api_key_secret.validation[0].condition).toContain(
+      'length(var.api_key_secret) >= 32',
+    );
+    // the outputs say how to get the first admin key, and where the console is
+    expect(root.output.first_admin_key.value).toContain('created admin key');
+    expect(root.output.first_admin_key.value).toContain('${module.api.log_group_name}');
+    expect(root.output.console_url.value).toBe('${module.api.url}console');
   });
 });

@@ -74,9 +74,10 @@ describe('auth', () => {
   it('keys are stored hashed; a revoked key gets 401', async () => {
     const raw = JSON.stringify(await api.redis.hgetall('ppsd:api-keys'));
     expect(raw).not.toContain(KEY_A);
-    const key = await api.app.ctx.tenants.createKey('initech');
+    await api.app.ctx.tenants.ensureTenant('initech');
+    const { key, prefix } = await api.app.ctx.tenants.issueKey('initech', 'test');
     expect((await api.req('/v1/models', { key })).status).toBe(200);
-    expect(await api.app.ctx.tenants.revokeKey(key)).toBe(true);
+    expect(await api.app.ctx.tenants.keys.revoke(prefix, 'test')).toBe('revoked');
     await expectError(await api.req('/v1/models', { key }), 401, 'authentication_error');
     // bootstrap again with the same key does not bring it back
     expect(await api.app.ctx.tenants.addKey('initech', key)).toBe(false);

@@ -9,6 +9,7 @@ import { createTenantStore } from '../../apps/api/src/adapters/tenants';
 import { bootstrapKeys } from '../../apps/api/src/bootstrap';
 import { ConfigError, loadConfig } from '../../apps/api/src/config';
 import { doneEvent, KEY_A, MODEL, parseSse, startApi, type TestApi } from '../helpers/api-app';
+import { TEST_KEY_SECRET, testKey } from '../helpers/keys';
 import { type RedisServer, startRedis } from '../helpers/redis-server';
 
 let server: RedisServer;
@@ -217,7 +218,7 @@ describe('AWS Lambda response streaming', () => {
 
 describe('config', () => {
   it('has defaults and reads every variable', () => {
-    const c = loadConfig({ PPSD_MODELS: 'stories260K' });
+    const c = loadConfig({ PPSD_MODELS: 'stories260K', PPSD_KEY_SECRET: TEST_KEY_SECRET });
     expect(c).toMatchObject({
       redisUrl: 'redis://127.0.0.1:6379',
       port: 8080,
@@ -227,15 +228,16 @@ describe('config', () => {
       PPSD_MODELS: 'a=/pk/a, b',
       PPSD_REDIS_URL: 'rediss://r:6380',
       PORT: '9000',
-      PPSD_BOOTSTRAP_KEYS: 'acme:KEY1-long-enough,globex:KEY2-long-enough',
+      PPSD_BOOTSTRAP_KEYS: `acme:${testKey('acme1')},globex:${testKey('globex2')}`,
+      PPSD_KEY_SECRET: TEST_KEY_SECRET,
       PPSD_MAX_PROMPT_TOKENS: '2048',
       PPSD_TENANT_MAX_JOBS: '5',
       PPSD_TENANT_TOKEN_QUOTA: '100000',
     });
     expect(d.models).toEqual([{ id: 'a', dir: '/pk/a' }, { id: 'b' }]);
     expect(d.bootstrapKeys).toEqual([
-      { tenant: 'acme', key: 'KEY1-long-enough' },
-      { tenant: 'globex', key: 'KEY2-long-enough' },
+      { tenant: 'acme', key: testKey('acme1') },
+      { tenant: 'globex', key: testKey('globex2') },
     ]);
     expect(d).toMatchObject({
       port: 9000,
@@ -265,29 +267,29 @@ describe('config', () => {
       'PPSD_MODELS',
       'PPSD_BOOTSTRAP_KEYS',
       'PPSD_TENANT_MAX_JOBS',
+      'PPSD_KEY_SECRET',
     ]) {
       expect(msg).toContain(v);
     }
-    expect((err as ConfigError).problems).toHaveLength(5);
+    expect((err as ConfigError).problems).toHaveLength(6);
   });
 });
 
 describe('bootstrap', () => {
   it('registers PPSD_BOOTSTRAP_KEYS; with none and no key at all it creates one and prints it', async () => {
     await api.redis.flushall();
-    const tenants = createTenantStore(api.redis);
+    const tenants = createTenantStore(api.redis, TEST_KEY_SECRET);
     const logs: string[] = [];
     const r = await bootstrapKeys(tenants, [], (m) => logs.push(m));
     expect(r.created?.tenant).toBe('default');
     expect(logs.join('\n')).toContain(r.created!.key);
-    expect(await tenants.authenticate(r.created!.key)).toBe('default');
+    expect((await tenants.authenticate(r.created!.key))?.id).toBe('default');
     expect((await bootstrapKeys(tenants, [], () => {})).created).toBeUndefined();
 
-    const given = await bootstrapKeys(tenants, [{ tenant: 'acme', key: 'KEY1-long-enough' }], () => {});
+    const key = testKey('acme1');
+    const given = await bootstrapKeys(tenants, [{ tenant: 'acme', key }], () => {});
     expect(given.added).toEqual(['acme']);
-    expect(await tenants.authenticate('KEY1-long-enough')).toBe('acme');
-    expect(
-      (await bootstrapKeys(tenants, [{ tenant: 'acme', key: 'KEY1-long-enough' }], () => {})).added,
-    ).toEqual([]);
+    expect((await tenants.authenticate(key))?.id).toBe('acme');
+    expect((await bootstrapKeys(tenants, [{ tenant: 'acme', key }], () => {})).added).toEqual([]);
   });
 });

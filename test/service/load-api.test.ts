@@ -6,10 +6,11 @@
 import { type ChatMessage, keys, renderChatPrompt } from '@ppsd/contract';
 import { Engine } from '@ppsd/engine';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { testKey } from '../helpers/keys';
 import { MODEL, readSse, type Stack, startStack, waitFor } from '../helpers/stack';
 
-const TENANTS = ['t0', 't1', 't2', 't3'].map((t) => ({ tenant: t, key: `sk-load-${t}-0123456789` }));
-const TINY = { tenant: 'tiny', key: 'sk-load-tiny-0123456789' };
+const TENANTS = ['t0', 't1', 't2', 't3'].map((t) => ({ tenant: t, key: testKey(`load${t}`) }));
+const TINY = { tenant: 'tiny', key: testKey('loadtiny') };
 const CLIENTS = 200;
 const MAX_TOKENS = 6;
 const PROMPTS = ['Once upon a time', 'The cat sat', 'Lily and Ben', 'One sunny day'];

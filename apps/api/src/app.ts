@@ -9,9 +9,10 @@ import { HTTPException } from 'hono/http-exception';
 import { requestId } from 'hono/request-id';
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
+import { createAuditLog } from './adapters/audit';
 import { createQuota } from './adapters/quota';
 import { createJobEvents, type JobEvents } from './adapters/redis-events';
-import { createTenantStore } from './adapters/tenants';
+import { createAdminKeyStore, createTenantStore } from './adapters/tenants';
 import { requestBody } from './body';
 import type { ApiConfig } from './config';
 import type { AppContext, AppEnv } from './context';
@@ -19,8 +20,10 @@ import { ApiError, isRedisUnavailable, unauthorized, unavailable } from './error
 import { createJobService } from './jobs';
 import { createMetrics } from './metrics';
 import type { ModelRegistry } from './models';
+import { adminRoutes } from './routes/admin';
 import { chatRoutes } from './routes/chat';
 import { completionsRoutes } from './routes/completions';
+import { consoleRoutes } from './routes/console';
 import { healthRoutes } from './routes/health';
 import { jobsRoutes } from './routes/jobs';
 import { modelsRoutes } from './routes/models';
@@ -61,7 +64,9 @@ export function createApp(deps: AppDeps): PpsdApp {
   const { redis, config } = deps;
   const events: JobEvents = createJobEvents(redis, deps.subscriber, { pollMs: config.pollMs });
   const quota = createQuota(redis, config);
-  const tenants = createTenantStore(redis);
+  const tenants = createTenantStore(redis, config.keySecret);
+  const adminKeys = createAdminKeyStore(redis, config.keySecret);
+  const audit = createAuditLog(redis);
   const metrics = createMetrics(deps.metrics, { queues: deps.queues, models: deps.models });
   const jobs = createJobService({
     redis,
@@ -71,6 +76,7 @@ export function createApp(deps: AppDeps): PpsdApp {
     events,
     quota,
     clock,
+    allowedModels: async (tenant) => (await tenants.getTenant(tenant))?.models,
   });
   const ctx: AppContext = {
     redis,
@@ -80,6 +86,8 @@ export function createApp(deps: AppDeps): PpsdApp {
     events,
     quota,
     tenants,
+    adminKeys,
+    audit,
     jobs,
     metrics,
     clock,
@@ -108,7 +116,7 @@ export function createApp(deps: AppDeps): PpsdApp {
     }
     const tenant = await tenants.authenticate(m[1]);
     if (!tenant) throw unauthorized('Incorrect or revoked API key provided.');
-    c.set('tenant', tenant);
+    c.set('tenant', tenant.id);
     await next();
   });
 
@@ -152,6 +160,11 @@ export function createApp(deps: AppDeps): PpsdApp {
     scheme: 'bearer',
     description: 'API key of a tenant',
   });
+  app.openAPIRegistry.registerComponent('securitySchemes', 'adminAuth', {
+    type: 'http',
+    scheme: 'bearer',
+    description: 'Admin key (PPSD_ADMIN_KEYS, or printed once on first start); never valid on /v1/',
+  });
 
   app
     .route('/', healthRoutes(ctx))
@@ -160,7 +173,9 @@ export function createApp(deps: AppDeps): PpsdApp {
     .route('/', chatRoutes(ctx))
     .route('/', summarizeRoutes(ctx))
     .route('/', jobsRoutes(ctx))
-    .route('/', usageRoutes(ctx));
+    .route('/', usageRoutes(ctx))
+    .route('/', adminRoutes(ctx))
+    .route('/', consoleRoutes());
 
   app.doc31('/openapi.json', OPENAPI_INFO);
 

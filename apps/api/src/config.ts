@@ -2,8 +2,10 @@
  * API configuration from environment variables, validated once at start. Every problem is reported at
  * once, naming the variable, what it must be and what it was (ConfigError).
  */
+import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { keyWeakness } from '@ppsd/contract';
 
 export interface ModelSource {
   id: string;
@@ -30,6 +32,10 @@ export interface ApiConfig {
   /** Where manifest + tokenizer pulled from S3 are cached. */
   cacheDir: string;
   bootstrapKeys: BootstrapKey[];
+  /** PPSD_ADMIN_KEYS: keys of the admin API (/admin/), registered at start. */
+  adminKeys: string[];
+  /** PPSD_KEY_SECRET: the HMAC key every stored API key hash is made with. */
+  keySecret: string;
   /** 0 = only the model's context limits the prompt. */
   maxPromptTokens: number;
   /** max_tokens when a chat/summarize request gives none (capped by the context left). */
@@ -117,17 +123,39 @@ export function loadConfig(env: Env = process.env): ApiConfig {
     }
   }
 
+  // Keys are never echoed in a message: only their position and what is wrong with them.
   const bootstrapKeys: BootstrapKey[] = [];
-  for (const part of (str('PPSD_BOOTSTRAP_KEYS') ?? '').split(',').map((p) => p.trim())) {
-    if (!part) continue;
+  const bootstrapParts = (str('PPSD_BOOTSTRAP_KEYS') ?? '').split(',').map((p) => p.trim());
+  bootstrapParts.forEach((part, i) => {
+    if (!part) return;
     const colon = part.indexOf(':');
     const tenant = part.slice(0, colon).trim();
     const key = part.slice(colon + 1).trim();
-    if (colon < 0 || !/^[A-Za-z0-9._-]+$/.test(tenant) || key.length < 8 || /\s/.test(key)) {
+    const weak = colon < 0 ? undefined : keyWeakness(key);
+    if (colon < 0 || !/^[A-Za-z0-9._-]{1,64}$/.test(tenant)) {
       problems.push(
-        `PPSD_BOOTSTRAP_KEYS entries are 'tenant:key' (tenant letters/digits/._-, key at least 8 characters without spaces); bad entry '${part.replace(/:.*/, ':…')}'`,
+        `PPSD_BOOTSTRAP_KEYS entries are 'tenant:key' (tenant letters/digits/._-); entry ${i + 1} is not`,
       );
+    } else if (weak) {
+      problems.push(`PPSD_BOOTSTRAP_KEYS: the key of tenant '${tenant}' (entry ${i + 1}) ${weak}`);
     } else bootstrapKeys.push({ tenant, key });
+  });
+  const adminKeys: string[] = [];
+  (str('PPSD_ADMIN_KEYS') ?? '').split(',').forEach((raw, i) => {
+    const key = raw.trim();
+    if (!key) return;
+    const weak = keyWeakness(key);
+    if (weak) problems.push(`PPSD_ADMIN_KEYS: admin key ${i + 1} ${weak}`);
+    else adminKeys.push(key);
+  });
+  const keySecret = str('PPSD_KEY_SECRET') ?? '';
+  if (!keySecret) {
+    problems.push(
+      'PPSD_KEY_SECRET is required: the server secret API keys are hashed with (HMAC-SHA256), at least 32 random characters, e.g. `openssl rand -base64 32`',
+    );
+  } else {
+    const weak = keyWeakness(keySecret);
+    if (weak) problems.push(`PPSD_KEY_SECRET ${weak}`);
   }
 
   const cfg: ApiConfig = {
@@ -139,6 +167,8 @@ export function loadConfig(env: Env = process.env): ApiConfig {
     s3Endpoint: str('PPSD_S3_ENDPOINT'),
     cacheDir: str('PPSD_CACHE_DIR') ?? join(tmpdir(), 'ppsd-api-cache'),
     bootstrapKeys,
+    adminKeys,
+    keySecret,
     maxPromptTokens: int('PPSD_MAX_PROMPT_TOKENS', 0),
     defaultMaxTokens: int('PPSD_DEFAULT_MAX_TOKENS', 256, 1),
     tenantMaxJobs: int('PPSD_TENANT_MAX_JOBS', 64),
@@ -159,7 +189,11 @@ export function loadConfig(env: Env = process.env): ApiConfig {
   return cfg;
 }
 
-/** Defaults for tests and embedding: everything `loadConfig` would pick, with overrides. */
+/**
+ * Defaults for tests and embedding: everything `loadConfig` would pick, with overrides; the key secret
+ * is random (per call) unless given.
+ */
 export function defaultConfig(over: Partial<ApiConfig> = {}): ApiConfig {
-  return { ...loadConfig({ PPSD_MODELS: 'default' }), models: [], ...over };
+  const secret = randomBytes(32).toString('base64url');
+  return { ...loadConfig({ PPSD_MODELS: 'default', PPSD_KEY_SECRET: secret }), models: [], ...over };
 }

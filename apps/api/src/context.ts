@@ -2,9 +2,10 @@
 import { OpenAPIHono } from '@hono/zod-openapi';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
+import type { AuditLog } from './adapters/audit';
 import type { Quota } from './adapters/quota';
 import type { JobEvents } from './adapters/redis-events';
-import type { TenantStore } from './adapters/tenants';
+import type { AdminKeyStore, TenantStore } from './adapters/tenants';
 import type { ApiConfig } from './config';
 import { invalid } from './errors';
 import type { JobService } from './jobs';
@@ -15,6 +16,10 @@ export interface AppEnv {
   Variables: {
     tenant: string;
     requestId: string;
+    /** /admin/: the prefix of the admin key that made the request. */
+    admin: string;
+    /** /admin/: what the handler did, for the audit entry (action name, target, details). */
+    audit: { action: string; target?: string; detail?: Record<string, unknown> };
   };
 }
 
@@ -26,6 +31,8 @@ export interface AppContext {
   events: JobEvents;
   quota: Quota;
   tenants: TenantStore;
+  adminKeys: AdminKeyStore;
+  audit: AuditLog;
   jobs: JobService;
   metrics: Metrics;
   clock: () => number;

@@ -4,6 +4,7 @@ import type { ContentfulStatusCode } from 'hono/utils/http-status';
 export type ErrorType =
   | 'invalid_request_error'
   | 'authentication_error'
+  | 'permission_error'
   | 'not_found_error'
   | 'rate_limit_error'
   | 'server_error'
@@ -36,6 +37,9 @@ export const invalid = (message: string, param: string | null = null, code = 'in
 
 export const unauthorized = (message: string, code = 'invalid_api_key') =>
   new ApiError(401, message, 'authentication_error', code);
+
+export const forbidden = (message: string, code: string, param: string | null = null) =>
+  new ApiError(403, message, 'permission_error', code, param);
 
 export const notFound = (message: string, code: string, param: string | null = null) =>
   new ApiError(404, message, 'not_found_error', code, param);

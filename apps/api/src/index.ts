@@ -1,6 +1,6 @@
 /** @ppsd/api: the Hono API. Entries: ./server (Node), ./lambda (AWS Lambda response streaming). */
 
-export { createTenantStore, hashKey, type TenantStore } from './adapters/tenants';
+export { createAdminKeyStore, createTenantStore, type TenantStore } from './adapters/tenants';
 export { type AppDeps, createApp, OPENAPI_INFO, type PpsdApp } from './app';
 export { bootstrapKeys } from './bootstrap';
 export { type ApiConfig, ConfigError, defaultConfig, loadConfig } from './config';

@@ -26,7 +26,16 @@ import type { Redis } from 'ioredis';
 import type { Quota } from './adapters/quota';
 import type { JobEvents, StreamEntry } from './adapters/redis-events';
 import type { ApiConfig } from './config';
-import { invalid, isRedisUnavailable, notFound, tooLong, tooMany, unavailable, withTimeout } from './errors';
+import {
+  forbidden,
+  invalid,
+  isRedisUnavailable,
+  notFound,
+  tooLong,
+  tooMany,
+  unavailable,
+  withTimeout,
+} from './errors';
 import type { ModelInfo, ModelRegistry } from './models';
 
 export type JobStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled';
@@ -104,6 +113,8 @@ export interface JobServiceDeps {
   events: JobEvents;
   quota: Quota;
   clock: () => number;
+  /** Models a tenant may use (undefined = all served models). */
+  allowedModels?: (tenant: string) => Promise<string[] | undefined>;
 }
 
 /**
@@ -225,6 +236,14 @@ export function createJobService(d: JobServiceDeps) {
 
   async function admit(input: AdmitInput): Promise<Admitted> {
     const model = resolveModel(input.model);
+    const allowed = await d.allowedModels?.(input.tenant);
+    if (allowed && !allowed.includes(model.id)) {
+      throw forbidden(
+        `This API key's tenant may not use the model '${model.id}'.`,
+        'model_not_allowed',
+        'model',
+      );
+    }
     const prompt = renderFor(model, input.prompt);
     if (prompt.length > model.maxPromptChars) {
       throw tooLong(
@@ -290,7 +309,7 @@ export function createJobService(d: JobServiceDeps) {
     }
     if (r.kind === 'queue') {
       throw tooMany(
-        `Too many unfinished jobs for this tenant (limit ${config.tenantMaxJobs}); retry when some have finished.`,
+        `Too many unfinished jobs for this tenant (limit ${r.limit}); retry when some have finished.`,
         'tenant_queue_limit',
         config.retryAfterSeconds,
       );

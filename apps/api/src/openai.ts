@@ -109,6 +109,8 @@ export function chatObject(meta: JobMeta, out: Outcome, lp: LogprobsRequest) {
 export function chunker(meta: JobMeta, chat: boolean, includeUsage: boolean, lp: LogprobsRequest) {
   const base = { id: meta.id, created: Math.floor(meta.createdAt / 1000), model: meta.model };
   const withUsage = (o: object) => JSON.stringify(includeUsage ? { ...o, usage: null } : o);
+  /** The `ppsd` extension field (./stream-extension), when there is one. */
+  const ppsd = (ext: object | undefined) => (ext ? { ppsd: ext } : {});
   return {
     first(): string | undefined {
       if (!chat) return undefined;
@@ -120,7 +122,7 @@ export function chunker(meta: JobMeta, chat: boolean, includeUsage: boolean, lp:
         ],
       });
     },
-    text(text: string, tokens: TokenLogprob[] = []): string {
+    text(text: string, tokens: TokenLogprob[] = [], ext?: object): string {
       return chat
         ? withUsage({
             ...base,
@@ -133,6 +135,7 @@ export function chunker(meta: JobMeta, chat: boolean, includeUsage: boolean, lp:
                 finish_reason: null,
               },
             ],
+            ...ppsd(ext),
           })
         : withUsage({
             ...base,
@@ -145,6 +148,7 @@ export function chunker(meta: JobMeta, chat: boolean, includeUsage: boolean, lp:
                 finish_reason: null,
               },
             ],
+            ...ppsd(ext),
           });
     },
     /**
@@ -159,18 +163,20 @@ export function chunker(meta: JobMeta, chat: boolean, includeUsage: boolean, lp:
         ppsd,
       });
     },
-    finish(reason: FinishReason): string {
+    finish(reason: FinishReason, ext?: object): string {
       const finish_reason = openaiFinish(reason);
       return chat
         ? withUsage({
             ...base,
             object: 'chat.completion.chunk',
             choices: [{ index: 0, delta: {}, logprobs: null, finish_reason }],
+            ...ppsd(ext),
           })
         : withUsage({
             ...base,
             object: 'text_completion',
             choices: [{ text: '', index: 0, logprobs: null, finish_reason }],
+            ...ppsd(ext),
           });
     },
     usage(usage: TokenUsage): string {

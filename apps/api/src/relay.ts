@@ -8,6 +8,7 @@ import type { AppContext } from './context';
 import type { JobMeta } from './jobs';
 import { chunker, type LogprobsRequest, type Outcome, outcomeOf } from './openai';
 import { sseResponse } from './sse';
+import { finishExtension, textExtension } from './stream-extension';
 
 export interface RelayOptions {
   chat: boolean;
@@ -80,7 +81,7 @@ export function relayStream(
           const tokens =
             o.logprobs === undefined ? [] : (ev.logprobs ?? []).slice(Math.max(0, next - ev.index));
           next = ev.index + ev.ids.length;
-          if (ev.text || tokens.length) w.send(chunks.text(ev.text, tokens));
+          if (ev.text || tokens.length) w.send(chunks.text(ev.text, tokens, textExtension(ev)));
         } else if (ev.type === 'retry') {
           w.send(chunks.notice({ retry: { attempt: ev.attempt + 1, reason: ev.reason } }));
         } else if (ev.type === 'done' || ev.type === 'error') {
@@ -98,7 +99,7 @@ export function relayStream(
             );
           } else {
             const out = outcomeOf(meta, entries);
-            w.send(chunks.finish(out.finishReason));
+            w.send(chunks.finish(out.finishReason, finishExtension(entries)));
             if (o.includeUsage) w.send(chunks.usage(out.usage));
           }
           w.send('[DONE]');

@@ -75,7 +75,10 @@ export async function createRuntime(config: ApiConfig, opts: RuntimeOptions = {}
   // Bootstrap needs Redis; keep trying in the background if it is not up yet.
   const boot = async (attempt = 0): Promise<void> => {
     try {
-      await bootstrapKeys(app.ctx.tenants, config.bootstrapKeys, log);
+      await bootstrapKeys(app.ctx.tenants, config.bootstrapKeys, log, {
+        store: app.ctx.adminKeys,
+        keys: config.adminKeys,
+      });
     } catch (err) {
       if (attempt === 0) log(`[api] bootstrap deferred: ${(err as Error).message}`);
       await new Promise((r) => setTimeout(r, Math.min(10_000, 500 * 2 ** attempt)).unref());

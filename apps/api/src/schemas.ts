@@ -406,12 +406,14 @@ export const IdempotencyHeader = z.object({
 
 /** Documented error responses (typed as nothing extra: errors are thrown, never returned by handlers). */
 export const errorResponses = (
-  ...codes: (400 | 401 | 404 | 413 | 429 | 500 | 503)[]
+  ...codes: (400 | 401 | 403 | 404 | 409 | 413 | 429 | 500 | 503)[]
 ): Record<never, never> => {
   const text: Record<number, string> = {
     400: 'Invalid request',
     401: 'Missing, unknown or revoked API key',
-    404: 'Unknown model or job',
+    403: 'A valid key without the right: a tenant key on /admin/, or a model the tenant may not use',
+    404: 'Unknown model, job, tenant or key',
+    409: 'Already exists (or would lock every admin out)',
     413: 'Prompt too long for the model',
     429: 'Tenant queue limit or token quota reached (see Retry-After)',
     500: 'The job failed',

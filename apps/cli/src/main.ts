@@ -1,6 +1,7 @@
 /**
- * `ppsd` (bin/ppsd): the engine's commands plus those that need more than the engine. Kept apart from
- * the engine so the workspace graph stays acyclic: cli -> model-store -> engine.
+ * `ppsd` (bin/ppsd): the engine's commands plus those that need more than the engine (S3 publishing, the
+ * admin API client). Kept apart from the engine so the workspace graph stays acyclic:
+ * cli -> api / model-store -> engine.
  */
 import { type Command, engineCommands, runCli } from '@ppsd/engine/cli';
 
@@ -9,6 +10,10 @@ const commands: Record<string, Command> = {
   publish: {
     summary: 'upload a model package to S3 (s3://bucket/prefix)',
     load: () => import('@ppsd/model-store/cli-publish'),
+  },
+  admin: {
+    summary: 'operate the service over its admin API: tenants, keys, quotas, usage (ppsd admin --help)',
+    load: () => import('./admin'),
   },
 };
 

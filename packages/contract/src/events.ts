@@ -14,12 +14,35 @@ export type StreamEvent =
       index: number;
       ids: number[];
       text: string;
+      /**
+       * `text` cut per token, `draft: true` for text of draft tokens the verifier accepted (the rest is the
+       * verifier's own tokens); concatenated they equal `text`. Absent when not known.
+       */
+      segments?: TokenSegment[];
       logprobs?: TokenLogprob[];
     }
   /** The attempt `attempt` was lost (its worker stopped answering); the job runs again as attempt + 1. */
   | { type: 'retry'; attempt: number; reason: string }
   | { type: 'done'; attempt: number; result: JobResult }
   | { type: 'error'; attempt: number; message: string; code: string; finishReason: FinishReason };
+
+/** Text of one token (or a piece of it) and whether it was an accepted draft token. */
+export interface TokenSegment {
+  text: string;
+  draft: boolean;
+}
+
+/** The segments of the last `chars` characters of their text (a retried attempt's unpublished tail). */
+export function lastSegments(segments: TokenSegment[], chars: number): TokenSegment[] {
+  const out: TokenSegment[] = [];
+  for (let i = segments.length - 1; i >= 0 && chars > 0; i--) {
+    const s = segments[i];
+    if (s.text.length <= chars) out.unshift(s);
+    else out.unshift({ text: s.text.slice(s.text.length - chars), draft: s.draft });
+    chars -= s.text.length;
+  }
+  return out;
+}
 
 /** Redis Stream entries are flat field lists; an event is one field `e` holding its JSON. */
 export const encodeEvent = (event: StreamEvent): [string, string] => ['e', JSON.stringify(event)];

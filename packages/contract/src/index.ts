@@ -3,6 +3,8 @@
  * the job payload, stream events, usage records and quota settlement. Both sides import from here.
  */
 
+export * from './admin';
+export * from './api-keys';
 export * from './events';
 export * from './job';
 export * from './keys';

@@ -26,8 +26,12 @@ export const keys = {
   tenantQuota: (tenant: string) => `ppsd:{tenant:${tenant}}:quota`,
   /** Hash jobId -> reserved tokens, so settlement is idempotent across retries. */
   tenantReservations: (tenant: string) => `ppsd:{tenant:${tenant}}:reservations`,
-  /** Hash sha256(api key) -> JSON ApiKeyRecord. */
+  /** Hash key prefix -> JSON ApiKeyRecord (HMAC of the key, never the key; see ./api-keys). */
   apiKeys: 'ppsd:api-keys',
+  /** Hash admin key prefix -> JSON ApiKeyRecord of an admin key (same hashing, never valid on /v1/). */
+  adminKeys: 'ppsd:admin-keys',
+  /** Redis Stream of AuditEntry (field `a`): every admin API action, who, what and when. */
+  adminAudit: 'ppsd:admin-audit',
   /** Hash tenant -> JSON TenantRecord. */
   tenants: 'ppsd:tenants',
   /** Hash workerId -> JSON WorkerHeartbeat; entries older than WORKER_STALE_MS are not ready. */
@@ -45,6 +49,8 @@ export const EVENTS_MAX_LEN = 100_000;
  * considered gone: /readyz turns 503 within this time of the last worker dying.
  */
 export const WORKER_STALE_MS = 4_000;
+/** Upper bound on the admin audit stream (XADD MAXLEN ~). */
+export const AUDIT_MAX_LEN = 1_000_000;
 
 export interface WorkerHeartbeat {
   workerId: string;

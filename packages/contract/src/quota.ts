@@ -10,6 +10,7 @@ import { encodeUsage, type UsageRecord } from './usage';
  *
  * `keys.tenantQuota(tenant)` hash fields:
  *   limit         tokens per period (absent: the API's configured default; 0 = unlimited)
+ *   max_jobs      admitted, unfinished jobs at most (absent: the API's configured default; 0 = unlimited)
  *   reserved      tokens held by admitted, unfinished jobs
  *   used          prompt + completion tokens of usage records in the current period (folded in lazily)
  *   used_cursor   last usage stream entry id folded into `used`
@@ -21,6 +22,7 @@ import { encodeUsage, type UsageRecord } from './usage';
  */
 export const QUOTA_FIELDS = {
   limit: 'limit',
+  maxJobs: 'max_jobs',
   reserved: 'reserved',
   used: 'used',
   usedCursor: 'used_cursor',
@@ -30,9 +32,9 @@ export const QUOTA_FIELDS = {
 
 /**
  * KEYS: quota, reservations, idempotency key (any key of the tenant's slot when none was given), usage.
- * ARGV: jobId, tokens to reserve, default limit (0 = unlimited), period ms, now ms, max unfinished jobs
- *       (0 = unlimited), idempotency TTL seconds, '1' when KEYS[3] is a real idempotency key.
- * Returns ['ok', jobId] | ['idem', existingJobId] | ['queue', retryAfterMs] | ['quota', retryAfterMs].
+ * ARGV: jobId, tokens to reserve, default limit (0 = unlimited), period ms, now ms, default max unfinished
+ *       jobs (0 = unlimited; the hash's max_jobs overrides), idempotency TTL seconds, '1' when KEYS[3] is a real idempotency key.
+ * Returns ['ok', jobId] | ['idem', existingJobId] | ['queue', jobLimit] | ['quota', retryAfterMs].
  */
 export const QUOTA_RESERVE_LUA = `
 if ARGV[8] == '1' then
@@ -68,9 +70,9 @@ for _ = 1, 20 do
 end
 redis.call('HSET', KEYS[1], 'period_start', start, 'period_ms', periodMs, 'used', used)
 if cursor then redis.call('HSET', KEYS[1], 'used_cursor', cursor) end
-local maxJobs = tonumber(ARGV[6])
+local maxJobs = tonumber(redis.call('HGET', KEYS[1], 'max_jobs') or ARGV[6])
 if maxJobs > 0 and redis.call('HLEN', KEYS[2]) >= maxJobs then
-  return {'queue', '0'}
+  return {'queue', tostring(maxJobs)}
 end
 local need = tonumber(ARGV[2])
 local limit = tonumber(redis.call('HGET', KEYS[1], 'limit') or ARGV[3])

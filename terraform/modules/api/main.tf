@@ -74,6 +74,8 @@ resource "aws_lambda_function" "api" {
       PPSD_REDIS_URL      = var.redis_url
       PPSD_MODELS         = join(",", var.models)
       PPSD_BOOTSTRAP_KEYS = var.bootstrap_keys
+      PPSD_KEY_SECRET     = var.key_secret
+      PPSD_ADMIN_KEYS     = var.admin_keys
       NODE_OPTIONS        = "--enable-source-maps"
     }
   }
@@ -92,7 +94,7 @@ resource "aws_lambda_function_url" "api" {
     for_each = length(var.cors_allow_origins) > 0 ? [1] : []
     content {
       allow_origins  = var.cors_allow_origins
-      allow_methods  = ["GET", "POST"]
+      allow_methods  = ["GET", "POST", "PUT", "PATCH", "DELETE"]
       allow_headers  = ["authorization", "content-type", "idempotency-key", "last-event-id"]
       expose_headers = ["retry-after"]
       max_age        = 3600

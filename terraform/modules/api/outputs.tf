@@ -12,3 +12,8 @@ output "security_group_id" {
   description = "Security group of the API's network interfaces."
   value       = aws_security_group.api.id
 }
+
+output "log_group_name" {
+  description = "CloudWatch log group of the API function."
+  value       = aws_cloudwatch_log_group.api.name
+}

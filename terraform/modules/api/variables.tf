@@ -40,6 +40,18 @@ variable "bootstrap_keys" {
   description = "PPSD_BOOTSTRAP_KEYS, tenant:key pairs accepted on first start."
 }
 
+variable "key_secret" {
+  type        = string
+  sensitive   = true
+  description = "PPSD_KEY_SECRET, the HMAC key of stored API key hashes."
+}
+
+variable "admin_keys" {
+  type        = string
+  sensitive   = true
+  description = "PPSD_ADMIN_KEYS, comma-separated admin keys; empty: one is created and logged once on first start."
+}
+
 variable "memory_mb" {
   type        = number
   description = "Function memory in MB (CPU scales with it)."

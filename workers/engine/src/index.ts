@@ -10,6 +10,7 @@ export type {
   GenerateParams,
   GenerationResult,
   OnTokens,
+  TextSegment,
   TokenEvent,
 } from './generate/generate';
 export type { LlamaConfig, LlamaModel } from './model/llama';

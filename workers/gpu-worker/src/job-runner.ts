@@ -19,6 +19,7 @@ import {
   type GenerationJob,
   type JobResult,
   keys,
+  lastSegments,
   METRIC_FIELDS,
   PIPELINE_DECODERS,
   type PublishKind,
@@ -238,8 +239,18 @@ export function createProcessor(
         const text = fullText.length > publishedChars ? fullText.slice(publishedChars) : '';
         publishedChars = Math.max(publishedChars, fullText.length);
         const logprobs = ev.logprobs && { logprobs: ev.logprobs.slice(skip) };
+        // marks for exactly `text` (a retried attempt publishes only the tail the stream lacks)
+        const segments = text.length <= ev.text.length ? lastSegments(ev.segments, text.length) : undefined;
         void publish(
-          { type: 'tokens', attempt, index: ev.index + skip, ids: ev.ids.slice(skip), text, ...logprobs },
+          {
+            type: 'tokens',
+            attempt,
+            index: ev.index + skip,
+            ids: ev.ids.slice(skip),
+            text,
+            segments,
+            ...logprobs,
+          },
           'tokens',
           end,
           publishedChars,
@@ -467,7 +478,11 @@ export class EventPublisher {
     for (let head = this.queue.shift(); head; head = this.queue.shift()) {
       const { item, done } = head;
       if (item.ev.type === 'tokens') {
-        const ev = { ...item.ev, ids: [...item.ev.ids] };
+        const ev = {
+          ...item.ev,
+          ids: [...item.ev.ids],
+          ...(item.ev.segments ? { segments: [...item.ev.segments] } : {}),
+        };
         for (let next = this.queue[0]; next && next.item.ev.type === 'tokens'; next = this.queue[0]) {
           const n = next.item.ev;
           if (
@@ -480,6 +495,7 @@ export class EventPublisher {
           ev.ids.push(...n.ids);
           ev.text += n.text;
           if (ev.logprobs || n.logprobs) ev.logprobs = [...(ev.logprobs ?? []), ...(n.logprobs ?? [])];
+          ev.segments = ev.segments && n.segments ? [...ev.segments, ...n.segments] : undefined;
           item.tokenEnd = next.item.tokenEnd;
           item.charsEnd = next.item.charsEnd;
           done.push(...next.done);

@@ -28,6 +28,53 @@ export interface TokenEvent {
   text: string;
   /** One entry per id, when the generation asked for logprobs. */
   logprobs?: TokenLogprob[];
+  /**
+   * `text` cut by the token that produced each piece, marking pieces of accepted draft tokens
+   * (`draft: true`) apart from the verifier's own tokens; the texts concatenated equal `text`.
+   */
+  segments: TextSegment[];
+}
+
+/** Text of one token (or part of it), and whether that token was a draft the verifier accepted. */
+export interface TextSegment {
+  text: string;
+  draft: boolean;
+}
+
+/**
+ * Text waiting to be released (held back by the UTF-8 decoder or as a possible stop-sequence prefix),
+ * kept per token so released text can be attributed to the tokens it came from.
+ */
+class Segments {
+  private pending: TextSegment[] = [];
+  lastDraft = false;
+
+  push(text: string, draft: boolean): void {
+    this.lastDraft = draft;
+    if (text) this.pending.push({ text, draft });
+  }
+
+  /** The first `n` characters of pending text, as segments. */
+  take(n: number): TextSegment[] {
+    const out: TextSegment[] = [];
+    while (n > 0 && this.pending.length > 0) {
+      const head = this.pending[0];
+      if (head.text.length <= n) {
+        out.push(head);
+        this.pending.shift();
+        n -= head.text.length;
+      } else {
+        out.push({ text: head.text.slice(0, n), draft: head.draft });
+        head.text = head.text.slice(n);
+        n = 0;
+      }
+    }
+    return out;
+  }
+
+  clear(): void {
+    this.pending = [];
+  }
 }
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
@@ -85,6 +132,7 @@ export async function runGeneration(
   const stopText = new StopText(params.stop ?? []);
   const textDecoder = tokenizer.createStreamDecoder(prompt[prompt.length - 1]);
   const tokens: number[] = [];
+  const pending = new Segments();
   let text = '';
   let finishReason: FinishReason = 'length';
   let firstTokenMs = 0;
@@ -100,13 +148,17 @@ export async function runGeneration(
   const steps = decoder.decode({ ...request, stats });
   try {
     while (true) {
+      const acceptedBefore = stats.draftTokensAccepted;
       const step = await steps.next();
       if (step.done) break;
       if (tokens.length === 0) firstTokenMs = performance.now() - started;
+      // A step is one verification: its accepted drafts first, then the verifier's own token.
+      const drafted = stats.draftTokensAccepted - acceptedBefore;
       const ids: number[] = [];
       const stepLogprobs: TokenLogprob[] = [];
       let delta = '';
-      for (const id of step.value) {
+      const segments: TextSegment[] = [];
+      for (const [j, id] of step.value.entries()) {
         if (endTokens.has(id)) {
           finishReason = 'stop';
           break;
@@ -116,8 +168,12 @@ export async function runGeneration(
         ids.push(id);
         const piece = textDecoder.push(id);
         decodedChars += piece.length;
-        delta += stopText.push(piece);
+        pending.push(piece, j < drafted);
+        const released = stopText.push(piece);
+        delta += released;
+        segments.push(...pending.take(released.length));
         if (stopText.stopped) {
+          pending.clear();
           finishReason = 'stop';
           break;
         }
@@ -125,7 +181,7 @@ export async function runGeneration(
       }
       const done = finishReason === 'stop' || tokens.length + ids.length >= params.maxTokens;
       if (ids.length > 0 || delta) {
-        const event: TokenEvent = { index: tokens.length, ids, text: delta };
+        const event: TokenEvent = { index: tokens.length, ids, text: delta, segments };
         if (logprobs) {
           event.logprobs = stepLogprobs;
           logprobs.push(...stepLogprobs);
@@ -145,12 +201,14 @@ export async function runGeneration(
   }
   if (!stopText.stopped) {
     // Bytes of an unfinished UTF-8 character and text held back as a possible stop-sequence prefix.
-    let tail = stopText.push(textDecoder.flush());
+    const piece = textDecoder.flush();
+    pending.push(piece, pending.lastDraft);
+    let tail = stopText.push(piece);
     if (stopText.stopped) finishReason = 'stop';
     else tail += stopText.flush();
     if (tail) {
       text += tail;
-      await onTokens?.({ index: tokens.length, ids: [], text: tail });
+      await onTokens?.({ index: tokens.length, ids: [], text: tail, segments: pending.take(tail.length) });
     }
   }
   const totalMs = performance.now() - started;
