@@ -25,7 +25,8 @@ const common: BuildOptions = {
   format: 'esm',
   sourcemap: 'linked',
   logLevel: 'warning',
-  external: ['onnxruntime-node'],
+  // native (onnxruntime-node) or spawning its own binary (esbuild, which bundles the console on demand)
+  external: ['onnxruntime-node', 'esbuild'],
   // CommonJS dependencies bundled into ESM still call require() for Node built-ins.
   banner: {
     js: "import { createRequire as __cr } from 'node:module'; const require = __cr(import.meta.url);",

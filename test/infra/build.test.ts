@@ -84,6 +84,11 @@ it('dist/api/server.js serves, counts tokens on dist/api/thread.js and admits a 
     usage: { prompt_tokens: number };
   };
   expect(view.usage.prompt_tokens).toBe(5); // BOS + 4 pieces, counted by the bundled thread
+  // the console's files are found from the bundle too (and its script is bundled on demand)
+  expect((await fetch(`${base}/console`)).status).toBe(200);
+  const script = await fetch(`${base}/console/app.js`);
+  expect(script.status, log).toBe(200);
+  expect((await script.text()).length).toBeGreaterThan(1000);
 }, 60_000);
 
 it('the Lambda bundles export their handlers', async () => {

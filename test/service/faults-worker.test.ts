@@ -48,7 +48,7 @@ describe('faults', () => {
     const notices: unknown[] = [];
     for await (const chunk of stream) {
       const ppsd = (chunk as { ppsd?: unknown }).ppsd;
-      if (ppsd) notices.push(ppsd);
+      if (ppsd && 'retry' in (ppsd as object)) notices.push(ppsd); // (other ppsd fields: draft marks)
       text += chunk.choices[0]?.text ?? '';
       if (chunk.choices[0]?.finish_reason) finish = chunk.choices[0].finish_reason;
       if (chunk.usage) usage = chunk.usage;

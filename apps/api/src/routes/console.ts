@@ -4,13 +4,19 @@
  * first request (kept in memory). Nothing is fetched from elsewhere at run time (CSP 'self'); the keys
  * the page is given stay in the browser (localStorage) and go only to this API, as Bearer headers.
  */
+
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Hono } from 'hono';
 import type { AppEnv } from '../context';
 
 /** apps/api/console, next to src/ (a bundled server must keep that layout or pass its own dir). */
-const DIR = fileURLToPath(new URL('../../console/', import.meta.url));
+// From source (apps/api/src/routes/) or from the bundle (dist/api/, see scripts/build.ts).
+const DIR = [new URL('../../console/', import.meta.url), new URL('../../apps/api/console/', import.meta.url)]
+  .map((u) => fileURLToPath(u))
+  .find((d) => existsSync(join(d, 'index.html'))) as string;
 
 const CSP =
   "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; connect-src 'self'; frame-ancestors 'none'";
