@@ -17,6 +17,7 @@ import {
 } from '../../workers/engine/src/model/llama';
 import { dense, floatToBf16 } from '../../workers/engine/src/model/matrix';
 import { llamaConfig, randomLlama } from '../../workers/engine/src/model/random';
+import { bosTemplateProcessor } from '../../workers/engine/src/tokenizer/to-hf';
 
 /** Meta-Llama-3-8B-Instruct's chat_template, as published in its tokenizer_config.json. */
 export const LLAMA3_TEMPLATE =
@@ -87,17 +88,7 @@ export function byteBpeTokenizer(family: 'llama3' | 'qwen2', specials: string[])
           type: 'Sequence',
           processors: [
             { type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true },
-            {
-              type: 'TemplateProcessing',
-              single: [{ SpecialToken: { id: bos, type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-              pair: [
-                { SpecialToken: { id: bos, type_id: 0 } },
-                { Sequence: { id: 'A', type_id: 0 } },
-                { SpecialToken: { id: bos, type_id: 1 } },
-                { Sequence: { id: 'B', type_id: 1 } },
-              ],
-              special_tokens: { [bos]: { id: bos, ids: [special[bos]], tokens: [bos] } },
-            },
+            bosTemplateProcessor(bos, special[bos]),
           ],
         }
       : { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false };

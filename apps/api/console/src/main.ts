@@ -4,6 +4,8 @@
  * an admin key, operator views (tenants and keys, usage per tenant over time, live queues, workers and
  * counters). Plain DOM, no framework; the keys live in localStorage and go only to this origin.
  */
+import type { TokenSegment } from '@ppsd/contract';
+import type { FinishExtension } from '../../src/stream-extension';
 import type {
   ApiKeyView,
   IssuedKeyResponse,
@@ -134,21 +136,6 @@ async function loadModels(): Promise<void> {
   if (data.some((m) => m.id === current)) select.value = current;
 }
 
-interface Segment {
-  text: string;
-  draft: boolean;
-}
-
-interface FinishExtension {
-  decoder: string;
-  draft_tokens_proposed: number;
-  draft_tokens_accepted: number;
-  acceptance_rate: number;
-  mean_accepted_length: number;
-  completion_tokens: number;
-  tokens_per_second: number;
-}
-
 /** Parses an SSE body into its `data:` payloads as they arrive. */
 async function* sse(res: Response): AsyncGenerator<string> {
   const reader = res.body!.getReader();
@@ -215,7 +202,7 @@ async function generate(ev: Event): Promise<void> {
       const choice = chunk.choices?.[0];
       if (!choice) continue;
       const text: string = chat ? (choice.delta?.content ?? '') : (choice.text ?? '');
-      const segments: Segment[] = chunk.ppsd?.segments ?? (text ? [{ text, draft: false }] : []);
+      const segments: TokenSegment[] = chunk.ppsd?.segments ?? (text ? [{ text, draft: false }] : []);
       if (text && !firstAt) firstAt = performance.now();
       for (const s of segments)
         out.append(el('span', { class: `tok ${s.draft ? 'draft' : 'verified'}`, text: s.text }));

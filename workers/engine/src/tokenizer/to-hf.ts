@@ -110,20 +110,7 @@ export function sentencePieceToHfJson(v: SentencePieceVocab, where: string) {
       normalizers: prefix ? [{ type: 'Prepend', prepend: SPACE_MARK }, replaceSpaces] : [replaceSpaces],
     },
     pre_tokenizer: null,
-    post_processor:
-      v.addBos === false
-        ? null
-        : {
-            type: 'TemplateProcessing',
-            single: [{ SpecialToken: { id: bos, type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
-            pair: [
-              { SpecialToken: { id: bos, type_id: 0 } },
-              { Sequence: { id: 'A', type_id: 0 } },
-              { SpecialToken: { id: bos, type_id: 1 } },
-              { Sequence: { id: 'B', type_id: 1 } },
-            ],
-            special_tokens: { [bos]: { id: bos, ids: [v.bosId], tokens: [bos] } },
-          },
+    post_processor: v.addBos === false ? null : bosTemplateProcessor(bos, v.bosId),
     decoder: {
       type: 'Sequence',
       decoders: [
@@ -202,4 +189,19 @@ function hfPieces(tok: Llama2cTokenizer): string[] {
     }
     return text.replaceAll(' ', SPACE_MARK);
   });
+}
+
+/** tokenizer.json's post-processor that starts every sequence (and each of a pair) with `bos`. */
+export function bosTemplateProcessor(bos: string, bosId: number) {
+  return {
+    type: 'TemplateProcessing',
+    single: [{ SpecialToken: { id: bos, type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+    pair: [
+      { SpecialToken: { id: bos, type_id: 0 } },
+      { Sequence: { id: 'A', type_id: 0 } },
+      { SpecialToken: { id: bos, type_id: 1 } },
+      { Sequence: { id: 'B', type_id: 1 } },
+    ],
+    special_tokens: { [bos]: { id: bos, ids: [bosId], tokens: [bos] } },
+  };
 }
