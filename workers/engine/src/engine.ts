@@ -16,12 +16,36 @@ export interface EngineOptions extends DecoderPlan {
   decoder?: DecoderName;
   /** Skip checksum verification (only for packages verified moments ago by the caller). */
   verified?: boolean;
+  /** Most sequences one batched step runs together (default DEFAULT_MAX_BATCH). */
+  maxBatch?: number;
+  /** Bytes the KV pool may hold across running sequences (default: DEFAULT_KV_SHARE of RAM). */
+  kvMemoryBytes?: number;
 }
 
 export interface EngineGenerateParams extends GenerateParams {
   decoder?: DecoderName;
   /** PPSD / SPD pipeline depth k for this generation (default: the plan's); at most `maxStages`. */
   stages?: number;
+  /**
+   * Called once, when the scheduler admits the sequence (a batch slot and its KV memory are free) and
+   * before its prompt is prefilled. A caller's timers for the generation start here, not while it waits.
+   */
+  onAdmitted?: () => void;
+}
+
+/** The scheduler's load, for metrics and autoscaling (vLLM's num_requests_running / _waiting etc.). */
+export interface SchedulerStats {
+  /** Sequences admitted and generating. */
+  running: number;
+  /** Sequences accepted but waiting for a batch slot or KV memory. */
+  waiting: number;
+  /** Most sequences one step runs together. */
+  maxBatch: number;
+  /** KV memory held by running sequences, and the pool's budget (bytes). */
+  kvUsedBytes: number;
+  kvBudgetBytes: number;
+  /** Steps run so far, by batch size: stepsByBatchSize[n] = steps that ran n sequences together. */
+  stepsByBatchSize: Record<number, number>;
 }
 
 /** Decoders whose depth `stages` sets, and those whose block length `draftLength` sets. */
@@ -49,6 +73,9 @@ export class Engine {
   /** Built decoders by name, pipelines by name and depth ('ppsd:3'); at most maxStages - 1 per pipeline. */
   private readonly decoders = new Map<string, Promise<Decoder>>();
   private queue: Promise<unknown> = Promise.resolve();
+  private running = 0;
+  private waiting = 0;
+  private steps: Record<number, number> = {};
 
   private constructor(
     readonly pkg: LoadedPackage,
@@ -113,7 +140,12 @@ export class Engine {
     }
     const name = params.decoder ?? this.defaultDecoder;
     this.checkParams(name, params);
+    this.waiting++;
     const run = this.queue.then(async () => {
+      this.waiting--;
+      this.running++;
+      this.steps[1] = (this.steps[1] ?? 0) + 1;
+      params.onAdmitted?.();
       const decoder = await this.decoder(name, params.stages);
       return runGeneration(
         decoder,
@@ -124,8 +156,21 @@ export class Engine {
         endTokenIds(this.pkg.model.config),
       );
     });
-    this.queue = run.catch(() => undefined);
-    return run;
+    const settled = run.finally(() => this.running--);
+    this.queue = settled.catch(() => undefined);
+    return settled;
+  }
+
+  /** The scheduler's load (interim: one sequence at a time). */
+  schedulerStats(): SchedulerStats {
+    return {
+      running: this.running,
+      waiting: this.waiting,
+      maxBatch: 1,
+      kvUsedBytes: 0,
+      kvBudgetBytes: 0,
+      stepsByBatchSize: { ...this.steps },
+    };
   }
 
   /** Refuses, before any work, options this decoder would not honour (none is silently ignored). */

@@ -4,7 +4,13 @@ export type { DecoderName, SpeculationStats, StageTime } from './decode/decoder'
 export { acceptanceRate, meanAcceptedLength } from './decode/decoder';
 export { MAX_TOP_LOGPROBS, type TokenLogprob, type TopLogprob } from './decode/logprobs';
 export type { DecoderPlan } from './decoders';
-export { Engine, type EngineGenerateParams, type EngineOptions, PromptTooLongError } from './engine';
+export {
+  Engine,
+  type EngineGenerateParams,
+  type EngineOptions,
+  PromptTooLongError,
+  type SchedulerStats,
+} from './engine';
 export type {
   FinishReason,
   GenerateParams,
