@@ -37,6 +37,18 @@ export async function openDecoder(
   pkg: LoadedPackage,
   plan: DecoderPlan,
 ): Promise<Decoder> {
+  return createDecoder(name, await decoderContext(name, pkg, plan));
+}
+
+/**
+ * What `createDecoder` needs for `name` under `plan`: resolved once (it reads calibration from the
+ * package), then reused for every decoder of that name, e.g. one per batched sequence.
+ */
+export async function decoderContext(
+  name: DecoderName,
+  pkg: LoadedPackage,
+  plan: DecoderPlan,
+): Promise<DecoderContext> {
   const { model } = pkg;
   const N = model.config.nLayers;
   const devices = plan.devices?.length ? plan.devices : ['cpu' as Device];
@@ -53,10 +65,10 @@ export async function openDecoder(
   };
   if (name === 'ar') {
     // One session over the whole model; on CPU it gets every core the plan names.
-    return createDecoder('ar', {
+    return {
       ...ctx,
       threadsPerStage: devices[0] === 'cpu' ? (plan.threadsPerStage ?? 1) * devices.length : 1,
-    });
+    };
   }
   // The same resolution `ppsd bench` measures: exit layer, stored head, draft vocabulary, skip set, drafter.
   const setup = await resolveSetup(pkg, k, plan.exitLayer, { split: plan.split, draftRows: plan.draftRows });
@@ -66,7 +78,7 @@ export async function openDecoder(
       (name === 'spd' ? `, ${setup.spdDrafterInfo}` : '') +
       (name === 'dv' ? `, skip set ${setup.skipSet ? 'tuned' : 'default'}` : ''),
   );
-  return createDecoder(name, {
+  return {
     ...ctx,
     exitLayer: setup.exitLayer,
     exitHead: setup.exitHead,
@@ -74,5 +86,5 @@ export async function openDecoder(
     split: setup.split,
     skipSet: setup.skipSet,
     spdDrafter: setup.spdDrafter,
-  });
+  };
 }

@@ -1,5 +1,7 @@
-import type { Decoder, DecoderName } from './decode/decoder';
-import { type DecoderPlan, openDecoder } from './decoders';
+import { totalmem } from 'node:os';
+import { createDecoder, type DecoderContext } from './decode/index';
+import { type Decoder, type DecoderName, startStats } from './decode/decoder';
+import { type DecoderPlan, decoderContext, openDecoder } from './decoders';
 import {
   biasMap,
   type GenerateParams,
@@ -9,7 +11,20 @@ import {
 } from './generate/generate';
 import { endTokenIds } from './model/llama';
 import { type LoadedPackage, loadPackage } from './package';
+import { parseDevice } from './runtime';
+import { Scheduler } from './schedule/scheduler';
 import type { Tokenizer } from './tokenizer';
+
+/** Sequences one step batches when the worker names no PPSD_MAX_BATCH (docs/BENCHMARKS.md, batching). */
+export const DEFAULT_MAX_BATCH = 16;
+/** Share of the machine's RAM the KV pool may hold when no budget is given. */
+export const DEFAULT_KV_SHARE = 0.25;
+/**
+ * `decoder: 'auto'` speculates (with the engine's default speculative decoder) only while fewer than
+ * this many sequences are running or waiting; beyond it, batching the plain AR rows is the better use of
+ * each step (docs/BENCHMARKS.md, batching).
+ */
+export const AUTO_SPECULATE_BELOW = 2;
 
 export interface EngineOptions extends DecoderPlan {
   /** Decoder used when a request names none. */
@@ -23,7 +38,8 @@ export interface EngineOptions extends DecoderPlan {
 }
 
 export interface EngineGenerateParams extends GenerateParams {
-  decoder?: DecoderName;
+  /** A decoder, or 'auto': the engine's default while the engine is nearly idle, AR under load. */
+  decoder?: DecoderName | 'auto';
   /** PPSD / SPD pipeline depth k for this generation (default: the plan's); at most `maxStages`. */
   stages?: number;
   /**
@@ -51,6 +67,8 @@ export interface SchedulerStats {
 /** Decoders whose depth `stages` sets, and those whose block length `draftLength` sets. */
 const PIPELINES: readonly DecoderName[] = ['ppsd', 'spd'];
 const BLOCK_DRAFTERS: readonly DecoderName[] = ['eesd', 'dv'];
+/** Decoders whose stages run in the scheduler's batched steps (the pipelines own worker threads). */
+const BATCHED: readonly DecoderName[] = ['ar', 'eesd', 'dv'];
 
 export class PromptTooLongError extends Error {
   override name = 'PromptTooLongError';
@@ -66,26 +84,50 @@ export class PromptTooLongError extends Error {
 }
 
 /**
- * A loaded model package and its decoders: the one object the CLI and the worker generate through.
- * It serves one generation at a time (each decoder owns KV caches); concurrent calls queue in order.
+ * A loaded model package, its scheduler and its decoders: the one object the CLI and the worker generate
+ * through. AR, EESD and DV generations run as sequences of the scheduler's batched steps, up to
+ * `maxBatch` at once (each sequence has its own decoder over its own KV caches, see schedule/); the
+ * pipeline decoders (PPSD, SPD) own worker threads per stage and run one generation at a time, beside
+ * the batch.
  */
 export class Engine {
-  /** Built decoders by name, pipelines by name and depth ('ppsd:3'); at most maxStages - 1 per pipeline. */
-  private readonly decoders = new Map<string, Promise<Decoder>>();
-  private queue: Promise<unknown> = Promise.resolve();
-  private running = 0;
-  private waiting = 0;
-  private steps: Record<number, number> = {};
+  /** Pipeline decoders by name and depth ('ppsd:3'); at most maxStages - 1 per pipeline. */
+  private readonly pipelines = new Map<string, Promise<Decoder>>();
+  /** Resolved decoder contexts by name (calibration read once); each batched sequence builds from one. */
+  private readonly contexts = new Map<DecoderName, Promise<DecoderContext>>();
+  private pipelineQueue: Promise<unknown> = Promise.resolve();
+  /** Batched generations in flight (close() lets them finish). */
+  private readonly batched = new Set<Promise<GenerationResult>>();
+  private pipelineRunning = 0;
+  private pipelineWaiting = 0;
+  readonly scheduler?: Scheduler;
 
   private constructor(
     readonly pkg: LoadedPackage,
     private readonly options: EngineOptions,
-  ) {}
+  ) {
+    const devices = options.devices?.length ? options.devices : ['cpu'];
+    const device = parseDevice(devices[0]);
+    // The batched graph needs fused attention over a host cache: CPU and CUDA, not WebGPU.
+    if (device !== 'webgpu') {
+      this.scheduler = new Scheduler(pkg.model, {
+        maxBatch: options.maxBatch ?? DEFAULT_MAX_BATCH,
+        kvBudgetBytes: options.kvMemoryBytes ?? Math.floor(DEFAULT_KV_SHARE * totalmem()),
+        stage: {
+          device,
+          threads: device === 'cpu' ? (options.threadsPerStage ?? 1) * devices.length : 1,
+          maxSeqLen: options.maxSeqLen,
+          allowCpuFallback: options.allowCpuFallback ?? !!options.log,
+          log: options.log,
+        },
+      });
+    }
+  }
 
   static async open(packageDir: string, options: EngineOptions = {}): Promise<Engine> {
     const pkg = await loadPackage(packageDir, { verify: !options.verified });
     const engine = new Engine(pkg, options);
-    await engine.decoder(options.decoder ?? 'ar'); // fail at open, not at the first request
+    await engine.prepare(options.decoder ?? 'ar'); // fail at open, not at the first request
     return engine;
   }
 
@@ -130,7 +172,11 @@ export class Engine {
     return this.encodePrompt(text).length;
   }
 
-  generate(prompt: string, params: EngineGenerateParams, onTokens?: OnTokens): Promise<GenerationResult> {
+  generate(
+    prompt: string,
+    params: EngineGenerateParams,
+    onTokens?: OnTokens,
+  ): Promise<GenerationResult> {
     const ids = this.encodePrompt(prompt);
     if (!(params.maxTokens >= 1)) throw new RangeError('maxTokens must be at least 1');
     if (ids.length === 0)
@@ -138,38 +184,107 @@ export class Engine {
     if (ids.length + params.maxTokens > this.maxContext) {
       throw new PromptTooLongError(ids.length, params.maxTokens, this.maxContext);
     }
-    const name = params.decoder ?? this.defaultDecoder;
+    const name = this.resolveDecoder(params.decoder);
     this.checkParams(name, params);
-    this.waiting++;
-    const run = this.queue.then(async () => {
-      this.waiting--;
-      this.running++;
-      this.steps[1] = (this.steps[1] ?? 0) + 1;
-      params.onAdmitted?.();
-      const decoder = await this.decoder(name, params.stages);
-      return runGeneration(
-        decoder,
-        this.tokenizer,
-        ids,
-        params,
-        onTokens,
-        endTokenIds(this.pkg.model.config),
+    if (this.scheduler && BATCHED.includes(name)) {
+      const run = this.generateBatched(this.scheduler, name, ids, params, onTokens);
+      this.batched.add(run);
+      run.then(
+        () => this.batched.delete(run),
+        () => this.batched.delete(run),
       );
-    });
-    const settled = run.finally(() => this.running--);
-    this.queue = settled.catch(() => undefined);
-    return settled;
+      return run;
+    }
+    return this.generateAlone(name, ids, params, onTokens);
   }
 
-  /** The scheduler's load (interim: one sequence at a time). */
+  /**
+   * 'auto' adapts to load: the default decoder while the engine is nearly idle (a speculative decoder
+   * turns spare compute into speed for one sequence), plain AR once sequences share the steps (then the
+   * batch itself uses the compute, and drafts would only add rows).
+   */
+  private resolveDecoder(asked: DecoderName | 'auto' | undefined): DecoderName {
+    if (asked !== 'auto') return asked ?? this.defaultDecoder;
+    // every generation accepted and not finished, counted from the call (not from admission)
+    const load = this.batched.size + this.pipelineRunning + this.pipelineWaiting;
+    return load < AUTO_SPECULATE_BELOW ? this.defaultDecoder : 'ar';
+  }
+
+  /** One sequence of the batch: waits for admission, then decodes with its own decoder and caches. */
+  private async generateBatched(
+    scheduler: Scheduler,
+    name: DecoderName,
+    ids: Int32Array,
+    params: EngineGenerateParams,
+    onTokens?: OnTokens,
+  ): Promise<GenerationResult> {
+    const rows = ids.length + params.maxTokens;
+    // DV keeps a second cache of the same rows for its layer-skipping draft
+    const kvBytes = rows * scheduler.bytesPerPosition * (name === 'dv' ? 2 : 1);
+    const ctx = await this.context(name);
+    const admission = await scheduler.admit({ rows, kvBytes }, params.signal);
+    if (!admission) return cancelledBeforeStart(name, ids.length);
+    try {
+      params.onAdmitted?.();
+      const decoder = await createDecoder(name, { ...ctx, createStage: admission.createStage });
+      try {
+        return await runGeneration(
+          decoder,
+          this.tokenizer,
+          ids,
+          params,
+          onTokens,
+          endTokenIds(this.pkg.model.config),
+        );
+      } finally {
+        await decoder.close();
+      }
+    } finally {
+      admission.release();
+    }
+  }
+
+  /** A pipeline generation (or any generation without a scheduler): one at a time, in arrival order. */
+  private generateAlone(
+    name: DecoderName,
+    ids: Int32Array,
+    params: EngineGenerateParams,
+    onTokens?: OnTokens,
+  ): Promise<GenerationResult> {
+    this.pipelineWaiting++;
+    const run = this.pipelineQueue.then(async () => {
+      this.pipelineWaiting--;
+      this.pipelineRunning++;
+      try {
+        if (params.signal?.aborted) return cancelledBeforeStart(name, ids.length);
+        params.onAdmitted?.();
+        const decoder = await this.pipeline(name, params.stages);
+        return await runGeneration(
+          decoder,
+          this.tokenizer,
+          ids,
+          params,
+          onTokens,
+          endTokenIds(this.pkg.model.config),
+        );
+      } finally {
+        this.pipelineRunning--;
+      }
+    });
+    this.pipelineQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  /** The scheduler's load (batched sequences plus pipeline generations). */
   schedulerStats(): SchedulerStats {
+    const batch = this.scheduler?.stats();
     return {
-      running: this.running,
-      waiting: this.waiting,
-      maxBatch: 1,
-      kvUsedBytes: 0,
-      kvBudgetBytes: 0,
-      stepsByBatchSize: { ...this.steps },
+      running: (batch?.running ?? 0) + this.pipelineRunning,
+      waiting: (batch?.waiting ?? 0) + this.pipelineWaiting,
+      maxBatch: batch?.maxBatch ?? 1,
+      kvUsedBytes: batch?.kvUsedBytes ?? 0,
+      kvBudgetBytes: batch?.kvBudgetBytes ?? 0,
+      stepsByBatchSize: batch?.stepsByBatchSize ?? {},
     };
   }
 
@@ -190,27 +305,58 @@ export class Engine {
     }
   }
 
+  /** Makes `name` ready: its context resolved (batched) or its pipeline built (ppsd, spd). */
+  private async prepare(name: DecoderName): Promise<void> {
+    if (this.scheduler && BATCHED.includes(name)) await this.context(name);
+    else await this.pipeline(name);
+  }
+
+  private context(name: DecoderName): Promise<DecoderContext> {
+    let ctx = this.contexts.get(name);
+    if (!ctx) {
+      ctx = decoderContext(name, this.pkg, this.options);
+      this.contexts.set(name, ctx);
+      ctx.catch(() => this.contexts.delete(name));
+    }
+    return ctx;
+  }
+
   /**
-   * Decoders are built on first use: each owns its own stages (sessions and KV caches). A pipeline of
-   * another depth than the plan's is a decoder of its own.
+   * Pipeline decoders are built on first use: each owns its own stages (sessions and KV caches). A
+   * pipeline of another depth than the plan's is a decoder of its own.
    */
-  private decoder(name: DecoderName, stages?: number): Promise<Decoder> {
+  private pipeline(name: DecoderName, stages?: number): Promise<Decoder> {
     if (stages === this.planStages) stages = undefined;
     const key = stages === undefined ? name : `${name}:${stages}`;
-    let decoder = this.decoders.get(key);
+    let decoder = this.pipelines.get(key);
     if (!decoder) {
       const plan = stages === undefined ? this.options : { ...this.options, stages };
       decoder = openDecoder(name, this.pkg, plan);
-      this.decoders.set(key, decoder);
-      decoder.catch(() => this.decoders.delete(key));
+      this.pipelines.set(key, decoder);
+      decoder.catch(() => this.pipelines.delete(key));
     }
     return decoder;
   }
 
   async close(): Promise<void> {
-    await this.queue;
-    const decoders = await Promise.allSettled(this.decoders.values());
-    this.decoders.clear();
+    await Promise.allSettled([this.pipelineQueue, ...this.batched]);
+    const decoders = await Promise.allSettled(this.pipelines.values());
+    this.pipelines.clear();
     await Promise.all(decoders.map((d) => (d.status === 'fulfilled' ? d.value.close() : undefined)));
+    await this.scheduler?.close();
   }
+}
+
+/** The result of a generation cancelled while it waited: no tokens, nothing computed. */
+function cancelledBeforeStart(decoder: DecoderName, promptTokens: number): GenerationResult {
+  const stats = startStats({} as Parameters<typeof startStats>[0], decoder);
+  return {
+    text: '',
+    tokens: [],
+    promptTokens,
+    completionTokens: 0,
+    finishReason: 'cancelled',
+    stats,
+    timings: { firstTokenMs: 0, totalMs: 0, tokensPerSecond: 0 },
+  };
 }

@@ -20,6 +20,17 @@
  * With 'fused' attention nothing reads the past except the two attention FusedMatMuls per layer (strided,
  * no copy), so per-token cost grows with P only through attention itself.
  *
+ * Batched (`lanes: n`, host cache): the T rows are the new rows of up to n sequences, packed in lane
+ * order; every matrix multiply runs over all T rows at once, attention
+ * runs per lane over that lane's own past, exactly as the single-sequence graph would.
+ *   inputs   lane_bounds  int64 [2n]             (start, end) of each lane's rows; the used lanes come first
+ *                                              and tile [0, T); an unused lane gets (0, 1) and a 1-row past
+ *                                              (attention for a copy of row 0, cut from the output)
+ *            past_k.<j>.<i> float [P_i+1, kvH, hd] lane i's cache view (as past_k.<j> above)
+ *            past_v.<j>.<i> float [P_i+1, kvH, hd]
+ *            logit_index  int64 [R]              the rows that get logits (any rows, any order)
+ *   (tokens/hidden_in, positions = each row's own absolute position, outputs as above; no logit_rows)
+ *
  * Device-resident cache (`kvCache: 'device'`, for the WebGPU EP with outputs kept on the GPU; standard
  * ops only): the cache lives in the graph's own tensors, fed back run after run.
  *   inputs   past_len     int64 [1]             P: rows of the past tensors that are valid (truncation = a
@@ -59,6 +70,12 @@ export interface StageGraphOptions {
   kvCache?: 'host' | 'device';
   /** MatMulNBits accuracy_level for q8/q4 matrices (default DEFAULT_ACCURACY_LEVEL). */
   accuracyLevel?: AccuracyLevel;
+  /**
+   * A batched graph over up to `lanes` sequences (host cache, fused attention only): the new rows of
+   * all sequences are packed into one [T, dim] block, so every matrix is read once per step for all of
+   * them, while attention runs per lane over that sequence's own past (see the batched interface above).
+   */
+  lanes?: number;
 }
 
 /** Names of the graph's inputs and outputs (the runtime feeds and reads these). */
@@ -73,6 +90,8 @@ export const IO = {
   presentK: 'present_k',
   presentV: 'present_v',
   logitRows: 'logit_rows',
+  laneBounds: 'lane_bounds',
+  logitIndex: 'logit_index',
   logits: 'logits',
   exitLogits: 'exit_logits',
   exitHidden: 'exit_hidden',
@@ -82,6 +101,9 @@ export const IO = {
 
 /** Per-layer input/output name: `past_k.<j>` etc. (j = stage-local layer index). */
 export const layerIO = (base: string, j: number): string => `${base}.${j}`;
+
+/** Per-layer, per-lane input name of a batched graph: `past_k.<j>.<i>`. */
+export const laneIO = (base: string, j: number, i: number): string => `${base}.${j}.${i}`;
 
 /** Throws unless `spec` is a valid stage of a model with `nLayers` layers. */
 export function validateStageSpec(spec: StageSpec, nLayers: number): void {
@@ -112,7 +134,25 @@ interface Ctx {
   pastV: Tensor[]; // per layer: [P+1, kvH, hd] (host cache) or [kvH, P, hd] (device cache)
   matmul: MatrixGraphOptions; // how quantized matrices compute
   /** com.microsoft RotaryEmbedding inputs (contrib-op graphs): positions [1, T], cos/sin [maxSeq, hd/2]. */
-  rotary?: { positions: Tensor; cos: Tensor; sin: Tensor };
+  rotary?: { positions: Tensor; cos: Tensor; sin: Tensor; axis: 0 | 1 };
+  /** Batched graphs: each lane's rows and past; attention runs once per lane. */
+  lanes?: Lane[];
+  /** [1] T, the packed rows of all lanes. */
+  rows?: Tensor;
+}
+
+/** What attention reads of one sequence: its past per layer and the mask of its rows over its keys. */
+interface AttentionPast {
+  pastK: Tensor[]; // per layer [P+1, kvH, hd]
+  pastV: Tensor[];
+  groupMask: Tensor; // [grp*T, S]
+  pastRows: Tensor; // [1] P + 1
+}
+
+/** One sequence of a batched graph: its rows [start, end) of the packed block, and its past. */
+interface Lane extends AttentionPast {
+  start: Tensor; // [1]
+  end: Tensor; // [1]
 }
 
 /** RMSNorm, in the Pow/ReduceMean/Add/Sqrt/Div/Mul form ORT fuses into SimplifiedLayerNormalization. */
@@ -154,22 +194,35 @@ function attendStandard(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Ten
  * K/V [P+1, kvH, hd] as [kvH, P+1, hd] through strides (transBatchB), and the past and the new rows are
  * scored separately, so only the scores/softmax ([nH*T, S] values) and the two matmuls scale with P.
  */
-function attendFused(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Tensor {
+function attendFused(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor, past: AttentionPast = s): Tensor {
   const { g, nH, kvH, hd } = s;
-  const kPast = s.pastK[j]; // [P+1, kvH, hd]
-  const vPast = s.pastV[j]; // [P+1, kvH, hd]
+  const kPast = past.pastK[j]; // [P+1, kvH, hd]
+  const vPast = past.pastV[j]; // [P+1, kvH, hd]
   const qh = g.reshape(g.transpose(q, [1, 0, 2]), [kvH, -1, hd]); // [kvH, grp*T, hd]
   const scale = 1 / Math.sqrt(hd);
   const sPast = g.fusedMatMul(qh, kPast, { alpha: scale, transB: 1, transBatchB: 1 }); // [kvH, grp*T, P+1]
   const sNew = g.fusedMatMul(qh, k, { alpha: scale, transB: 1, transBatchB: 1 }); // [kvH, grp*T, T]
-  const att = g.softmax(g.add(g.concat([sPast, sNew], -1), s.groupMask), -1); // [kvH, grp*T, S]
-  const aPast = g.slice(att, g.i64([0]), s.pastRows, [-1]); // [kvH, grp*T, P+1]
-  const aNew = g.slice(att, s.pastRows, g.i64([INT64_MAX]), [-1]); // [kvH, grp*T, T]
+  const att = g.softmax(g.add(g.concat([sPast, sNew], -1), past.groupMask), -1); // [kvH, grp*T, S]
+  const aPast = g.slice(att, g.i64([0]), past.pastRows, [-1]); // [kvH, grp*T, P+1]
+  const aNew = g.slice(att, past.pastRows, g.i64([INT64_MAX]), [-1]); // [kvH, grp*T, T]
   const out = g.add(
     g.fusedMatMul(aPast, vPast, { transBatchB: 1 }),
     g.fusedMatMul(aNew, v, { transBatchB: 1 }),
   ); // [kvH, grp*T, hd]
   return g.reshape(g.transpose(g.reshape(out, [nH, -1, hd]), [1, 0, 2]), [-1, nH * hd]); // [T, nH*hd]
+}
+
+/**
+ * Batched attention: each lane attends over its own past with its own rows of q/k/v [T, heads, hd];
+ * the lane outputs, in lane order, are the packed rows (unused lanes' dummy rows come last and are cut).
+ */
+function attendLanes(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Tensor {
+  const { g } = s;
+  const outs = s.lanes!.map((lane) => {
+    const rows = (x: Tensor) => g.slice(x, lane.start, lane.end, [0]); // [T_i, heads, hd]
+    return attendFused(s, j, rows(q), rows(k), rows(v), lane); // [T_i, nH*hd]
+  });
+  return g.slice(g.concat(outs, 0), g.i64([0]), s.rows!, [0]); // [T, nH*hd]
 }
 
 /**
@@ -218,7 +271,7 @@ function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipM
     if (s.rotary) {
       // q and k rotate alike per head: one contrib op over both ([T, (nH + kvH) * hd])
       const qk = g.rotaryEmbedding(
-        g.unsqueeze(g.concat([q2, k2], -1), [0]),
+        g.unsqueeze(g.concat([q2, k2], -1), [s.rotary.axis]),
         s.rotary.positions,
         s.rotary.cos,
         s.rotary.sin,
@@ -236,7 +289,11 @@ function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipM
       o = r.o;
       present = { k: r.presentK, v: r.presentV };
     } else {
-      o = s.attention === 'fused' ? attendFused(s, j, q, k, v) : attendStandard(s, j, q, k, v);
+      o = s.lanes
+        ? attendLanes(s, j, q, k, v)
+        : s.attention === 'fused'
+          ? attendFused(s, j, q, k, v)
+          : attendStandard(s, j, q, k, v);
     }
     // output projection and residual
     x = g.add(x, W(o, 'wo')); // [T, dim]
@@ -255,11 +312,14 @@ function layer(s: Ctx, l: number, j: number, x: Tensor, skipAttn: boolean, skipM
   return { x, k, v, present };
 }
 
-/** Final norm + classifier on the last R rows of x [T, dim] (after an optional affine map) -> [R, vocab]. */
+/**
+ * Final norm + classifier on R rows of x [T, dim] (after an optional affine map) -> [R, vocab]: the last
+ * R rows (`logit_rows` [1]), or in a batched graph the rows `logit_index` [R] names.
+ */
 function head(s: Ctx, x: Tensor, logitRows: Tensor, affine?: ExitHead['affine'], rows?: Matrix): Tensor {
   const { g, model } = s;
   const { dim } = model.config;
-  let h = g.slice(x, g.neg(logitRows), g.i64([INT64_MAX]), [0]); // [R, dim]
+  let h = s.lanes ? g.gather(x, logitRows) : g.slice(x, g.neg(logitRows), g.i64([INT64_MAX]), [0]); // [R, dim]
   if (affine) {
     const w = g.weight('exit.weight', affine.weight, [dim, dim]);
     h = g.linear(h, w, g.weight('exit.bias', affine.bias, [dim])); // [R, dim] = W h + b
@@ -272,17 +332,68 @@ function head(s: Ctx, x: Tensor, logitRows: Tensor, affine?: ExitHead['affine'],
 }
 
 /** The half-width rotary tables (columns i and i + hd/2 share a frequency) for the contrib op. */
-function rotaryInputs(g: GraphBuilder, tables: RopeTables, maxSeq: number, hd: number, positions: Tensor) {
+/**
+ * The contrib op takes rows as [1, T] (one sequence) or, in a batched graph, [T, 1]: its sequence
+ * axis may not exceed the table's rows, and a packed batch can hold more rows than that.
+ */
+function rotaryInputs(
+  g: GraphBuilder,
+  tables: RopeTables,
+  maxSeq: number,
+  hd: number,
+  positions: Tensor,
+  axis: 0 | 1,
+) {
   const half = (t: Float64Array) => {
     const out = new Float32Array(maxSeq * (hd / 2));
     for (let p = 0; p < maxSeq; p++) for (let i = 0; i < hd / 2; i++) out[p * (hd / 2) + i] = t[p * hd + i];
     return out;
   };
   return {
-    positions: g.unsqueeze(positions, [0]), // [1, T]
+    axis,
+    positions: g.unsqueeze(positions, [axis]), // [1, T] or [T, 1]
     cos: g.weight('rope.cos_half', half(tables.cos), [maxSeq, hd / 2]),
     sin: g.weight('rope.sin_half', half(tables.sin), [maxSeq, hd / 2]),
   };
+}
+
+/**
+ * The causal mask of rows at `positions` [T] over their keys, S = cached positions, then (host cache) the
+ * scratch row that is never visible, then the new rows. `pastLen` (device cache) or the past view
+ * [P+1, kvH, hd] (host cache) gives P. Returns the mask [T, S] and pastRows [1] (P, or P + 1 with scratch).
+ */
+function pastMask(g: GraphBuilder, pastLen: Tensor | undefined, pastK: Tensor, positions: Tensor) {
+  const pastRows = pastLen ?? g.shape(pastK, 0, 1); // [1] P (device) or P + 1 (host)
+  const nCached = pastLen ? g.squeeze(pastLen, [0]) : g.sub(g.squeeze(pastRows, [0]), g.i64([1], []));
+  const cached = g.range(g.i64([0], []), nCached, g.i64([1], [])); // [P]
+  const keyPos = g.concat(pastLen ? [cached, positions] : [cached, g.i64([2 ** 40]), positions], 0); // [S]
+  const visible = g.lessOrEqual(g.unsqueeze(keyPos, [0]), g.unsqueeze(positions, [1])); // [T, S]
+  return { mask: g.where(visible, g.f32(0), g.f32(-1e9)), pastRows }; // [T, S], [1]
+}
+
+/** A batched graph's per-lane inputs (lane_bounds, past_k.<j>.<i>, past_v.<j>.<i>) and masks. */
+function laneInputs(
+  g: GraphBuilder,
+  n: number,
+  L: number,
+  grp: number,
+  kvH: number,
+  hd: number,
+  positions: Tensor,
+) {
+  const bounds = g.input(IO.laneBounds, 'int64', [2 * n]);
+  return Array.from({ length: n }, (_, i): Lane => {
+    const pastK: Tensor[] = [];
+    const pastV: Tensor[] = [];
+    for (let j = 0; j < L; j++) {
+      pastK.push(g.input(laneIO(IO.pastK, j, i), 'float32', [`P${i}+1`, kvH, hd]));
+      pastV.push(g.input(laneIO(IO.pastV, j, i), 'float32', [`P${i}+1`, kvH, hd]));
+    }
+    const start = g.slice(bounds, g.i64([2 * i]), g.i64([2 * i + 1]), [0]); // [1]
+    const end = g.slice(bounds, g.i64([2 * i + 1]), g.i64([2 * i + 2]), [0]); // [1]
+    const { mask, pastRows } = pastMask(g, undefined, pastK[0], g.slice(positions, start, end, [0]));
+    return { start, end, pastK, pastV, pastRows, groupMask: g.tile(mask, [grp, 1]) };
+  });
 }
 
 /** Builds the stage's ONNX model (weights inline as initializers) as one Uint8Array. */
@@ -324,6 +435,13 @@ function stageGraph(model: LlamaModel, spec: StageSpec, opts: StageGraphOptions)
 
   const device = opts.kvCache === 'device';
   const kvH = c.nKvHeads;
+  const nLanes = opts.lanes;
+  if (nLanes !== undefined) {
+    if (!Number.isInteger(nLanes) || nLanes < 1)
+      throw new Error(`lanes must be a positive integer, got ${nLanes}`);
+    if (device || (opts.attention ?? 'fused') !== 'fused')
+      throw new Error('a batched graph needs the host cache and fused attention');
+  }
 
   const g = new GraphBuilder(`llama_stage_${firstLayer}_${endLayer}`);
   // ---- inputs
@@ -333,7 +451,7 @@ function stageGraph(model: LlamaModel, spec: StageSpec, opts: StageGraphOptions)
   const pastLen = device ? g.input(IO.pastLen, 'int64', [1]) : undefined;
   const pastK: Tensor[] = [];
   const pastV: Tensor[] = [];
-  for (let j = 0; j < L; j++) {
+  for (let j = 0; nLanes === undefined && j < L; j++) {
     if (device) {
       // the fed-back present tensors may hold more rows than P (after a truncation): keep [0, P)
       const k = g.input(layerIO(IO.pastK, j), 'float32', [kvH, hd, 'Pc']);
@@ -345,7 +463,14 @@ function stageGraph(model: LlamaModel, spec: StageSpec, opts: StageGraphOptions)
       pastV.push(g.input(layerIO(IO.pastV, j), 'float32', ['P+1', kvH, hd]));
     }
   }
-  const logitRows = last || exit ? g.input(IO.logitRows, 'int64', [1]) : undefined;
+  const wantLogits = last || !!exit;
+  const logitRows = !wantLogits
+    ? undefined
+    : nLanes === undefined
+      ? g.input(IO.logitRows, 'int64', [1])
+      : g.input(IO.logitIndex, 'int64', ['R']);
+  const lanes =
+    nLanes === undefined ? undefined : laneInputs(g, nLanes, L, c.nHeads / kvH, kvH, hd, positions);
 
   // ---- rotary rows of the new positions, and the causal mask over the S keys:
   // host cache: S = P + 1 + T keys (cached positions 0..P-1, the scratch row (never visible), the new rows);
@@ -353,12 +478,7 @@ function stageGraph(model: LlamaModel, spec: StageSpec, opts: StageGraphOptions)
   const tables = ropeTables(c, maxSeq);
   const cosT = g.weight('rope.cos', Float32Array.from(tables.cos), [maxSeq, hd]);
   const sinT = g.weight('rope.sin', Float32Array.from(tables.sin), [maxSeq, hd]);
-  const pastRows = device ? pastLen! : g.shape(pastK[0], 0, 1); // [1] P (device) or P + 1 (host)
-  const nCached = device ? g.squeeze(pastLen!, [0]) : g.sub(g.squeeze(pastRows, [0]), g.i64([1], []));
-  const cached = g.range(g.i64([0], []), nCached, g.i64([1], [])); // [P]
-  const keyPos = g.concat(device ? [cached, positions] : [cached, g.i64([2 ** 40]), positions], 0); // [S]
-  const visible = g.lessOrEqual(g.unsqueeze(keyPos, [0]), g.unsqueeze(positions, [1])); // [T, S]
-  const mask = g.where(visible, g.f32(0), g.f32(-1e9)); // [T, S]
+  const past = lanes ? undefined : pastMask(g, device ? pastLen! : undefined, pastK[0], positions);
   const attention = device ? 'device' : (opts.attention ?? 'fused');
   const ctx: Ctx = {
     g,
@@ -368,14 +488,16 @@ function stageGraph(model: LlamaModel, spec: StageSpec, opts: StageGraphOptions)
     hd,
     cos: g.unsqueeze(g.gather(cosT, positions), [1]), // [T, 1, hd]
     sin: g.unsqueeze(g.gather(sinT, positions), [1]), // [T, 1, hd]
-    mask,
-    groupMask: g.tile(mask, [c.nHeads / kvH, 1]), // [grp*T, S]
-    pastRows,
+    mask: past?.mask ?? g.f32(0),
+    groupMask: past ? g.tile(past.mask, [c.nHeads / kvH, 1]) : g.f32(0), // [grp*T, S]
+    pastRows: past?.pastRows ?? g.f32(0),
     attention,
     pastK,
     pastV,
     matmul: { accuracyLevel: opts.accuracyLevel },
-    rotary: attention === 'fused' ? rotaryInputs(g, tables, maxSeq, hd, positions) : undefined,
+    rotary: attention === 'fused' ? rotaryInputs(g, tables, maxSeq, hd, positions, lanes ? 1 : 0) : undefined,
+    lanes,
+    rows: g.shape(positions, 0, 1),
   };
 
   // ---- the layers

@@ -65,7 +65,7 @@ export interface StageGraphInfo {
 /** The graph options a device gets by default: WebGPU has no FusedMatMul and keeps the cache on device. */
 export function defaultGraphOptions(
   device: Device | undefined,
-): Required<Omit<StageGraphOptions, 'maxSeqLen' | 'accuracyLevel'>> {
+): Required<Omit<StageGraphOptions, 'maxSeqLen' | 'accuracyLevel' | 'lanes'>> {
   return device === 'webgpu'
     ? { attention: 'standard', kvCache: 'device' }
     : { attention: 'fused', kvCache: 'host' };

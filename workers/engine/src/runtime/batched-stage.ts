@@ -1,0 +1,229 @@
+/**
+ * A stage that runs many sequences' rows in one forward: one batched ORT graph (graph/llama-graph.ts,
+ * `lanes`) over the stage's layers, and per sequence its own KvCache that the graph reads through zero-copy
+ * views, exactly as a single-sequence OrtStage does. Each forward packs the new rows of up to `lanes`
+ * sequences into one [T, dim] block, so each weight matrix is read once for all of them.
+ *
+ * Graphs are built per lane count on first use (1, 4, 16, ... up to maxLanes): a batch of n sequences runs
+ * on the smallest one with n lanes or more, the unused lanes get a 1-row dummy (cut from the output), so a
+ * small batch pays no more than its own rows in every matrix multiply.
+ */
+import { type InferenceSession, Tensor } from 'onnxruntime-node';
+import { buildStageModel, IO, laneIO, validateStageSpec } from '../graph/llama-graph';
+import { consistentRows } from '../graph/weights';
+import { headDim, type LlamaModel, stageMatrices } from '../model/llama';
+import type { StageInput, StageOutput, StageSpec } from '../model/stage';
+import { createSession, type SessionConfig } from './device';
+import type { KvCache } from './kv-cache';
+import type { OrtStageOptions } from './ort-stage';
+
+/** One sequence's part of a batched forward: its cache and its new rows (tokens or hidden). */
+export interface BatchItem {
+  cache: KvCache;
+  input: StageInput;
+}
+
+/**
+ * Lane counts graphs are built for (1, 4, 16, 64, ..., capped at maxLanes): a batch of n runs on the
+ * smallest bucket >= n. Powers of four keep the sessions few (each holds its own prepacked weights),
+ * and an unused lane costs only a 1-row attention per layer.
+ */
+export function laneBucket(n: number, maxLanes: number): number {
+  let lanes = 1;
+  while (lanes < n) lanes *= 4;
+  return Math.min(lanes, maxLanes);
+}
+
+export class BatchedOrtStage {
+  private readonly sessions = new Map<number, Promise<InferenceSession>>();
+  private readonly first: boolean;
+  private readonly last: boolean;
+  private readonly kvH: number;
+  private readonly hd: number;
+  private readonly L: number;
+  /** The 1-row past of an unused lane (its rows are a copy of row 0, its output is dropped). */
+  private readonly dummyPast: Tensor;
+  /** See Stage.consistentRows: the largest block whose rows do not depend on the rows beside them. */
+  readonly consistentRows?: number;
+
+  constructor(
+    readonly model: LlamaModel,
+    readonly spec: StageSpec,
+    readonly maxLanes: number,
+    private readonly opts: OrtStageOptions = {},
+  ) {
+    const c = model.config;
+    validateStageSpec(spec, c.nLayers);
+    this.first = spec.firstLayer === 0;
+    this.last = spec.endLayer === c.nLayers;
+    this.kvH = c.nKvHeads;
+    this.hd = headDim(c);
+    this.L = spec.endLayer - spec.firstLayer;
+    this.dummyPast = new Tensor('float32', new Float32Array(this.kvH * this.hd), [1, this.kvH, this.hd]);
+    this.consistentRows = consistentRows(stageMatrices(model, spec), opts.accuracyLevel);
+  }
+
+  /** Floats one cached position takes in this stage's layers (K and V). */
+  get floatsPerPosition(): number {
+    return 2 * this.L * this.kvH * this.hd;
+  }
+
+  /** Builds (once) and returns the session of the graph with `lanes` lanes. */
+  private session(lanes: number): Promise<InferenceSession> {
+    let s = this.sessions.get(lanes);
+    if (!s) {
+      const graph = buildStageModel(this.model, this.spec, {
+        maxSeqLen: this.opts.maxSeqLen,
+        accuracyLevel: this.opts.accuracyLevel,
+        lanes,
+      });
+      const cfg: SessionConfig = { ...this.opts };
+      s = createSession(graph, cfg).then((r) => r.session);
+      this.sessions.set(lanes, s);
+      s.catch(() => this.sessions.delete(lanes));
+    }
+    return s;
+  }
+
+  /** Opens the sessions for every bucket up to `n` lanes now (so the first batches do not pay for it). */
+  async warm(n = this.maxLanes): Promise<void> {
+    const want = new Set<number>();
+    for (let k = 1; k <= n; k++) want.add(laneBucket(k, this.maxLanes));
+    await Promise.all([...want].map((lanes) => this.session(lanes)));
+  }
+
+  /**
+   * One batched forward: every item's rows appended to its own cache, and per item what a single
+   * sequence's forward would return (hidden / logits / exit outputs of its rows).
+   */
+  async run(items: BatchItem[]): Promise<StageOutput[]> {
+    const n = items.length;
+    if (n < 1 || n > this.maxLanes) throw new Error(`a batch holds 1..${this.maxLanes} sequences, got ${n}`);
+    const c = this.model.config;
+    const rows = items.map((it) => this.checkInput(it.input, it.cache));
+    const logitRows = items.map((it, i) => it.input.logitRows ?? rows[i]);
+    const T = rows.reduce((a, b) => a + b, 0);
+    const lanes = laneBucket(n, this.maxLanes);
+    const feeds: Record<string, Tensor> = {};
+    feeds[this.first ? IO.tokens : IO.hiddenIn] = this.packInput(items, T);
+    const positions = new BigInt64Array(T);
+    const bounds = new BigInt64Array(2 * lanes);
+    const logitIndex: bigint[] = [];
+    let at = 0;
+    items.forEach((it, i) => {
+      const P = it.cache.length;
+      for (let t = 0; t < rows[i]; t++) positions[at + t] = BigInt(P + t);
+      bounds[2 * i] = BigInt(at);
+      bounds[2 * i + 1] = BigInt(at + rows[i]);
+      for (let t = rows[i] - logitRows[i]; t < rows[i]; t++) logitIndex.push(BigInt(at + t));
+      const past = it.cache.graphPast();
+      const dims = it.cache.graphPastDims;
+      for (let j = 0; j < this.L; j++) {
+        feeds[laneIO(IO.pastK, j, i)] = new Tensor('float32', past.k[j], dims);
+        feeds[laneIO(IO.pastV, j, i)] = new Tensor('float32', past.v[j], dims);
+      }
+      at += rows[i];
+    });
+    for (let i = n; i < lanes; i++) {
+      bounds[2 * i] = 0n;
+      bounds[2 * i + 1] = 1n;
+      for (let j = 0; j < this.L; j++) {
+        feeds[laneIO(IO.pastK, j, i)] = this.dummyPast;
+        feeds[laneIO(IO.pastV, j, i)] = this.dummyPast;
+      }
+    }
+    feeds[IO.positions] = new Tensor('int64', positions, [T]);
+    feeds[IO.laneBounds] = new Tensor('int64', bounds, [2 * lanes]);
+    if (this.last || this.spec.exit)
+      feeds[IO.logitIndex] = new Tensor('int64', BigInt64Array.from(logitIndex), [logitIndex.length]);
+
+    const res = await (await this.session(lanes)).run(feeds);
+    const f32 = (name: string) => res[name].data as Float32Array;
+    return this.unpack(items, rows, logitRows, f32, c.dim);
+  }
+
+  /** The rows of one sequence's forward, after checking everything about it that could fail the batch. */
+  checkInput(input: StageInput, cache: KvCache): number {
+    const c = this.model.config;
+    let T: number;
+    if (this.first) {
+      if (!input.tokens) throw new Error('the first stage needs tokens');
+      T = input.tokens.length;
+      for (const t of input.tokens)
+        if (!(t >= 0 && t < c.vocabSize))
+          throw new Error(`token ${t} outside the vocabulary [0, ${c.vocabSize})`);
+    } else {
+      if (!input.hidden) throw new Error("a later stage needs the previous stage's hidden states");
+      T = input.hidden.length / c.dim;
+    }
+    if (!(Number.isInteger(T) && T >= 1))
+      throw new Error(`a forward needs whole rows (at least one), got ${T}`);
+    const R = input.logitRows ?? T;
+    if (!(Number.isInteger(R) && R >= 1 && R <= T)) throw new Error(`logitRows ${R} must lie in [1, ${T}]`);
+    cache.checkRoom(T);
+    return T;
+  }
+
+  /** The items' tokens [T] (first stage) or hidden rows [T, dim], in lane order. */
+  private packInput(items: BatchItem[], T: number): Tensor {
+    const c = this.model.config;
+    if (this.first) {
+      const ids = new BigInt64Array(T);
+      let at = 0;
+      for (const it of items) for (const t of it.input.tokens!) ids[at++] = BigInt(t);
+      return new Tensor('int64', ids, [T]);
+    }
+    const hidden = new Float32Array(T * c.dim);
+    let at = 0;
+    for (const it of items) {
+      hidden.set(it.input.hidden!, at);
+      at += it.input.hidden!.length;
+    }
+    return new Tensor('float32', hidden, [T, c.dim]);
+  }
+
+  /** Appends each item's new K/V to its cache and cuts its outputs out of the batch's. */
+  private unpack(
+    items: BatchItem[],
+    rows: number[],
+    logitRows: number[],
+    f32: (name: string) => Float32Array,
+    dim: number,
+  ): StageOutput[] {
+    const rowK = this.L * this.kvH * this.hd;
+    const newK = f32(IO.newK);
+    const newV = f32(IO.newV);
+    const logits = this.last ? f32(IO.logits) : undefined;
+    const hidden = this.last ? undefined : f32(IO.hidden);
+    const exitLogits = this.spec.exit ? f32(IO.exitLogits) : undefined;
+    const exitHidden = this.spec.exit ? f32(IO.exitHidden) : undefined;
+    const vocabOut = (x: Float32Array) => x.length / logitRows.reduce((a, b) => a + b, 0);
+    let at = 0;
+    let r = 0;
+    return items.map((it, i) => {
+      const T = rows[i];
+      const R = logitRows[i];
+      it.cache.append(
+        newK.subarray(at * rowK, (at + T) * rowK),
+        newV.subarray(at * rowK, (at + T) * rowK),
+        T,
+      );
+      const out: StageOutput = { rows: T };
+      const cut = (x: Float32Array, width: number, from: number, n: number) =>
+        x.subarray(from * width, (from + n) * width);
+      if (logits) out.logits = cut(logits, vocabOut(logits), r, R);
+      if (hidden) out.hidden = cut(hidden, dim, at, T);
+      if (exitLogits) out.exitLogits = cut(exitLogits, vocabOut(exitLogits), r, R);
+      if (exitHidden) out.exitHidden = cut(exitHidden, dim, at, T);
+      at += T;
+      r += R;
+      return out;
+    });
+  }
+
+  async release(): Promise<void> {
+    const all = await Promise.allSettled(this.sessions.values());
+    this.sessions.clear();
+    await Promise.all(all.map((s) => (s.status === 'fulfilled' ? s.value.release() : undefined)));
+  }
+}
