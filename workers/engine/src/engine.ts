@@ -1,6 +1,6 @@
 import { totalmem } from 'node:os';
-import { createDecoder, type DecoderContext } from './decode/index';
 import { type Decoder, type DecoderName, startStats } from './decode/decoder';
+import { createDecoder, type DecoderContext } from './decode/index';
 import { type DecoderPlan, decoderContext, openDecoder } from './decoders';
 import {
   biasMap,
@@ -172,11 +172,7 @@ export class Engine {
     return this.encodePrompt(text).length;
   }
 
-  generate(
-    prompt: string,
-    params: EngineGenerateParams,
-    onTokens?: OnTokens,
-  ): Promise<GenerationResult> {
+  generate(prompt: string, params: EngineGenerateParams, onTokens?: OnTokens): Promise<GenerationResult> {
     const ids = this.encodePrompt(prompt);
     if (!(params.maxTokens >= 1)) throw new RangeError('maxTokens must be at least 1');
     if (ids.length === 0)

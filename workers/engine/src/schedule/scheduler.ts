@@ -11,9 +11,9 @@
  * - Execution: every SequenceStage forward goes through one StepLoop, which runs the batched steps.
  */
 import type { ExitHead, LlamaModel } from '../model/llama';
+import { headDim } from '../model/llama';
 import type { Stage, StageSpec } from '../model/stage';
 import { BatchedOrtStage } from '../runtime/batched-stage';
-import { headDim } from '../model/llama';
 import { KvCache } from '../runtime/kv-cache';
 import type { OrtStageOptions } from '../runtime/ort-stage';
 import { SequenceStage } from './sequence-stage';

@@ -56,7 +56,7 @@ export class StepLoop {
     this.stepsByBatchSize[batch.length] = (this.stepsByBatchSize[batch.length] ?? 0) + 1;
     try {
       const outs = await batch[0].host.run(batch.map((p) => p.item));
-      batch.forEach((p, i) => p.resolve(outs[i]));
+      for (const [i, p] of batch.entries()) p.resolve(outs[i]);
     } catch (err) {
       // One bad forward (a decoder bug, an ORT error) fails only its own step's sequences.
       for (const p of batch) p.reject(err);
