@@ -115,6 +115,8 @@ module "gpu_workers" {
   gpus_per_instance              = var.worker_gpus_per_instance
   devices                        = var.worker_devices
   decoder                        = var.worker_decoder
+  max_batch                      = var.worker_max_batch
+  kv_memory                      = var.worker_kv_memory
   ami_id                         = var.worker_ami_id
   ami_ssm_parameter              = var.worker_ami_ssm_parameter
   root_volume_gb                 = var.worker_root_volume_gb
@@ -146,6 +148,7 @@ module "backlog_publisher" {
   metric_namespace               = module.gpu_workers.metric_namespace
   metric_name                    = module.gpu_workers.metric_name
   target_backlog_per_worker      = var.target_backlog_per_worker
+  max_batch                      = var.worker_max_batch
   schedule_expression            = var.publisher_schedule
   log_retention_days             = var.log_retention_days
   tags                           = var.tags

@@ -314,9 +314,31 @@ variable "warm_pool_state" {
   }
 }
 
+variable "worker_max_batch" {
+  type        = number
+  description = "Sequences a worker's engine batches, and the jobs it holds at once (PPSD_MAX_BATCH of the workers and of the backlog publisher: a worker's capacity)."
+  default     = 16
+
+  validation {
+    condition     = var.worker_max_batch >= 1 && floor(var.worker_max_batch) == var.worker_max_batch
+    error_message = "worker_max_batch must be an integer >= 1."
+  }
+}
+
+variable "worker_kv_memory" {
+  type        = string
+  description = "KV pool budget of each worker's engine (PPSD_KV_MEMORY: bytes or 512MiB, 24GiB, 20GB); empty keeps the engine's default."
+  default     = ""
+
+  validation {
+    condition     = can(regex("^([0-9]+(\\.[0-9]+)? *([KkMmGgTt][Ii]?[Bb]?|[Bb])?)?$", var.worker_kv_memory))
+    error_message = "worker_kv_memory must be a byte size such as 536870912, 512MiB, 24GiB or 20GB."
+  }
+}
+
 variable "target_backlog_per_worker" {
   type        = number
-  description = "Scaling target: jobs (queued + running) per in-service worker."
+  description = "Scaling target: jobs (queued + running) per worker batch slot, i.e. per in-service worker x worker_max_batch (1 = every slot busy, nothing queued)."
   default     = 2
 
   validation {

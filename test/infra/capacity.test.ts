@@ -7,6 +7,7 @@ const base: CapacityInput = {
   inService: 0,
   currentDesired: 0,
   targetPerWorker: 1,
+  maxBatch: 1,
   minWorkers: 0,
   maxWorkers: 10,
   scaleToZero: true,
@@ -15,18 +16,69 @@ const decide = (over: Partial<CapacityInput>) => desiredCapacity({ ...base, ...o
 
 describe('backlogPerWorker', () => {
   it('divides queued + running jobs by in-service workers', () => {
-    expect(backlogPerWorker(6, 2, 4)).toBe(2);
-    expect(backlogPerWorker(1, 0, 2)).toBe(0.5);
-    expect(backlogPerWorker(0, 0, 3)).toBe(0);
+    expect(backlogPerWorker(6, 2, 4, 1)).toBe(2);
+    expect(backlogPerWorker(1, 0, 2, 1)).toBe(0.5);
+    expect(backlogPerWorker(0, 0, 3, 1)).toBe(0);
   });
   it('reports the whole load when no worker is in service, so the metric breaches the target', () => {
-    expect(backlogPerWorker(5, 0, 0)).toBe(5);
-    expect(backlogPerWorker(0, 0, 0)).toBe(0);
+    expect(backlogPerWorker(5, 0, 0, 1)).toBe(5);
+    expect(backlogPerWorker(0, 0, 0, 1)).toBe(0);
   });
   it('rejects negative or fractional counts', () => {
-    expect(() => backlogPerWorker(-1, 0, 1)).toThrow(RangeError);
-    expect(() => backlogPerWorker(1.5, 0, 1)).toThrow(/backlog/);
-    expect(() => backlogPerWorker(1, 0, Number.NaN)).toThrow(/inService/);
+    expect(() => backlogPerWorker(-1, 0, 1, 1)).toThrow(RangeError);
+    expect(() => backlogPerWorker(1.5, 0, 1, 1)).toThrow(/backlog/);
+    expect(() => backlogPerWorker(1, 0, Number.NaN, 1)).toThrow(/inService/);
+  });
+});
+
+describe('capacity in sequences: workers x maxBatch', () => {
+  it('divides the load by in-service workers x maxBatch', () => {
+    expect(backlogPerWorker(30, 18, 3, 16)).toBe(1);
+    expect(backlogPerWorker(8, 0, 1, 16)).toBe(0.5);
+    // no worker in service: as if one worker (one batch) carried the whole load
+    expect(backlogPerWorker(40, 0, 0, 16)).toBe(2.5);
+    expect(() => backlogPerWorker(1, 0, 1, 0)).toThrow(/maxBatch/);
+    expect(() => backlogPerWorker(1, 0, 1, 1.5)).toThrow(/maxBatch/);
+  });
+
+  it('needs ceil(load / (target x maxBatch)) workers, not one per job', () => {
+    // 40 jobs, 16 sequences per worker: 3 workers (the per-job formula would ask for 40)
+    expect(decide({ backlog: 40, maxBatch: 16, maxWorkers: 100 })).toEqual({
+      desired: 3,
+      needed: 3,
+      reason: 'wake-from-zero',
+    });
+    expect(decide({ backlog: 20, running: 12, maxBatch: 16, currentDesired: 1, inService: 1 })).toMatchObject(
+      {
+        desired: 2,
+        needed: 2,
+        reason: 'scale-out',
+      },
+    );
+    // a full batch on one worker is steady, one more job scales out
+    expect(decide({ running: 16, maxBatch: 16, currentDesired: 1, inService: 1 })).toMatchObject({
+      desired: 1,
+      reason: 'steady',
+    });
+    expect(decide({ backlog: 1, running: 16, maxBatch: 16, currentDesired: 1 })).toMatchObject({
+      desired: 2,
+      reason: 'scale-out',
+    });
+    // target 2 jobs per slot: 64 jobs on 16-sequence workers need 2
+    expect(decide({ backlog: 64, maxBatch: 16, targetPerWorker: 2, currentDesired: 2 })).toMatchObject({
+      desired: 2,
+      needed: 2,
+      reason: 'steady',
+    });
+  });
+
+  it('scales a batch-sized pool in when the load fits in fewer batches', () => {
+    expect(decide({ running: 10, maxBatch: 16, currentDesired: 3, inService: 3 })).toMatchObject({
+      desired: 2,
+      needed: 1,
+      reason: 'scale-in-step-limited',
+    });
+    expect(() => decide({ maxBatch: 0 })).toThrow(/maxBatch/);
   });
 });
 

@@ -333,11 +333,15 @@ describe('configuration from the environment', () => {
       namespace: 'PPSD',
       metricName: 'BacklogPerWorker',
       targetPerWorker: 2,
+      maxBatch: 16, // the workers' default PPSD_MAX_BATCH
       intervalMs: 60_000,
       wakeFromZero: true,
       prefix: '{ppsd}',
     });
     expect(publisherConfigFromEnv({ ...minimal(), PPSD_QUEUES: 'q1,q2' }).queues).toEqual(['q1', 'q2']);
+    expect(publisherConfigFromEnv({ ...minimal(), PPSD_QUEUES: 'q1', PPSD_MAX_BATCH: '32' }).maxBatch).toBe(
+      32,
+    );
   });
 
   it('lists every problem at once', () => {
@@ -347,6 +351,7 @@ describe('configuration from the environment', () => {
         PPSD_TARGET_BACKLOG_PER_WORKER: '0',
         PPSD_PUBLISH_INTERVAL_MS: 'soon',
         PPSD_WAKE_FROM_ZERO: 'maybe',
+        PPSD_MAX_BATCH: '0',
       });
       expect.unreachable();
     } catch (err) {
@@ -360,6 +365,7 @@ describe('configuration from the environment', () => {
         'PPSD_TARGET_BACKLOG_PER_WORKER must be a number >= 0.01',
         'PPSD_PUBLISH_INTERVAL_MS must be an integer >= 1000',
         'PPSD_WAKE_FROM_ZERO must be true or false',
+        'PPSD_MAX_BATCH must be an integer >= 1',
       ]) {
         expect(problems).toContain(needle);
       }

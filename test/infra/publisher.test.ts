@@ -132,6 +132,7 @@ describe('backlog publisher against a real Redis and BullMQ queue', () => {
       cloudwatch: aws.cloudwatch,
       autoscaling: aws.autoscaling,
       asgName: 'ppsd-workers',
+      maxBatch: 1,
       targetPerWorker: 2,
       now: () => t,
     });
@@ -169,6 +170,7 @@ describe('backlog publisher against a real Redis and BullMQ queue', () => {
       cloudwatch: aws.cloudwatch,
       autoscaling: aws.autoscaling,
       asgName: 'ppsd-workers',
+      maxBatch: 1,
       targetPerWorker: 2,
     });
     const report = await publisher.tick();
@@ -184,6 +186,7 @@ describe('backlog publisher against a real Redis and BullMQ queue', () => {
       cloudwatch: idle.cloudwatch,
       autoscaling: idle.autoscaling,
       asgName: 'ppsd-workers',
+      maxBatch: 1,
       wakeFromZero: true,
     });
     const quiet = await empty.tick();
@@ -191,6 +194,39 @@ describe('backlog publisher against a real Redis and BullMQ queue', () => {
     expect(quiet).toMatchObject({ backlog: 0, running: 0, backlogPerWorker: 0, wokeTo: null });
     expect(idle.setDesired).toEqual([]);
     expect(metric(idle.puts[0], 'BacklogPerWorker')).toBe(0);
+  });
+
+  it('counts capacity in sequences: workers x maxBatch (metric and wake-from-zero)', async () => {
+    const aws = fakeAws({ desired: 2, min: 0, max: 8, states: ['InService', 'InService'] });
+    const publisher = createBacklogPublisher({
+      redis,
+      queues: [queueName],
+      cloudwatch: aws.cloudwatch,
+      autoscaling: aws.autoscaling,
+      asgName: 'ppsd-workers',
+      maxBatch: 4,
+    });
+    const report = await publisher.tick();
+    await publisher.close();
+    // 5 jobs on 2 workers of 4 sequences each: 5 / 8 of the capacity, and 2 workers are what 5 need
+    expect(report).toMatchObject({ backlog: 5, inService: 2, maxBatch: 4, backlogPerWorker: 0.625 });
+    expect(metric(aws.puts[0], 'BacklogPerWorker')).toBe(0.625);
+    expect(report.advice).toMatchObject({ needed: 2, desired: 2, reason: 'steady' });
+
+    const zero = fakeAws({ desired: 0, min: 0, max: 8, states: [] });
+    const waking = createBacklogPublisher({
+      redis,
+      queues: [queueName],
+      cloudwatch: zero.cloudwatch,
+      autoscaling: zero.autoscaling,
+      asgName: 'ppsd-workers',
+      maxBatch: 4,
+    });
+    const woke = await waking.tick();
+    await waking.close();
+    expect(woke.backlogPerWorker).toBe(1.25); // as if one worker carried the whole load
+    expect(woke.wokeTo).toBe(2); // ceil(5 / 4), not one worker per job
+    expect(zero.setDesired).toEqual([2]);
   });
 
   it('counts a job a worker holds as running, not backlog', async () => {
@@ -220,6 +256,7 @@ describe('backlog publisher against a real Redis and BullMQ queue', () => {
         cloudwatch: aws.cloudwatch,
         autoscaling: aws.autoscaling,
         asgName: 'ppsd-workers',
+        maxBatch: 1,
       });
       const report = await publisher.tick();
       await publisher.close();
@@ -245,6 +282,7 @@ describe('backlog publisher against a real Redis and BullMQ queue', () => {
       cloudwatch: aws.cloudwatch,
       autoscaling: aws.autoscaling,
       asgName: 'ppsd-workers',
+      maxBatch: 1,
       intervalMs: 20,
       signal: controller.signal,
       onError: (e) => errors.push(e),
@@ -268,6 +306,7 @@ describe('backlog publisher against a real Redis and BullMQ queue', () => {
       cloudwatch: aws.cloudwatch,
       autoscaling: { send: async () => ({ AutoScalingGroups: [] }) },
       asgName: 'missing-group',
+      maxBatch: 1,
     });
     await expect(publisher.tick()).rejects.toThrow(/Auto Scaling group missing-group not found/);
     await publisher.close();

@@ -327,8 +327,18 @@ describe('GPU worker pool', () => {
         'PPSD_MODEL',
         'PPSD_S3_BUCKET',
         'PPSD_S3_PREFIX',
+        'PPSD_MAX_BATCH',
+        'PPSD_KV_MEMORY',
       ]),
     );
+    // one variable sizes the workers' batch and the publisher's capacity arithmetic
+    expect(w.locals.worker_env.PPSD_MAX_BATCH).toBe('${tostring(var.max_batch)}');
+    expect(w.locals.worker_env.PPSD_KV_MEMORY).toBe('${var.kv_memory}');
+    expect(mod('.').module.gpu_workers).toMatchObject({
+      max_batch: '${var.worker_max_batch}',
+      kv_memory: '${var.worker_kv_memory}',
+    });
+    expect(mod('.').variable.worker_max_batch.default).toBe(16);
     // PPSD_REDIS_URL is added at boot from SSM, never baked into user data.
     expect(strings(w.locals).join('\n')).not.toMatch(/redis_url\b(?!_parameter)/);
     expect(readFileSync(join(TF_DIR, '..', 'infra/systemd/ppsd-boot.sh'), 'utf8')).toContain(
@@ -368,6 +378,8 @@ describe('GPU worker pool', () => {
     const call = mod('.').module.backlog_publisher;
     expect(call.metric_name).toBe('${module.gpu_workers.metric_name}');
     expect(call.target_backlog_per_worker).toBe('${var.target_backlog_per_worker}');
+    expect(fn.environment[0].variables.PPSD_MAX_BATCH).toBe('${tostring(var.max_batch)}');
+    expect(call.max_batch).toBe('${var.worker_max_batch}');
     expect(mod('.').module.gpu_workers.target_backlog_per_worker).toBe('${var.target_backlog_per_worker}');
     const doc = blocks(pub.data.aws_iam_policy_document.publisher, 'statement');
     const setDesired = doc.find((s) => (s.actions as string[]).includes('autoscaling:SetDesiredCapacity'));

@@ -1,6 +1,6 @@
 /** Worker configuration validation and the speculation -> decoder mapping (no servers needed). */
 import { describe, expect, it } from 'vitest';
-import { ConfigError, loadConfig } from '../../workers/gpu-worker/src/config';
+import { ConfigError, loadConfig, parseByteSize } from '../../workers/gpu-worker/src/config';
 import {
   JobRejectedError,
   resolveDecoder,
@@ -31,7 +31,7 @@ describe('worker config', () => {
       },
       devices: ['cuda:0', 'cuda:1'],
       decoder: 'ppsd',
-      concurrency: 2,
+      maxBatch: 2, // PPSD_CONCURRENCY, the deprecated alias of PPSD_MAX_BATCH
       cacheDir: '/var/cache/ppsd',
       asgName: 'gpu-pool',
     });
@@ -60,6 +60,69 @@ describe('worker config', () => {
     ]) {
       expect(msg).toContain(name);
     }
+  });
+});
+
+describe('batching config', () => {
+  const base = { PPSD_PACKAGE_DIR: '/tmp/pkg' };
+  it('PPSD_MAX_BATCH defaults to 16; PPSD_KV_MEMORY to the engine default', () => {
+    const cfg = loadConfig(base);
+    expect(cfg.maxBatch).toBe(16);
+    expect(cfg.kvMemoryBytes).toBeUndefined();
+    expect(cfg.warnings).toEqual([]);
+  });
+
+  it('reads PPSD_MAX_BATCH and PPSD_KV_MEMORY with a unit', () => {
+    expect(loadConfig({ ...base, PPSD_MAX_BATCH: '32', PPSD_KV_MEMORY: '2GiB' })).toMatchObject({
+      maxBatch: 32,
+      kvMemoryBytes: 2 * 1024 ** 3,
+    });
+    expect(loadConfig({ ...base, PPSD_KV_MEMORY: '512MiB' }).kvMemoryBytes).toBe(512 * 1024 ** 2);
+    expect(loadConfig({ ...base, PPSD_KV_MEMORY: '2GB' }).kvMemoryBytes).toBe(2e9);
+    expect(loadConfig({ ...base, PPSD_KV_MEMORY: '1048576' }).kvMemoryBytes).toBe(1048576);
+  });
+
+  it('PPSD_CONCURRENCY is a deprecated alias: used when PPSD_MAX_BATCH is unset, with a warning', () => {
+    const alias = loadConfig({ ...base, PPSD_CONCURRENCY: '4' });
+    expect(alias.maxBatch).toBe(4);
+    expect(alias.warnings.join('\n')).toMatch(/PPSD_CONCURRENCY is deprecated/);
+    const both = loadConfig({ ...base, PPSD_CONCURRENCY: '4', PPSD_MAX_BATCH: '8' });
+    expect(both.maxBatch).toBe(8);
+    expect(both.warnings.join('\n')).toMatch(/ignored/);
+  });
+
+  it('refuses a bad batch size or KV budget with a clear message', () => {
+    const msg = (env: Record<string, string>) => {
+      try {
+        loadConfig({ ...base, ...env });
+      } catch (err) {
+        expect(err).toBeInstanceOf(ConfigError);
+        return (err as Error).message;
+      }
+      return '';
+    };
+    expect(msg({ PPSD_MAX_BATCH: '0' })).toMatch(/PPSD_MAX_BATCH must be an integer >= 1, got '0'/);
+    expect(msg({ PPSD_MAX_BATCH: '2.5' })).toMatch(/PPSD_MAX_BATCH/);
+    for (const bad of ['lots', '2 GiBs', '-1GiB', '0', '0.1B', 'GiB', '1e9']) {
+      expect(msg({ PPSD_KV_MEMORY: bad }), bad).toContain(
+        `PPSD_KV_MEMORY must be a positive size in bytes, e.g. 536870912, 512MiB, 2GiB or 2GB, got '${bad}'`,
+      );
+    }
+  });
+
+  it('parses byte sizes: binary and decimal units, any case, fractions', () => {
+    expect(parseByteSize('512MiB')).toBe(536870912);
+    expect(parseByteSize('512mib')).toBe(536870912);
+    expect(parseByteSize('8Gi')).toBe(8 * 2 ** 30);
+    expect(parseByteSize('1.5 GiB')).toBe(1.5 * 2 ** 30);
+    expect(parseByteSize('2GB')).toBe(2_000_000_000);
+    expect(parseByteSize('2G')).toBe(2_000_000_000);
+    expect(parseByteSize('64KiB')).toBe(65536);
+    expect(parseByteSize('1TiB')).toBe(2 ** 40);
+    expect(parseByteSize('4096')).toBe(4096);
+    expect(parseByteSize('4096B')).toBe(4096);
+    expect(parseByteSize('2XB')).toBeUndefined();
+    expect(parseByteSize('')).toBeUndefined();
   });
 });
 

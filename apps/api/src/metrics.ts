@@ -4,11 +4,26 @@
  * they measure the worker's timing, not the client's connection. Queue gauges come from BullMQ job counts
  * at scrape time; speculative-decoding and pipeline counters are the worker-maintained Redis hash
  * `keys.metrics(model)`, rendered here under the contract names.
+ *
+ * Scheduler load as vLLM names it: `num_requests_running` / `num_requests_waiting` per worker (label
+ * `worker`, from each fresh heartbeat's `scheduler`: sequences in the engine's batch / waiting inside the
+ * engine for a slot or KV memory), and per model without a worker label what no worker reports (waiting:
+ * the queue's backlog; running: jobs taken by a worker whose heartbeat does not account for them), so a
+ * sum over the family counts every job once. `kv_cache_usage_perc` and `max_num_seqs` per worker, and the
+ * `batch_size` histogram from the batched steps the workers add to `keys.metrics(model)`.
  */
-import { keys, METRIC_FIELDS, STAGE_METRIC_PREFIX, type StreamEvent } from '@ppsd/contract';
+import {
+  freshHeartbeats,
+  keys,
+  METRIC_FIELDS,
+  SCHEDULER_METRIC_PREFIX,
+  STAGE_METRIC_PREFIX,
+  type StreamEvent,
+  type WorkerHeartbeat,
+} from '@ppsd/contract';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import { Counter, Histogram, type Registry } from 'prom-client';
 import type { StreamEntry } from './adapters/redis-events';
 import type { ModelRegistry } from './models';
 
@@ -62,6 +77,33 @@ export const STAGE_COUNTERS: { prefix: string; name: string; help: string }[] = 
   },
 ];
 
+/** Upper bounds of the `batch_size` histogram (sequences per batched step); +Inf follows. */
+export const BATCH_SIZE_BUCKETS = [1, 2, 4, 8, 16, 32, 64];
+
+/** The scheduler families, each rendered from the queue counts and the fresh heartbeats of a model. */
+export const SCHEDULER_GAUGES = {
+  running: {
+    name: 'ppsd:num_requests_running',
+    help: "Sequences in a worker engine's running batch (label worker); without a worker label, jobs a worker took that no fresh heartbeat accounts for.",
+  },
+  waiting: {
+    name: 'ppsd:num_requests_waiting',
+    help: 'Sequences a worker took that its engine has not admitted yet (label worker); without a worker label, jobs waiting in the model queue.',
+  },
+  kvUsage: {
+    name: 'ppsd:kv_cache_usage_perc',
+    help: "KV pool use of a worker's engine, 0..1 (used / budget bytes).",
+  },
+  maxBatch: {
+    name: 'ppsd:max_num_seqs',
+    help: "Most sequences one batched step of a worker's engine runs.",
+  },
+  batchSize: {
+    name: 'ppsd:batch_size',
+    help: 'Sequences per batched engine step.',
+  },
+} as const;
+
 const esc = (v: string) => v.replace(/\\/g, '\\\\').replace(/\n/g, '\\n').replace(/"/g, '\\"');
 
 export function createMetrics(
@@ -99,30 +141,6 @@ export function createMetrics(
   });
   const counts = async (model: string) =>
     deps.queues(model).getJobCounts('waiting', 'active', 'prioritized', 'delayed');
-  new Gauge({
-    name: 'ppsd:num_requests_waiting',
-    help: 'Jobs waiting in the model queue.',
-    labelNames,
-    registers: [reg],
-    async collect() {
-      for (const m of deps.models.list()) {
-        const c = await counts(m.id).catch(() => undefined);
-        if (c) this.set({ model_name: m.id }, (c.waiting ?? 0) + (c.prioritized ?? 0) + (c.delayed ?? 0));
-      }
-    },
-  });
-  new Gauge({
-    name: 'ppsd:num_requests_running',
-    help: 'Jobs a worker is running.',
-    labelNames,
-    registers: [reg],
-    async collect() {
-      for (const m of deps.models.list()) {
-        const c = await counts(m.id).catch(() => undefined);
-        if (c) this.set({ model_name: m.id }, c.active ?? 0);
-      }
-    },
-  });
   const http = new Counter({
     name: 'ppsd_http_requests_total',
     help: 'HTTP requests by route and status.',
@@ -175,7 +193,17 @@ export function createMetrics(
       const hashes = await Promise.all(
         models.map((m) => redis.hgetall(keys.metrics(m)).catch(() => ({}) as Record<string, string>)),
       );
-      let out = '';
+      const now = Date.now();
+      const loads = await Promise.all(
+        models.map(async (m) => ({
+          counts: await counts(m).catch(() => undefined),
+          workers: freshHeartbeats(
+            await redis.hgetall(keys.workers(m)).catch(() => ({}) as Record<string, string>),
+            now,
+          ),
+        })),
+      );
+      let out = renderScheduler(models.map((m, i) => ({ model: m, ...loads[i], metrics: hashes[i] })));
       for (const c of WORKER_COUNTERS) {
         out += `# HELP ${c.name} ${c.help}\n# TYPE ${c.name} counter\n`;
         models.forEach((m, i) => {
@@ -199,3 +227,76 @@ export function createMetrics(
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
+
+/** What /metrics reads of one model for the scheduler families. */
+export interface ModelLoad {
+  model: string;
+  /** BullMQ job counts; undefined when the queue could not be read (its model-level series are left out). */
+  counts: { [state: string]: number } | undefined;
+  /** Fresh heartbeats of the model's workers. */
+  workers: WorkerHeartbeat[];
+  /** The model's metrics hash (`keys.metrics(model)`). */
+  metrics: Record<string, string>;
+}
+
+/** Prometheus text of the scheduler families (see the file comment) for the given models. */
+export function renderScheduler(loads: ModelLoad[]): string {
+  const family = (f: { name: string; help: string }, type: 'gauge' | 'histogram') =>
+    `# HELP ${f.name} ${f.help}\n# TYPE ${f.name} ${type}\n`;
+  const line = (name: string, labels: Record<string, string>, value: number) =>
+    `${name}{${Object.entries(labels)
+      .map(([k, v]) => `${k}="${esc(v)}"`)
+      .join(',')}} ${value}\n`;
+  const reporting = (l: ModelLoad) =>
+    l.workers.flatMap((w) => (w.scheduler ? [{ id: w.workerId, s: w.scheduler }] : []));
+
+  const g = SCHEDULER_GAUGES;
+  let running = family(g.running, 'gauge');
+  let waiting = family(g.waiting, 'gauge');
+  let kv = family(g.kvUsage, 'gauge');
+  let maxBatch = family(g.maxBatch, 'gauge');
+  let batch = family(g.batchSize, 'histogram');
+  for (const l of loads) {
+    const model = { model_name: l.model };
+    const workers = reporting(l);
+    if (l.counts) {
+      const c = l.counts;
+      const accounted = workers.reduce((n, w) => n + w.s.running + w.s.waiting, 0);
+      running += line(g.running.name, model, Math.max(0, (c.active ?? 0) - accounted));
+      waiting += line(g.waiting.name, model, (c.waiting ?? 0) + (c.prioritized ?? 0) + (c.delayed ?? 0));
+    }
+    for (const { id, s } of workers) {
+      const labels = { ...model, worker: id };
+      running += line(g.running.name, labels, s.running);
+      waiting += line(g.waiting.name, labels, s.waiting);
+      kv += line(
+        g.kvUsage.name,
+        labels,
+        s.kvBudgetBytes > 0 ? Math.min(1, s.kvUsedBytes / s.kvBudgetBytes) : 0,
+      );
+      maxBatch += line(g.maxBatch.name, labels, s.maxBatch);
+    }
+    const steps = new Map<number, number>();
+    for (const [field, value] of Object.entries(l.metrics)) {
+      if (!field.startsWith(SCHEDULER_METRIC_PREFIX.batchSteps)) continue;
+      const size = Number(field.slice(SCHEDULER_METRIC_PREFIX.batchSteps.length));
+      const n = Number(value);
+      if (Number.isInteger(size) && size >= 1 && Number.isFinite(n)) steps.set(size, n);
+    }
+    let count = 0;
+    let sum = 0;
+    for (const [size, n] of steps) {
+      count += n;
+      sum += size * n;
+    }
+    for (const le of BATCH_SIZE_BUCKETS) {
+      let below = 0;
+      for (const [size, n] of steps) if (size <= le) below += n;
+      batch += line(`${g.batchSize.name}_bucket`, { ...model, le: String(le) }, below);
+    }
+    batch += line(`${g.batchSize.name}_bucket`, { ...model, le: '+Inf' }, count);
+    batch += line(`${g.batchSize.name}_sum`, model, sum);
+    batch += line(`${g.batchSize.name}_count`, model, count);
+  }
+  return running + waiting + kv + maxBatch + batch;
+}

@@ -62,4 +62,37 @@ export interface WorkerHeartbeat {
   maxStages?: number;
   busy: number; // jobs in flight
   at: number; // ms epoch
+  /** The engine scheduler's load at this beat (absent while the engine is not open yet). */
+  scheduler?: WorkerSchedulerLoad;
+}
+
+/** The heartbeats of `keys.workers(model)` (HGETALL) written within WORKER_STALE_MS of `now`. */
+export function freshHeartbeats(hash: Record<string, string>, now: number): WorkerHeartbeat[] {
+  return Object.values(hash).flatMap((v) => {
+    try {
+      const h = JSON.parse(v) as WorkerHeartbeat;
+      return now - h.at <= WORKER_STALE_MS ? [h] : [];
+    } catch {
+      return [];
+    }
+  });
+}
+
+/**
+ * PPSD_MAX_BATCH when unset: the sequences a worker's engine batches (and the jobs it holds at once); the
+ * autoscaler counts a worker's capacity with the same number.
+ */
+export const DEFAULT_MAX_BATCH = 16;
+
+/** What a worker's engine runs at one heartbeat (the API's num_requests_* and kv_cache_usage_perc). */
+export interface WorkerSchedulerLoad {
+  /** Sequences admitted and generating. */
+  running: number;
+  /** Sequences the worker took but its engine has not admitted yet (no batch slot or KV memory). */
+  waiting: number;
+  /** Most sequences one batched step runs. */
+  maxBatch: number;
+  /** KV memory held by running sequences, and the pool's budget (bytes; budget 0 = not reported). */
+  kvUsedBytes: number;
+  kvBudgetBytes: number;
 }

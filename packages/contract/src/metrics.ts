@@ -19,3 +19,12 @@ export const STAGE_METRIC_PREFIX = {
   busySeconds: 'stage_busy_seconds_total:',
   idleSeconds: 'stage_idle_seconds_total:',
 } as const;
+
+/**
+ * Engine scheduler fields: `<prefix><batch size>` = batched steps that ran that many sequences together
+ * (the worker adds what its engine's `stepsByBatchSize` grew by since its last heartbeat; the API renders
+ * them as the `batch_size` histogram).
+ */
+export const SCHEDULER_METRIC_PREFIX = {
+  batchSteps: 'batch_steps_total:',
+} as const;

@@ -108,6 +108,7 @@ resource "aws_lambda_function" "publisher" {
       PPSD_METRIC_NAMESPACE          = var.metric_namespace
       PPSD_METRIC_NAME               = var.metric_name
       PPSD_TARGET_BACKLOG_PER_WORKER = tostring(var.target_backlog_per_worker)
+      PPSD_MAX_BATCH                 = tostring(var.max_batch)
       PPSD_WAKE_FROM_ZERO            = "true"
     }
   }

@@ -59,6 +59,11 @@ variable "target_backlog_per_worker" {
   description = "Same target as the tracking policy; used to size the group when waking it from zero."
 }
 
+variable "max_batch" {
+  type        = number
+  description = "Sequences each worker runs at once (the workers' PPSD_MAX_BATCH): the metric divides the load by in-service workers x max_batch."
+}
+
 variable "schedule_expression" {
   type        = string
   description = "EventBridge schedule of the publisher, e.g. rate(1 minute)."

@@ -44,15 +44,17 @@ locals {
   registry  = split("/", var.image_uri)[0]
 
   worker_env = {
-    PPSD_MODEL      = var.model_id
-    PPSD_S3_BUCKET  = var.model_bucket_name
-    PPSD_S3_PREFIX  = var.model_s3_prefix
-    AWS_REGION      = data.aws_region.current.name
-    PPSD_DEVICES    = local.devices
-    PPSD_CACHE_DIR  = "/var/cache/ppsd"
-    PPSD_DECODER    = var.decoder
-    PPSD_ASG_NAME   = local.asg_name
-    NODE_ENV        = "production"
+    PPSD_MODEL     = var.model_id
+    PPSD_S3_BUCKET = var.model_bucket_name
+    PPSD_S3_PREFIX = var.model_s3_prefix
+    AWS_REGION     = data.aws_region.current.name
+    PPSD_DEVICES   = local.devices
+    PPSD_CACHE_DIR = "/var/cache/ppsd"
+    PPSD_DECODER   = var.decoder
+    PPSD_MAX_BATCH = tostring(var.max_batch)
+    PPSD_KV_MEMORY = var.kv_memory
+    PPSD_ASG_NAME  = local.asg_name
+    NODE_ENV       = "production"
   }
   drain_env = {
     AWS_REGION                 = data.aws_region.current.name
@@ -62,12 +64,12 @@ locals {
     PPSD_DRAIN_TIMEOUT_SECONDS = tostring(var.drain_timeout_seconds - 30)
   }
   boot_env = {
-    AWS_REGION                = data.aws_region.current.name
-    PPSD_ASG_NAME             = local.asg_name
-    PPSD_LAUNCH_HOOK_NAME     = local.launch_hook_name
-    PPSD_REDIS_URL_PARAMETER  = var.redis_url_parameter_name
-    PPSD_WORKER_IMAGE         = var.image_uri
-    PPSD_REGISTRY             = local.registry
+    AWS_REGION               = data.aws_region.current.name
+    PPSD_ASG_NAME            = local.asg_name
+    PPSD_LAUNCH_HOOK_NAME    = local.launch_hook_name
+    PPSD_REDIS_URL_PARAMETER = var.redis_url_parameter_name
+    PPSD_WORKER_IMAGE        = var.image_uri
+    PPSD_REGISTRY            = local.registry
   }
   # Read by the systemd units (EnvironmentFile=/etc/ppsd/image.env).
   image_env = {
@@ -81,14 +83,14 @@ locals {
 
   systemd_dir = "${path.module}/../../../infra/systemd"
   user_data = templatefile("${path.module}/templates/user_data.sh.tftpl", {
-    worker_env         = local.worker_env
-    drain_env          = local.drain_env
-    boot_env           = local.boot_env
-    image_env          = local.image_env
-    worker_unit_b64    = filebase64("${local.systemd_dir}/ppsd-worker.service")
-    drain_unit_b64     = filebase64("${local.systemd_dir}/ppsd-drain-watcher.service")
-    boot_unit_b64      = filebase64("${local.systemd_dir}/ppsd-boot.service")
-    boot_script_b64    = filebase64("${local.systemd_dir}/ppsd-boot.sh")
+    worker_env      = local.worker_env
+    drain_env       = local.drain_env
+    boot_env        = local.boot_env
+    image_env       = local.image_env
+    worker_unit_b64 = filebase64("${local.systemd_dir}/ppsd-worker.service")
+    drain_unit_b64  = filebase64("${local.systemd_dir}/ppsd-drain-watcher.service")
+    boot_unit_b64   = filebase64("${local.systemd_dir}/ppsd-boot.service")
+    boot_script_b64 = filebase64("${local.systemd_dir}/ppsd-boot.sh")
   })
 }
 
@@ -341,7 +343,8 @@ resource "aws_autoscaling_lifecycle_hook" "drain" {
   heartbeat_timeout      = var.drain_timeout_seconds + 120
 }
 
-# Keeps (queued + running jobs) / in-service workers at the target.
+# Keeps (queued + running jobs) / (in-service workers x max_batch) at the target: capacity is counted in
+# sequences, each worker batching max_batch of them.
 resource "aws_autoscaling_policy" "backlog" {
   name                      = "${local.asg_name}-backlog-per-worker"
   autoscaling_group_name    = aws_autoscaling_group.worker.name

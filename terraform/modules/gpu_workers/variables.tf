@@ -118,9 +118,19 @@ variable "warm_pool_state" {
   description = "State of warm pool instances: Stopped (pay for EBS only) or Running."
 }
 
+variable "max_batch" {
+  type        = number
+  description = "Sequences a worker's engine batches and jobs it holds at once (PPSD_MAX_BATCH)."
+}
+
+variable "kv_memory" {
+  type        = string
+  description = "KV pool budget of a worker's engine (PPSD_KV_MEMORY); empty = the engine's default."
+}
+
 variable "target_backlog_per_worker" {
   type        = number
-  description = "Target of the tracking policy: jobs (queued + running) per in-service worker."
+  description = "Target of the tracking policy: jobs (queued + running) per worker batch slot (in-service workers x max_batch)."
 }
 
 variable "instance_warmup_seconds" {

@@ -1,11 +1,14 @@
 /**
  * Desired-capacity arithmetic for the GPU worker pool. Pure: no clocks, no I/O.
  *
- * Load is counted in jobs: `backlog` (waiting + prioritized + delayed jobs that are due) plus `running`
- * (BullMQ `active`). A worker is "at target" when it carries `targetPerWorker` jobs, running ones
- * included, so the pool needs `ceil(load / targetPerWorker)` workers. Counting running jobs keeps the
- * pool from shrinking under workers that are busy (they are scale-in protected, so a shrink below the
- * busy count would only terminate each of them the moment it finished, while more work waits).
+ * Load is counted in jobs (one sequence each): `backlog` (waiting + prioritized + delayed jobs that are
+ * due) plus `running` (BullMQ `active`, which includes the jobs a worker holds while its engine has not
+ * admitted them yet). A worker runs up to `maxBatch` sequences in one batched step, so the pool's capacity
+ * is workers x maxBatch sequences, and a worker is "at target" when it carries `targetPerWorker` jobs per
+ * batch slot, running ones included: the pool needs `ceil(load / (targetPerWorker x maxBatch))` workers.
+ * Counting running jobs keeps the pool from shrinking under workers that are busy (they are scale-in
+ * protected, so a shrink below the busy count would only terminate each of them the moment it finished,
+ * while more work waits).
  */
 
 export interface CapacityInput {
@@ -17,8 +20,13 @@ export interface CapacityInput {
   inService: number;
   /** The group's desired capacity now. */
   currentDesired: number;
-  /** Target jobs (running + queued) per worker. Must be > 0. */
+  /**
+   * Target jobs (running + queued) per batch slot of a worker (1: every slot busy, nothing queued; with
+   * `maxBatch` 1, jobs per worker). Must be > 0.
+   */
   targetPerWorker: number;
+  /** Sequences one worker runs at once (the workers' PPSD_MAX_BATCH): a worker's capacity. Integer >= 1. */
+  maxBatch: number;
   /** Floor while there is work, or always when scale-to-zero is off (then at least 1). */
   minWorkers: number;
   /** Ceiling. */
@@ -61,15 +69,30 @@ function checkCount(name: string, v: number | undefined, optional = false): void
   }
 }
 
-/** Jobs per worker as the scaling metric sees it: (backlog + running) / in-service workers. */
-export function backlogPerWorker(backlog: number, running: number, inService: number): number {
+function checkMaxBatch(maxBatch: number): void {
+  if (!(Number.isInteger(maxBatch) && maxBatch >= 1)) {
+    throw new RangeError(`maxBatch must be an integer >= 1, got ${String(maxBatch)}`);
+  }
+}
+
+/**
+ * The scaling metric: jobs per unit of worker capacity, (backlog + running) / (in-service workers x
+ * maxBatch). 1 means every batch slot of every worker is busy and nothing waits.
+ */
+export function backlogPerWorker(
+  backlog: number,
+  running: number,
+  inService: number,
+  maxBatch: number,
+): number {
   checkCount('backlog', backlog);
   checkCount('running', running);
   checkCount('inService', inService);
+  checkMaxBatch(maxBatch);
   const load = backlog + running;
   // With no worker in service the load is reported as if one worker carried it: the metric stays
   // above the target whenever there is work, so a scale-out (or the wake-from-zero path) triggers.
-  return load / Math.max(inService, 1);
+  return load / (Math.max(inService, 1) * maxBatch);
 }
 
 export function desiredCapacity(input: CapacityInput): CapacityDecision {
@@ -89,6 +112,7 @@ export function desiredCapacity(input: CapacityInput): CapacityDecision {
   if (!(Number.isFinite(targetPerWorker) && targetPerWorker > 0)) {
     throw new RangeError(`targetPerWorker must be a positive number, got ${targetPerWorker}`);
   }
+  checkMaxBatch(input.maxBatch);
   if (maxWorkers < 1) throw new RangeError(`maxWorkers must be >= 1, got ${maxWorkers}`);
   if (minWorkers > maxWorkers) {
     throw new RangeError(`minWorkers (${minWorkers}) must not exceed maxWorkers (${maxWorkers})`);
@@ -98,8 +122,10 @@ export function desiredCapacity(input: CapacityInput): CapacityDecision {
   if (maxIn < 1) throw new RangeError(`maxScaleInStep must be >= 1, got ${maxIn}`);
 
   const load = backlog + running;
+  // Capacity in sequences: each worker carries targetPerWorker jobs per batch slot.
+  const perWorker = targetPerWorker * input.maxBatch;
   // Guard against float noise such as 3 / 0.1 = 30.000000000000004.
-  const needed = load === 0 ? 0 : Math.ceil(load / targetPerWorker - 1e-9);
+  const needed = load === 0 ? 0 : Math.ceil(load / perWorker - 1e-9);
   const floor = scaleToZero && load === 0 ? 0 : Math.max(minWorkers, 1);
   const bounded = Math.min(Math.max(needed, floor), maxWorkers);
 

@@ -1,3 +1,4 @@
+import { DEFAULT_MAX_BATCH } from '@ppsd/contract';
 import { QUEUE_PREFIX, queueNameForModel } from './backlog';
 import { DEFAULT_METRIC_NAME, DEFAULT_NAMESPACE } from './publisher';
 
@@ -83,6 +84,8 @@ export interface PublisherConfig {
   namespace: string;
   metricName: string;
   targetPerWorker: number;
+  /** Sequences each worker runs at once (the workers' PPSD_MAX_BATCH). */
+  maxBatch: number;
   intervalMs: number;
   wakeFromZero: boolean;
   prefix: string;
@@ -90,7 +93,8 @@ export interface PublisherConfig {
 
 /**
  * PPSD_REDIS_URL, PPSD_ASG_NAME, AWS_REGION (required); PPSD_MODELS (comma list of model ids) or
- * PPSD_QUEUES (comma list of queue names); PPSD_TARGET_BACKLOG_PER_WORKER (default 1),
+ * PPSD_QUEUES (comma list of queue names); PPSD_TARGET_BACKLOG_PER_WORKER (jobs per worker batch slot,
+ * default 1), PPSD_MAX_BATCH (sequences per worker, as the workers are configured; default 16),
  * PPSD_PUBLISH_INTERVAL_MS (default 60000), PPSD_METRIC_NAMESPACE (PPSD), PPSD_METRIC_NAME
  * (BacklogPerWorker), PPSD_WAKE_FROM_ZERO (true), PPSD_QUEUE_PREFIX ({ppsd}).
  */
@@ -121,6 +125,7 @@ export function publisherConfigFromEnv(env: Env = process.env): PublisherConfig 
     namespace: r.str('PPSD_METRIC_NAMESPACE', { fallback: DEFAULT_NAMESPACE }) ?? DEFAULT_NAMESPACE,
     metricName: r.str('PPSD_METRIC_NAME', { fallback: DEFAULT_METRIC_NAME }) ?? DEFAULT_METRIC_NAME,
     targetPerWorker: r.num('PPSD_TARGET_BACKLOG_PER_WORKER', 1, { min: 0.01 }),
+    maxBatch: r.num('PPSD_MAX_BATCH', DEFAULT_MAX_BATCH, { min: 1, integer: true }),
     intervalMs: r.num('PPSD_PUBLISH_INTERVAL_MS', 60_000, { min: 1000, integer: true }),
     wakeFromZero: r.bool('PPSD_WAKE_FROM_ZERO', true),
     prefix: r.str('PPSD_QUEUE_PREFIX', { fallback: QUEUE_PREFIX }) ?? QUEUE_PREFIX,

@@ -31,8 +31,15 @@ export interface PublisherOptions {
   intervalMs?: number;
   namespace?: string;
   metricName?: string;
-  /** Target jobs per worker; must equal the target-tracking policy's target value (default 1). */
+  /**
+   * Target jobs per worker batch slot; must equal the target-tracking policy's target value (default 1).
+   */
   targetPerWorker?: number;
+  /**
+   * Sequences each worker runs at once (the workers' PPSD_MAX_BATCH): the metric divides the load by
+   * in-service workers x maxBatch.
+   */
+  maxBatch: number;
   /**
    * Target tracking scales proportionally to the current capacity and so cannot leave 0 on its own:
    * when the group's desired capacity is 0 and jobs are queued, the publisher sets it from
@@ -54,7 +61,9 @@ export interface TickReport {
   desiredCapacity: number;
   minSize: number;
   maxSize: number;
+  /** (backlog + running) / (in-service workers x maxBatch): the scaling metric. */
   backlogPerWorker: number;
+  maxBatch: number;
   /** What `desiredCapacity()` would do now (advisory; target tracking acts on the metric). */
   advice: CapacityDecision | null;
   /** Set when the publisher raised the group from zero itself. */
@@ -84,6 +93,9 @@ export function createBacklogPublisher(opts: PublisherOptions): BacklogPublisher
   const now = opts.now ?? Date.now;
   if (!opts.asgName) throw new Error('asgName is required');
   if (!(Number.isFinite(target) && target > 0)) throw new Error(`targetPerWorker must be > 0, got ${target}`);
+  const maxBatch = opts.maxBatch;
+  if (!(Number.isInteger(maxBatch) && maxBatch >= 1))
+    throw new Error(`maxBatch must be an integer >= 1, got ${maxBatch}`);
   const reader = createQueueLoadReader(opts.redis, opts.queues, opts.prefix ?? QUEUE_PREFIX);
 
   return {
@@ -99,7 +111,7 @@ export function createBacklogPublisher(opts: PublisherOptions): BacklogPublisher
       const current = group.DesiredCapacity ?? 0;
       const minSize = group.MinSize ?? 0;
       const maxSize = group.MaxSize ?? 0;
-      const perWorker = backlogPerWorker(backlog, running, inService);
+      const perWorker = backlogPerWorker(backlog, running, inService, maxBatch);
 
       const dims = [{ Name: 'AutoScalingGroupName', Value: opts.asgName }];
       const timestamp = new Date(at);
@@ -126,6 +138,7 @@ export function createBacklogPublisher(opts: PublisherOptions): BacklogPublisher
           inService,
           currentDesired: current,
           targetPerWorker: target,
+          maxBatch,
           minWorkers: minSize,
           maxWorkers: maxSize,
           scaleToZero: minSize === 0,
@@ -157,6 +170,7 @@ export function createBacklogPublisher(opts: PublisherOptions): BacklogPublisher
         minSize,
         maxSize,
         backlogPerWorker: perWorker,
+        maxBatch,
         advice,
         wokeTo,
       };
@@ -169,6 +183,7 @@ export function createBacklogPublisher(opts: PublisherOptions): BacklogPublisher
         inService,
         desired: current,
         backlogPerWorker: perWorker,
+        maxBatch,
         advice: advice ? { desired: advice.desired, reason: advice.reason } : null,
       });
       return report;
@@ -233,6 +248,7 @@ export function awsPublisherOptions(
     namespace: config.namespace,
     metricName: config.metricName,
     targetPerWorker: config.targetPerWorker,
+    maxBatch: config.maxBatch,
     wakeFromZero: config.wakeFromZero,
     logger,
   };

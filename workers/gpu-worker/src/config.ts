@@ -4,7 +4,7 @@
  */
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { DECODER_NAMES, type DecoderName } from '@ppsd/contract';
+import { DECODER_NAMES, DEFAULT_MAX_BATCH, type DecoderName } from '@ppsd/contract';
 
 export interface WorkerConfig {
   redisUrl: string;
@@ -20,7 +20,13 @@ export interface WorkerConfig {
   /** PPSD_ALLOW_CPU_FALLBACK: run a stage whose GPU provider is unavailable on CPU (logged) instead of failing. */
   allowCpuFallback: boolean;
   decoder: DecoderName;
-  concurrency: number;
+  /**
+   * PPSD_MAX_BATCH: most sequences the engine runs in one batched step, and the BullMQ jobs this worker
+   * holds at once (its `concurrency`).
+   */
+  maxBatch: number;
+  /** PPSD_KV_MEMORY: bytes the engine's KV pool may hold; undefined = the engine's default. */
+  kvMemoryBytes?: number;
   asgName: string | null;
   workerId: string;
   /** BullMQ lock/stall settings (ms): short values let tests see stalled-job recovery within seconds. */
@@ -31,6 +37,43 @@ export interface WorkerConfig {
   maxSeqLen?: number;
   /** Longest a drain waits for in-flight jobs before handing them back (ms). */
   drainTimeoutMs: number;
+  /** Accepted but deprecated settings, to log at start. */
+  warnings: string[];
+}
+
+const BYTE_UNITS: Record<string, number> = {
+  '': 1,
+  b: 1,
+  k: 1e3,
+  kb: 1e3,
+  m: 1e6,
+  mb: 1e6,
+  g: 1e9,
+  gb: 1e9,
+  t: 1e12,
+  tb: 1e12,
+  ki: 2 ** 10,
+  kib: 2 ** 10,
+  mi: 2 ** 20,
+  mib: 2 ** 20,
+  gi: 2 ** 30,
+  gib: 2 ** 30,
+  ti: 2 ** 40,
+  tib: 2 ** 40,
+};
+
+/**
+ * A byte size: a plain number of bytes or a number with a unit, `512MiB`, `2GiB`, `1.5 GB`, `8Gi`
+ * (KiB/MiB/GiB/TiB and Ki/Mi/Gi/Ti are powers of 1024, kB/MB/GB/TB and K/M/G/T powers of 1000; case
+ * does not matter). Returns whole bytes, or undefined when `raw` is not a positive size.
+ */
+export function parseByteSize(raw: string): number | undefined {
+  const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(raw.trim());
+  if (!m) return undefined;
+  const unit = BYTE_UNITS[m[2].toLowerCase()];
+  if (unit === undefined) return undefined;
+  const bytes = Math.floor(Number(m[1]) * unit);
+  return Number.isSafeInteger(bytes) && bytes >= 1 ? bytes : undefined;
 }
 
 export class ConfigError extends Error {
@@ -97,6 +140,24 @@ export function loadConfig(env: Env = process.env): WorkerConfig {
     problems.push(`PPSD_DECODER must be one of ${DECODER_NAMES.join(', ')}, got '${decoderRaw}'`);
   }
 
+  // PPSD_CONCURRENCY (BullMQ jobs in flight) is what PPSD_MAX_BATCH sets now: read as a deprecated alias.
+  const warnings: string[] = [];
+  let maxBatch = int('PPSD_MAX_BATCH', DEFAULT_MAX_BATCH);
+  if (env.PPSD_CONCURRENCY?.trim()) {
+    if (env.PPSD_MAX_BATCH?.trim()) {
+      warnings.push('PPSD_CONCURRENCY is deprecated and ignored: PPSD_MAX_BATCH sets the jobs in flight');
+    } else {
+      maxBatch = int('PPSD_CONCURRENCY', DEFAULT_MAX_BATCH);
+      warnings.push(`PPSD_CONCURRENCY is deprecated: read as PPSD_MAX_BATCH=${maxBatch}`);
+    }
+  }
+  const kvRaw = env.PPSD_KV_MEMORY?.trim();
+  const kvMemoryBytes = kvRaw ? parseByteSize(kvRaw) : undefined;
+  if (kvRaw && kvMemoryBytes === undefined)
+    problems.push(
+      `PPSD_KV_MEMORY must be a positive size in bytes, e.g. 536870912, 512MiB, 2GiB or 2GB, got '${kvRaw}'`,
+    );
+
   const maxSeqRaw = env.PPSD_MAX_SEQ_LEN?.trim();
   const cfg: WorkerConfig = {
     redisUrl,
@@ -107,7 +168,8 @@ export function loadConfig(env: Env = process.env): WorkerConfig {
     devices,
     allowCpuFallback: ['1', 'true', 'yes'].includes(str('PPSD_ALLOW_CPU_FALLBACK', 'false').toLowerCase()),
     decoder: decoderRaw as DecoderName,
-    concurrency: int('PPSD_CONCURRENCY', 1),
+    maxBatch,
+    ...(kvMemoryBytes !== undefined ? { kvMemoryBytes } : {}),
     asgName: env.PPSD_ASG_NAME?.trim() || null,
     workerId: str('PPSD_WORKER_ID', `${hostname()}-${process.pid}`),
     // A killed worker's job comes back within lock + stall interval (about 10 s): the lock is renewed
@@ -119,6 +181,7 @@ export function loadConfig(env: Env = process.env): WorkerConfig {
     heartbeatMs: int('PPSD_HEARTBEAT_MS', 1_000, 100),
     maxSeqLen: maxSeqRaw ? int('PPSD_MAX_SEQ_LEN', 0) : undefined,
     drainTimeoutMs: int('PPSD_DRAIN_TIMEOUT_MS', 10 * 60_000, 0),
+    warnings,
   };
   if (problems.length) throw new ConfigError(`invalid worker configuration:\n  - ${problems.join('\n  - ')}`);
   return cfg;

@@ -16,6 +16,10 @@ export interface EngineOpenOptions {
   decoder: DecoderName;
   devices: string[];
   maxSeqLen?: number;
+  /** Most sequences one batched step runs (PPSD_MAX_BATCH). */
+  maxBatch?: number;
+  /** KV pool budget in bytes (PPSD_KV_MEMORY); undefined = the engine's default. */
+  kvMemoryBytes?: number;
   allowCpuFallback: boolean;
   /** The caller verified every checksum moments ago (fresh S3 pull): skip the engine's own pass. */
   verified?: boolean;
@@ -29,6 +33,8 @@ export async function openEngine(dir: string, opts: EngineOpenOptions): Promise<
     decoder: opts.decoder,
     devices: opts.devices as EngineOptions['devices'],
     ...(opts.maxSeqLen ? { maxSeqLen: opts.maxSeqLen } : {}),
+    ...(opts.maxBatch ? { maxBatch: opts.maxBatch } : {}),
+    ...(opts.kvMemoryBytes ? { kvMemoryBytes: opts.kvMemoryBytes } : {}),
     verified: opts.verified === true,
     allowCpuFallback: opts.allowCpuFallback,
     log: opts.log,

@@ -7,6 +7,9 @@
  *   after a reconnect duplicates nothing either.
  * - Publishes each batch of verified tokens as it comes: XADD to keys.jobEvents (MAXLEN ~) plus a
  *   PUBLISH on keys.jobWake, in order, through a per-job ordered queue that never blocks the engine (pending token batches merge).
+ * - The attempt's time limit (`jobTimeoutMs`) runs from the engine's admission (`onAdmitted`): a job
+ *   waiting inside the engine for a batch slot or KV memory is not timed (its BullMQ lock is renewed
+ *   meanwhile, as for every active job).
  * - On every end state writes one UsageRecord for the attempt; on the final attempt also settles the
  *   tenant's quota reservation and appends the terminal event (which expires the stream after
  *   EVENTS_TTL_SECONDS). Usage + settlement share the tenant slot (one script); the terminal event and
@@ -18,6 +21,7 @@ import {
   type FinishReason,
   type GenerationJob,
   type JobResult,
+  type JobScripts,
   keys,
   lastSegments,
   METRIC_FIELDS,
@@ -148,295 +152,479 @@ export function resolveSpeculation(
 export const attemptOf = (job: Job): number =>
   Math.max(job.attemptsStarted ?? 0, (job.attemptsMade ?? 0) + 1, 1);
 
+type ScriptedRedis = Redis & JobScripts;
+type GenerationOutcome = Awaited<ReturnType<WorkerEngine['generate']>>;
+
+/** One attempt of one job: what each step of `processJob` reads. */
+interface AttemptContext {
+  deps: RunnerDeps;
+  redis: ScriptedRedis;
+  job: Job<GenerationJob, JobResult>;
+  data: GenerationJob;
+  jobId: string;
+  attempt: number;
+  /** ms epoch the attempt began (wall time, queue time). */
+  started: number;
+  publisher: EventPublisher;
+  publish: (ev: StreamEvent, kind: PublishKind, tokenEnd?: number, charsEnd?: number) => Promise<void>;
+}
+
+/** What the job's stream already holds from earlier attempts (`progressKeys.jobProgress`). */
+export interface JobProgress {
+  /** Token indexes published (the next one to publish). */
+  tokens: number;
+  /** Text characters published. */
+  chars: number;
+  /** The stream already has its terminal event. */
+  done: boolean;
+}
+
+/** How an attempt ends, as `finishAttempt` records it. */
+interface AttemptEnd {
+  kind: 'completed' | 'cancelled' | 'error' | 'timeout' | 'handback';
+  completionTokens: number;
+  promptTokens?: number;
+  stats: SpeculationStats | undefined;
+  /** No further attempt follows: settle the reservation and end the stream. */
+  final: boolean;
+  err?: Error;
+  text?: string;
+  finishReason?: FinishReason;
+}
+
 export function createProcessor(
   deps: RunnerDeps,
 ): (job: Job<GenerationJob, JobResult>, token?: string) => Promise<JobResult> {
   const redis = withJobScripts(deps.redis);
 
   return async function processJob(job, token) {
-    const data = job.data;
-    const jobId = job.id ?? data.id;
-    const attempt = attemptOf(job);
-    const started = Date.now();
-    const eventsKey = keys.jobEvents(jobId);
-    const progressKey = progressKeys.jobProgress(jobId);
+    const ctx = openAttempt(deps, redis, job);
+    const progress = await readProgress(redis, ctx.jobId);
+    if (progress.done) return replayTerminal(redis, keys.jobEvents(ctx.jobId), ctx.jobId, deps.log);
+    if (ctx.attempt > 1) announceRetry(ctx);
 
-    // Publication queue: strictly ordered, idempotent, never blocks the engine. Token batches that pile up
-    // while a write is in flight are merged into one event (contiguous indexes), so a slow Redis (AOF
-    // fsync always, a reconnect) costs fewer round trips instead of a growing backlog.
-    const publisher = new EventPublisher((item) =>
-      publishJobEvent(redis, jobId, item.ev, item.kind, {
-        attempt,
-        tokenEnd: item.tokenEnd,
-        charsEnd: item.charsEnd,
-      }),
-    );
-    const publish = (ev: StreamEvent, kind: PublishKind, tokenEnd = 0, charsEnd = 0): Promise<void> =>
-      publisher.push({ ev, kind, tokenEnd, charsEnd });
-
-    const [tokensRaw, charsRaw, doneRaw] = await redis.hmget(progressKey, 'tokens', 'chars', 'done');
-    if (doneRaw) return replayTerminal(redis, eventsKey, jobId, deps.log);
-    if (attempt > 1) {
-      // The previous attempt ended without a terminal event (its worker died, hung or failed): say so
-      // before this attempt starts, so a waiting client knows why the tokens paused.
-      void publish({ type: 'retry', attempt: attempt - 1, reason: retryReason(job) }, 'retry');
-    }
-    const publishedTokens = Number(tokensRaw ?? 0);
-    let publishedChars = Number(charsRaw ?? 0);
-
-    const ac = deps.cancels.register(jobId);
+    const ac = deps.cancels.register(ctx.jobId);
     deps.onBusy?.(1);
-    let timer: NodeJS.Timeout | undefined;
-    let timedOut = false;
-    let decoder: DecoderName = 'ar';
-    let plan: ResolvedSpeculation = { decoder };
+    const deadline = new AttemptDeadline(deps.jobTimeoutMs ?? 0, ac);
     try {
-      if (await deps.cancels.isCancelled(jobId)) ac.abort(new Error('cancelled'));
-      try {
-        plan = resolveSpeculation(data.speculation, deps.defaultDecoder, deps.decoders, deps.maxStages ?? 2);
-        decoder = plan.decoder;
-        await deps.ensureDecoder?.(decoder);
-      } catch (err) {
-        await finish({
-          kind: 'error',
-          err: err as Error,
-          completionTokens: 0,
-          stats: undefined,
-          final: true,
-        });
-        throw new UnrecoverableError((err as Error).message);
-      }
-      void publish(
-        {
-          type: 'start',
-          attempt,
-          workerId: deps.workerId,
-          decoder,
-          queuedMs: Math.max(0, started - (data.enqueuedAt || started)),
-        },
-        'start',
-      );
-      deps.log(
-        `job ${jobId} attempt ${attempt}: ${decoder}, max_tokens ${data.params.maxTokens}` +
-          (publishedTokens ? `, ${publishedTokens} tokens already published` : ''),
-      );
-      if (deps.jobTimeoutMs && deps.jobTimeoutMs > 0) {
-        timer = setTimeout(() => {
-          timedOut = true;
-          ac.abort(new Error('timed out'));
-        }, deps.jobTimeoutMs);
-      }
-
-      let fullText = '';
-      let verified = 0;
-      const delay = deps.tokenDelayMs ?? 0;
-      const onTokens = (ev: WorkerTokenEvent): void | Promise<void> => {
-        fullText += ev.text;
-        const end = ev.index + ev.ids.length;
-        verified = Math.max(verified, end);
-        if (end <= publishedTokens) return; // an earlier attempt already published these
-        const skip = Math.max(0, publishedTokens - ev.index);
-        const text = fullText.length > publishedChars ? fullText.slice(publishedChars) : '';
-        publishedChars = Math.max(publishedChars, fullText.length);
-        const logprobs = ev.logprobs && { logprobs: ev.logprobs.slice(skip) };
-        // marks for exactly `text` (a retried attempt publishes only the tail the stream lacks)
-        const segments = text.length <= ev.text.length ? lastSegments(ev.segments, text.length) : undefined;
-        void publish(
-          {
-            type: 'tokens',
-            attempt,
-            index: ev.index + skip,
-            ids: ev.ids.slice(skip),
-            text,
-            segments,
-            ...logprobs,
-          },
-          'tokens',
-          end,
-          publishedChars,
-        );
-        if (delay > 0) return new Promise((r) => setTimeout(r, delay));
-      };
-
-      let result: Awaited<ReturnType<WorkerEngine['generate']>>;
-      try {
-        const p = data.params;
-        result = await deps.engine.generate(
-          data.prompt,
-          {
-            maxTokens: p.maxTokens,
-            temperature: p.temperature,
-            topP: p.topP,
-            seed: p.seed,
-            stop: p.stop ?? [],
-            logitBias: p.logitBias,
-            presencePenalty: p.presencePenalty,
-            frequencyPenalty: p.frequencyPenalty,
-            logprobs: p.logprobs,
-            ...plan,
-            signal: ac.signal,
-          },
-          onTokens,
-        );
-      } catch (err) {
-        const e = err as Error;
-        // the engine refuses settings it cannot run with a RangeError: the same on every attempt
-        const rejected =
-          e.name === 'PromptTooLongError' || err instanceof JobRejectedError || err instanceof RangeError;
-        const final = rejected || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
-        await publisher.idle();
-        await finish({ kind: 'error', err: e, completionTokens: verified, stats: undefined, final });
-        if (final) throw new UnrecoverableError(e.message);
-        throw e;
-      }
-      await publisher.idle();
-      if (publisher.error) throw publisher.error;
-
-      const aborted = result.finishReason === 'cancelled';
-      if (aborted && deps.handBack?.() && !timedOut && !(await deps.cancels.isCancelled(jobId))) {
-        // Drain deadline passed: hand the job back so another worker continues it (nothing is duplicated).
-        await finish({
-          kind: 'handback',
-          completionTokens: result.completionTokens,
-          stats: result.stats,
-          final: false,
-        });
-        await job.moveToDelayed(Date.now(), token);
-        throw new DelayedError(`handed back by draining worker ${deps.workerId}`);
-      }
-      if (aborted && timedOut) {
-        const err = new JobRejectedError(`job exceeded the ${deps.jobTimeoutMs} ms limit`, 'timeout');
-        await finish({
-          kind: 'timeout',
-          err,
-          completionTokens: result.completionTokens,
-          stats: result.stats,
-          final: true,
-        });
-        throw new UnrecoverableError(err.message);
-      }
-      const finishReason: FinishReason = result.finishReason;
-      return await finish({
-        kind: finishReason === 'cancelled' ? 'cancelled' : 'completed',
-        completionTokens: result.completionTokens,
-        promptTokens: result.promptTokens,
-        stats: result.stats,
-        final: true,
-        text: result.text,
-        finishReason,
-      });
+      if (await deps.cancels.isCancelled(ctx.jobId)) ac.abort(new Error('cancelled'));
+      const plan = await resolvePlan(ctx);
+      announceStart(ctx, plan.decoder, progress.tokens);
+      const sink = tokenPublisher(ctx, progress);
+      // the time limit runs from the engine's admission, not while the job waits for a batch slot
+      const result = await generate(ctx, plan, sink, ac.signal, () => deadline.start());
+      return await settle(ctx, plan.decoder, result, deadline.timedOut, token);
     } finally {
-      if (timer) clearTimeout(timer);
-      deps.cancels.release(jobId, ac);
+      deadline.clear();
+      deps.cancels.release(ctx.jobId, ac);
       deps.onBusy?.(-1);
     }
-
-    /** Usage (+ settlement on the final attempt), metrics, then the terminal event. Returns the result. */
-    async function finish(end: {
-      kind: 'completed' | 'cancelled' | 'error' | 'timeout' | 'handback';
-      completionTokens: number;
-      promptTokens?: number;
-      stats: SpeculationStats | undefined;
-      final: boolean;
-      err?: Error;
-      text?: string;
-      finishReason?: FinishReason;
-    }): Promise<JobResult> {
-      const wallMs = Date.now() - started;
-      const promptTokens = end.promptTokens ?? data.promptTokens;
-      const stats: DraftStats = draftStats(end.stats);
-      const status: UsageRecord['status'] =
-        end.kind === 'completed'
-          ? 'completed'
-          : end.kind === 'cancelled'
-            ? 'cancelled'
-            : end.kind === 'timeout'
-              ? 'timed_out'
-              : 'failed';
-      const finishReason: FinishReason =
-        end.finishReason ?? (end.kind === 'cancelled' ? 'cancelled' : 'error');
-      const usage: UsageRecord = {
-        tenant: data.tenant,
-        jobId,
-        attempt,
-        model: data.model ?? deps.model,
-        status: end.kind === 'handback' ? 'failed' : status,
-        finishReason,
-        promptTokens,
-        completionTokens: end.completionTokens,
-        draftTokensProposed: stats.draftTokens,
-        draftTokensAccepted: stats.accepted,
-        decoder,
-        wallMs,
-        // a pipeline holds one device per stage, whatever the plan's device count
-        deviceSeconds: (wallMs / 1000) * Math.max(deps.stages, end.stats?.stages?.length ?? 0),
-        endedAt: Date.now(),
-      };
-      await settleUsage(redis, usage, end.final);
-      const m = keys.metrics(deps.model);
-      const counter =
-        end.kind === 'completed'
-          ? METRIC_FIELDS.requestSuccess
-          : end.kind === 'cancelled'
-            ? METRIC_FIELDS.requestCancelled
-            : METRIC_FIELDS.requestFailure;
-      const tx = redis.multi();
-      stats.stages?.forEach((st, i) => {
-        tx.hincrbyfloat(m, `${STAGE_METRIC_PREFIX.busySeconds}${i}`, (st.busyMs ?? 0) / 1000);
-        tx.hincrbyfloat(m, `${STAGE_METRIC_PREFIX.idleSeconds}${i}`, (st.idleMs ?? 0) / 1000);
-      });
-      await tx
-        .hincrby(m, counter, 1)
-        .hincrby(m, METRIC_FIELDS.promptTokens, promptTokens)
-        .hincrby(m, METRIC_FIELDS.generationTokens, end.completionTokens)
-        .hincrby(m, METRIC_FIELDS.drafts, stats.drafts)
-        .hincrby(m, METRIC_FIELDS.draftTokens, stats.draftTokens)
-        .hincrby(m, METRIC_FIELDS.acceptedTokens, stats.accepted)
-        .hincrbyfloat(m, METRIC_FIELDS.deviceSeconds, usage.deviceSeconds)
-        .exec();
-
-      const result: JobResult = {
-        text: end.text ?? '',
-        finishReason,
-        usage: {
-          prompt_tokens: promptTokens,
-          completion_tokens: end.completionTokens,
-          total_tokens: promptTokens + end.completionTokens,
-        },
-        speculation: {
-          decoder,
-          draftsProposed: stats.draftTokens,
-          draftsAccepted: stats.accepted,
-          acceptanceRate: stats.acceptanceRate,
-          meanAcceptedLength: stats.meanAcceptedLength,
-          ...(stats.stages ? { stages: stats.stages } : {}),
-          ...(end.stats?.pipeline ? { pipelineStages: end.stats.stages?.length } : {}),
-          ...(end.stats?.draftLength !== undefined ? { draftLength: end.stats.draftLength } : {}),
-        },
-      };
-      if (!end.final) return result;
-      if (end.kind === 'completed' || end.kind === 'cancelled') {
-        await publish({ type: 'done', attempt, result }, 'terminal');
-      } else {
-        const code =
-          end.err instanceof JobRejectedError
-            ? end.err.code
-            : end.err?.name === 'PromptTooLongError'
-              ? 'prompt_too_long'
-              : end.err instanceof RangeError
-                ? 'invalid_request'
-                : 'engine_error';
-        await publish(
-          { type: 'error', attempt, message: end.err?.message ?? 'job failed', code, finishReason: 'error' },
-          'terminal',
-        );
-      }
-      deps.log(
-        `job ${jobId} attempt ${attempt}: ${end.kind} (${finishReason}), ${end.completionTokens} tokens in ${wallMs} ms`,
-      );
-      return result;
-    }
   };
+}
+
+/**
+ * The attempt's context and its publication queue: strictly ordered, idempotent, never blocks the
+ * engine. Token batches that pile up while a write is in flight are merged into one event (contiguous
+ * indexes), so a slow Redis (AOF fsync always, a reconnect) costs fewer round trips, not a backlog.
+ */
+function openAttempt(
+  deps: RunnerDeps,
+  redis: ScriptedRedis,
+  job: Job<GenerationJob, JobResult>,
+): AttemptContext {
+  const data = job.data;
+  const jobId = job.id ?? data.id;
+  const attempt = attemptOf(job);
+  const publisher = new EventPublisher((item) =>
+    publishJobEvent(redis, jobId, item.ev, item.kind, {
+      attempt,
+      tokenEnd: item.tokenEnd,
+      charsEnd: item.charsEnd,
+    }),
+  );
+  return {
+    deps,
+    redis,
+    job,
+    data,
+    jobId,
+    attempt,
+    started: Date.now(),
+    publisher,
+    publish: (ev, kind, tokenEnd = 0, charsEnd = 0) => publisher.push({ ev, kind, tokenEnd, charsEnd }),
+  };
+}
+
+export async function readProgress(redis: Redis, jobId: string): Promise<JobProgress> {
+  const [tokens, chars, done] = await redis.hmget(progressKeys.jobProgress(jobId), 'tokens', 'chars', 'done');
+  return { tokens: Number(tokens ?? 0), chars: Number(chars ?? 0), done: Boolean(done) };
+}
+
+/**
+ * The previous attempt ended without a terminal event (its worker died, hung or failed): say so before
+ * this attempt starts, so a waiting client knows why the tokens paused.
+ */
+function announceRetry(ctx: AttemptContext): void {
+  void ctx.publish({ type: 'retry', attempt: ctx.attempt - 1, reason: retryReason(ctx.job) }, 'retry');
+}
+
+/**
+ * The decoder and per-request settings this worker runs the job with (the decoder opened on first use).
+ * One it cannot run ends the job at once: usage recorded, stream ended, never retried.
+ */
+async function resolvePlan(ctx: AttemptContext): Promise<ResolvedSpeculation> {
+  const { deps } = ctx;
+  let decoder: DecoderName = 'ar';
+  try {
+    const plan = resolveSpeculation(
+      ctx.data.speculation,
+      deps.defaultDecoder,
+      deps.decoders,
+      deps.maxStages ?? 2,
+    );
+    decoder = plan.decoder;
+    await deps.ensureDecoder?.(decoder);
+    return plan;
+  } catch (err) {
+    await finishAttempt(ctx, decoder, {
+      kind: 'error',
+      err: err as Error,
+      completionTokens: 0,
+      stats: undefined,
+      final: true,
+    });
+    throw new UnrecoverableError((err as Error).message);
+  }
+}
+
+function announceStart(ctx: AttemptContext, decoder: DecoderName, publishedTokens: number): void {
+  const { data, started } = ctx;
+  void ctx.publish(
+    {
+      type: 'start',
+      attempt: ctx.attempt,
+      workerId: ctx.deps.workerId,
+      decoder,
+      queuedMs: Math.max(0, started - (data.enqueuedAt || started)),
+    },
+    'start',
+  );
+  ctx.deps.log(
+    `job ${ctx.jobId} attempt ${ctx.attempt}: ${decoder}, max_tokens ${data.params.maxTokens}` +
+      (publishedTokens ? `, ${publishedTokens} tokens already published` : ''),
+  );
+}
+
+/**
+ * The attempt's time limit (`jobTimeoutMs`, 0 = none): armed once, when the engine admits the sequence;
+ * when it fires the generation is aborted and `timedOut` says why.
+ */
+export class AttemptDeadline {
+  timedOut = false;
+  private timer: NodeJS.Timeout | undefined;
+  private armed = false;
+
+  constructor(
+    private readonly ms: number,
+    private readonly ac: AbortController,
+  ) {}
+
+  start(): void {
+    if (this.armed || !(this.ms > 0)) return;
+    this.armed = true;
+    this.timer = setTimeout(() => {
+      this.timedOut = true;
+      this.ac.abort(new Error('timed out'));
+    }, this.ms);
+  }
+
+  clear(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
+
+/** The engine's token callback for one attempt, and how many tokens it has verified so far. */
+interface TokenSink {
+  onTokens: (ev: WorkerTokenEvent) => void | Promise<void>;
+  verified: () => number;
+}
+
+/**
+ * Publishes each batch of verified tokens the stream lacks (a retried attempt regenerates the same
+ * tokens and skips the indexes and text an earlier attempt already published).
+ */
+function tokenPublisher(ctx: AttemptContext, progress: JobProgress): TokenSink {
+  const { attempt } = ctx;
+  const publishedTokens = progress.tokens;
+  let publishedChars = progress.chars;
+  let fullText = '';
+  let verified = 0;
+  const delay = ctx.deps.tokenDelayMs ?? 0;
+  const onTokens = (ev: WorkerTokenEvent): void | Promise<void> => {
+    fullText += ev.text;
+    const end = ev.index + ev.ids.length;
+    verified = Math.max(verified, end);
+    if (end <= publishedTokens) return; // an earlier attempt already published these
+    const skip = Math.max(0, publishedTokens - ev.index);
+    const text = fullText.length > publishedChars ? fullText.slice(publishedChars) : '';
+    publishedChars = Math.max(publishedChars, fullText.length);
+    const logprobs = ev.logprobs && { logprobs: ev.logprobs.slice(skip) };
+    // marks for exactly `text` (a retried attempt publishes only the tail the stream lacks)
+    const segments = text.length <= ev.text.length ? lastSegments(ev.segments, text.length) : undefined;
+    void ctx.publish(
+      {
+        type: 'tokens',
+        attempt,
+        index: ev.index + skip,
+        ids: ev.ids.slice(skip),
+        text,
+        segments,
+        ...logprobs,
+      },
+      'tokens',
+      end,
+      publishedChars,
+    );
+    if (delay > 0) return new Promise((r) => setTimeout(r, delay));
+  };
+  return { onTokens, verified: () => verified };
+}
+
+/** The engine's generation parameters for the job's sampling settings. */
+function engineParams(p: GenerationJob['params']) {
+  return {
+    maxTokens: p.maxTokens,
+    temperature: p.temperature,
+    topP: p.topP,
+    seed: p.seed,
+    stop: p.stop ?? [],
+    logitBias: p.logitBias,
+    presencePenalty: p.presencePenalty,
+    frequencyPenalty: p.frequencyPenalty,
+    logprobs: p.logprobs,
+  };
+}
+
+/**
+ * Runs the generation; once it returns, everything it published is written. A generation that throws
+ * is recorded (usage, and on the final attempt settlement and the `error` event) and rethrown.
+ */
+async function generate(
+  ctx: AttemptContext,
+  plan: ResolvedSpeculation,
+  sink: TokenSink,
+  signal: AbortSignal,
+  onAdmitted: () => void,
+): Promise<GenerationOutcome> {
+  let result: GenerationOutcome;
+  try {
+    result = await ctx.deps.engine.generate(
+      ctx.data.prompt,
+      { ...engineParams(ctx.data.params), ...plan, signal, onAdmitted },
+      sink.onTokens,
+    );
+  } catch (err) {
+    return await failGeneration(ctx, plan.decoder, err as Error, sink.verified());
+  }
+  await ctx.publisher.idle();
+  if (ctx.publisher.error) throw ctx.publisher.error;
+  return result;
+}
+
+async function failGeneration(
+  ctx: AttemptContext,
+  decoder: DecoderName,
+  err: Error,
+  verified: number,
+): Promise<never> {
+  const { job } = ctx;
+  // the engine refuses settings it cannot run with a RangeError: the same on every attempt
+  const rejected =
+    err.name === 'PromptTooLongError' || err instanceof JobRejectedError || err instanceof RangeError;
+  const final = rejected || job.attemptsMade + 1 >= (job.opts.attempts ?? 1);
+  await ctx.publisher.idle();
+  await finishAttempt(ctx, decoder, {
+    kind: 'error',
+    err,
+    completionTokens: verified,
+    stats: undefined,
+    final,
+  });
+  if (final) throw new UnrecoverableError(err.message);
+  throw err;
+}
+
+/**
+ * Ends an attempt whose generation returned: handed back (drain deadline passed, another worker
+ * continues it), timed out, or done (completed or cancelled).
+ */
+async function settle(
+  ctx: AttemptContext,
+  decoder: DecoderName,
+  result: GenerationOutcome,
+  timedOut: boolean,
+  token: string | undefined,
+): Promise<JobResult> {
+  const { deps, jobId } = ctx;
+  const aborted = result.finishReason === 'cancelled';
+  const ran = { completionTokens: result.completionTokens, stats: result.stats };
+  if (aborted && deps.handBack?.() && !timedOut && !(await deps.cancels.isCancelled(jobId))) {
+    // Drain deadline passed: hand the job back so another worker continues it (nothing is duplicated).
+    await finishAttempt(ctx, decoder, { kind: 'handback', ...ran, final: false });
+    await ctx.job.moveToDelayed(Date.now(), token);
+    throw new DelayedError(`handed back by draining worker ${deps.workerId}`);
+  }
+  if (aborted && timedOut) {
+    const err = new JobRejectedError(`job exceeded the ${deps.jobTimeoutMs} ms limit`, 'timeout');
+    await finishAttempt(ctx, decoder, { kind: 'timeout', err, ...ran, final: true });
+    throw new UnrecoverableError(err.message);
+  }
+  const finishReason: FinishReason = result.finishReason;
+  return await finishAttempt(ctx, decoder, {
+    kind: finishReason === 'cancelled' ? 'cancelled' : 'completed',
+    ...ran,
+    promptTokens: result.promptTokens,
+    final: true,
+    text: result.text,
+    finishReason,
+  });
+}
+
+/** Usage (+ settlement on the final attempt), metrics, then the terminal event. Returns the result. */
+async function finishAttempt(ctx: AttemptContext, decoder: DecoderName, end: AttemptEnd): Promise<JobResult> {
+  const wallMs = Date.now() - ctx.started;
+  const promptTokens = end.promptTokens ?? ctx.data.promptTokens;
+  const stats = draftStats(end.stats);
+  const finishReason: FinishReason = end.finishReason ?? (end.kind === 'cancelled' ? 'cancelled' : 'error');
+  const usage = usageRecord(ctx, decoder, end, { wallMs, promptTokens, stats, finishReason });
+  await settleUsage(ctx.redis, usage, end.final);
+  await addJobMetrics(ctx, end.kind, usage, stats);
+  const result = jobResult(decoder, end, { promptTokens, stats, finishReason });
+  if (!end.final) return result;
+  await publishTerminal(ctx, end, result);
+  ctx.deps.log(
+    `job ${ctx.jobId} attempt ${ctx.attempt}: ${end.kind} (${finishReason}), ${end.completionTokens} tokens in ${wallMs} ms`,
+  );
+  return result;
+}
+
+interface EndFigures {
+  wallMs: number;
+  promptTokens: number;
+  stats: DraftStats;
+  finishReason: FinishReason;
+}
+
+const usageStatus = (kind: AttemptEnd['kind']): UsageRecord['status'] =>
+  kind === 'completed'
+    ? 'completed'
+    : kind === 'cancelled'
+      ? 'cancelled'
+      : kind === 'timeout'
+        ? 'timed_out'
+        : 'failed';
+
+function usageRecord(ctx: AttemptContext, decoder: DecoderName, end: AttemptEnd, f: EndFigures): UsageRecord {
+  return {
+    tenant: ctx.data.tenant,
+    jobId: ctx.jobId,
+    attempt: ctx.attempt,
+    model: ctx.data.model ?? ctx.deps.model,
+    status: usageStatus(end.kind),
+    finishReason: f.finishReason,
+    promptTokens: f.promptTokens,
+    completionTokens: end.completionTokens,
+    draftTokensProposed: f.stats.draftTokens,
+    draftTokensAccepted: f.stats.accepted,
+    decoder,
+    wallMs: f.wallMs,
+    // a pipeline holds one device per stage, whatever the plan's device count
+    deviceSeconds: (f.wallMs / 1000) * Math.max(ctx.deps.stages, end.stats?.stages?.length ?? 0),
+    endedAt: Date.now(),
+  };
+}
+
+/** The attempt's counters in `keys.metrics(model)`. */
+async function addJobMetrics(
+  ctx: AttemptContext,
+  kind: AttemptEnd['kind'],
+  usage: UsageRecord,
+  stats: DraftStats,
+): Promise<void> {
+  const m = keys.metrics(ctx.deps.model);
+  const counter =
+    kind === 'completed'
+      ? METRIC_FIELDS.requestSuccess
+      : kind === 'cancelled'
+        ? METRIC_FIELDS.requestCancelled
+        : METRIC_FIELDS.requestFailure;
+  const tx = ctx.redis.multi();
+  stats.stages?.forEach((st, i) => {
+    tx.hincrbyfloat(m, `${STAGE_METRIC_PREFIX.busySeconds}${i}`, (st.busyMs ?? 0) / 1000);
+    tx.hincrbyfloat(m, `${STAGE_METRIC_PREFIX.idleSeconds}${i}`, (st.idleMs ?? 0) / 1000);
+  });
+  await tx
+    .hincrby(m, counter, 1)
+    .hincrby(m, METRIC_FIELDS.promptTokens, usage.promptTokens)
+    .hincrby(m, METRIC_FIELDS.generationTokens, usage.completionTokens)
+    .hincrby(m, METRIC_FIELDS.drafts, stats.drafts)
+    .hincrby(m, METRIC_FIELDS.draftTokens, stats.draftTokens)
+    .hincrby(m, METRIC_FIELDS.acceptedTokens, stats.accepted)
+    .hincrbyfloat(m, METRIC_FIELDS.deviceSeconds, usage.deviceSeconds)
+    .exec();
+}
+
+function jobResult(decoder: DecoderName, end: AttemptEnd, f: Omit<EndFigures, 'wallMs'>): JobResult {
+  const { promptTokens, stats } = f;
+  return {
+    text: end.text ?? '',
+    finishReason: f.finishReason,
+    usage: {
+      prompt_tokens: promptTokens,
+      completion_tokens: end.completionTokens,
+      total_tokens: promptTokens + end.completionTokens,
+    },
+    speculation: {
+      decoder,
+      draftsProposed: stats.draftTokens,
+      draftsAccepted: stats.accepted,
+      acceptanceRate: stats.acceptanceRate,
+      meanAcceptedLength: stats.meanAcceptedLength,
+      ...(stats.stages ? { stages: stats.stages } : {}),
+      ...(end.stats?.pipeline ? { pipelineStages: end.stats.stages?.length } : {}),
+      ...(end.stats?.draftLength !== undefined ? { draftLength: end.stats.draftLength } : {}),
+    },
+  };
+}
+
+/** The `error` event's code for what ended a failed attempt. */
+const errorCode = (err: Error | undefined): string =>
+  err instanceof JobRejectedError
+    ? err.code
+    : err?.name === 'PromptTooLongError'
+      ? 'prompt_too_long'
+      : err instanceof RangeError
+        ? 'invalid_request'
+        : 'engine_error';
+
+/** `done` for a completed or cancelled job, else `error` (which also expires the stream). */
+async function publishTerminal(ctx: AttemptContext, end: AttemptEnd, result: JobResult): Promise<void> {
+  const { attempt } = ctx;
+  if (end.kind === 'completed' || end.kind === 'cancelled') {
+    await ctx.publish({ type: 'done', attempt, result }, 'terminal');
+    return;
+  }
+  await ctx.publish(
+    {
+      type: 'error',
+      attempt,
+      message: end.err?.message ?? 'job failed',
+      code: errorCode(end.err),
+      finishReason: 'error',
+    },
+    'terminal',
+  );
 }
 
 interface PublishItem {

@@ -41,6 +41,7 @@ async function main(): Promise<void> {
     throw err;
   }
   const log = (msg: string) => console.error(`[worker ${cfg.workerId}] ${msg}`);
+  for (const w of cfg.warnings) log(w);
   // The device plan is checked before anything else: a missing GPU provider, driver or library fails
   // here with what to install (or becomes CPU when PPSD_ALLOW_CPU_FALLBACK allows it, logged).
   let devices: string[];
@@ -129,13 +130,17 @@ async function main(): Promise<void> {
     decoder: cfg.decoder,
     devices,
     maxSeqLen: cfg.maxSeqLen,
+    maxBatch: cfg.maxBatch,
+    kvMemoryBytes: cfg.kvMemoryBytes,
     allowCpuFallback: cfg.allowCpuFallback,
     verified: freshlyVerified,
     log,
   });
   enginePromise = opening;
   const opened = await opening;
-  log(`engine open on ${devices.join(',')}`);
+  const kvPool = cfg.kvMemoryBytes ? `${cfg.kvMemoryBytes} bytes` : "the engine's default";
+  log(`engine open on ${devices.join(',')} (max batch ${cfg.maxBatch}, KV pool ${kvPool})`);
+  void heartbeat.trackScheduler(() => opened.schedulerStats());
   const support = new DecoderSupport(
     opened,
     cfg.decoder,
@@ -171,7 +176,9 @@ async function main(): Promise<void> {
   worker = new Worker<GenerationJob, JobResult>(queueName(cfg.model), processor, {
     connection: new Redis(cfg.redisUrl, redisOptions),
     prefix: QUEUE_PREFIX,
-    concurrency: cfg.concurrency,
+    // up to maxBatch jobs at once: the engine batches the admitted ones, the rest wait inside it (their
+    // locks are renewed like any active job's, and their time limit starts only when admitted)
+    concurrency: cfg.maxBatch,
     lockDuration: cfg.lockDurationMs,
     stalledInterval: cfg.stalledIntervalMs,
     maxStalledCount: cfg.maxStalledCount,
@@ -190,7 +197,7 @@ async function main(): Promise<void> {
   });
   await worker.waitUntilReady();
   await heartbeat.update({ ready: true, decoders: support.available, maxStages: opened.maxStages });
-  log(`ready: queue ${queueName(cfg.model)}, default decoder ${cfg.decoder}, concurrency ${cfg.concurrency}`);
+  log(`ready: queue ${queueName(cfg.model)}, default decoder ${cfg.decoder}, max batch ${cfg.maxBatch}`);
 }
 
 main().catch((err: unknown) => {
