@@ -20,11 +20,12 @@ export const DEFAULT_MAX_BATCH = 16;
 /** Share of the machine's RAM the KV pool may hold when no budget is given. */
 export const DEFAULT_KV_SHARE = 0.25;
 /**
- * `decoder: 'auto'` speculates (with the engine's default speculative decoder) only while fewer than
- * this many sequences are running or waiting; beyond it, batching the plain AR rows is the better use of
- * each step (docs/BENCHMARKS.md, batching).
+ * `decoder: 'auto'` speculates (with the engine's default decoder) only while fewer than this many other
+ * generations are in flight, i.e. only alone: on this machine a batch of 16 AR sequences makes ~5x one
+ * sequence's tokens/s, speculation at best ~1.4x (docs/BENCHMARKS.md), and drafts would add rows to
+ * every shared step.
  */
-export const AUTO_SPECULATE_BELOW = 2;
+export const AUTO_SPECULATE_BELOW = 1;
 
 export interface EngineOptions extends DecoderPlan {
   /** Decoder used when a request names none. */
@@ -98,6 +99,8 @@ export class Engine {
   private pipelineQueue: Promise<unknown> = Promise.resolve();
   /** Batched generations in flight (close() lets them finish). */
   private readonly batched = new Set<Promise<GenerationResult>>();
+  /** Batched generations accepted and not finished (admitted or not), counted from the call. */
+  private batchedInFlight = 0;
   private pipelineRunning = 0;
   private pipelineWaiting = 0;
   readonly scheduler?: Scheduler;
@@ -183,12 +186,13 @@ export class Engine {
     const name = this.resolveDecoder(params.decoder);
     this.checkParams(name, params);
     if (this.scheduler && BATCHED.includes(name)) {
-      const run = this.generateBatched(this.scheduler, name, ids, params, onTokens);
+      this.batchedInFlight++;
+      const run = this.generateBatched(this.scheduler, name, ids, params, onTokens).finally(() => {
+        this.batchedInFlight--;
+      });
       this.batched.add(run);
-      run.then(
-        () => this.batched.delete(run),
-        () => this.batched.delete(run),
-      );
+      const forget = () => this.batched.delete(run);
+      run.then(forget, forget);
       return run;
     }
     return this.generateAlone(name, ids, params, onTokens);
@@ -202,7 +206,7 @@ export class Engine {
   private resolveDecoder(asked: DecoderName | 'auto' | undefined): DecoderName {
     if (asked !== 'auto') return asked ?? this.defaultDecoder;
     // every generation accepted and not finished, counted from the call (not from admission)
-    const load = this.batched.size + this.pipelineRunning + this.pipelineWaiting;
+    const load = this.batchedInFlight + this.pipelineRunning + this.pipelineWaiting;
     return load < AUTO_SPECULATE_BELOW ? this.defaultDecoder : 'ar';
   }
 
@@ -274,9 +278,11 @@ export class Engine {
   /** The scheduler's load (batched sequences plus pipeline generations). */
   schedulerStats(): SchedulerStats {
     const batch = this.scheduler?.stats();
+    const running = batch?.running ?? 0;
     return {
-      running: (batch?.running ?? 0) + this.pipelineRunning,
-      waiting: (batch?.waiting ?? 0) + this.pipelineWaiting,
+      running: running + this.pipelineRunning,
+      // accepted and not running: queued for a slot, or about to be (its decoder context resolving)
+      waiting: this.batchedInFlight - running + this.pipelineWaiting,
       maxBatch: batch?.maxBatch ?? 1,
       kvUsedBytes: batch?.kvUsedBytes ?? 0,
       kvBudgetBytes: batch?.kvBudgetBytes ?? 0,

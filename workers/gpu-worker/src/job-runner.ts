@@ -82,6 +82,9 @@ export class JobRejectedError extends Error {
   }
 }
 
+/** The request leaves the decoder to the worker: the engine then adapts it to load. */
+const isAuto = (spec: Speculation | undefined): boolean => spec === undefined || spec === 'auto';
+
 /** Maps the request's `speculation` to a decoder this worker runs, or throws JobRejectedError. */
 export function resolveDecoder(
   spec: Speculation | undefined,
@@ -213,7 +216,8 @@ export function createProcessor(
       const sink = tokenPublisher(ctx, progress);
       // the time limit runs from the engine's admission, not while the job waits for a batch slot
       const result = await generate(ctx, plan, sink, ac.signal, () => deadline.start());
-      return await settle(ctx, plan.decoder, result, deadline.timedOut, token);
+      // the decoder that actually ran ('auto' picks one at admission)
+      return await settle(ctx, result.stats?.decoder ?? plan.decoder, result, deadline.timedOut, token);
     } finally {
       deadline.clear();
       deps.cancels.release(ctx.jobId, ac);
@@ -421,7 +425,14 @@ async function generate(
   try {
     result = await ctx.deps.engine.generate(
       ctx.data.prompt,
-      { ...engineParams(ctx.data.params), ...plan, signal, onAdmitted },
+      {
+        ...engineParams(ctx.data.params),
+        ...plan,
+        // 'auto' (or none) lets the engine choose by load: speculate alone, batch plain AR when busy
+        decoder: isAuto(ctx.data.speculation) ? 'auto' : plan.decoder,
+        signal,
+        onAdmitted,
+      },
       sink.onTokens,
     );
   } catch (err) {

@@ -1,0 +1,230 @@
+/**
+ * Continuous batching benchmark: aggregate tokens/s and per-sequence inter-token latency of N concurrent
+ * greedy sequences in one ppsd Engine, next to llama.cpp (node-llama-cpp, `createContext({ sequences: N })`)
+ * on the same GGUF, in the same run, same threads.
+ *
+ *   node --import tsx scripts/bench-batching.ts [--concurrency 1,4,16,64] [--threads 2] [--write]
+ *
+ * Model: the random-weight Llama-2 110M shape (`ppsd synth --shape llama2-110m --seq-len 2048 --seed 0`),
+ * exported as Q4_0 GGUF (`ppsd export-gguf --type q4_0`) and imported back (`ppsd import`), so both
+ * engines run the very same Q4_0 blocks. Cached under .data/bench-batching/. Random weights: the text
+ * is noise; EOS/BOS are biased away (ppsd) or ignored (llama.cpp) so every sequence makes all its tokens.
+ *
+ * Workloads: `chat` = 64-token prompts, 128 new tokens; `summarize` = 1000-token documents, 128 new tokens.
+ * ppsd: every sequence is submitted at once; its token times come from the stream (onTokens). Reported:
+ * wall tokens/s (N x new tokens / wall time, prefill included), decode tokens/s (tokens after each
+ * sequence's first / the time from the last first token to the end), TTFT p50, ITL p50 / p99.
+ * llama.cpp: the harness's batched decode (all N sequences decode after the same prefilled context, prefill
+ * untimed), so its tokens/s is decode-only; compare it with ppsd's decode tokens/s.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { cpus, loadavg } from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import { ensureNodeLlamaCpp, runNodeLlamaCpp } from '../workers/engine/src/bench/llamacpp';
+import { Engine } from '../workers/engine/src/engine';
+
+const root = path.resolve(import.meta.dirname, '..');
+const work = path.join(root, '.data/bench-batching');
+const { values } = parseArgs({
+  options: {
+    concurrency: { type: 'string', default: '1,4,16,64' },
+    threads: { type: 'string', default: '2' },
+    workloads: { type: 'string', default: 'chat,summarize' },
+    gen: { type: 'string', default: '128' },
+    write: { type: 'boolean', default: false },
+    'no-llamacpp': { type: 'boolean', default: false },
+  },
+});
+const concurrencies = values.concurrency.split(',').map(Number);
+const threads = Number(values.threads);
+const gen = Number(values.gen);
+const WORKLOADS = { chat: 64, summarize: 1000 } as const;
+type Workload = keyof typeof WORKLOADS;
+const workloads = values.workloads.split(',') as Workload[];
+const log = (m: string) => process.stderr.write(`[bench-batching] ${m}\n`);
+
+const pct = (xs: number[], p: number) => {
+  if (xs.length === 0) return Number.NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))];
+};
+
+interface PpsdRow {
+  wallTokPerS: number;
+  decodeTokPerS: number;
+  ttftP50Ms: number;
+  itlP50Ms: number;
+  itlP99Ms: number;
+  maxBatchSeen: number;
+}
+
+/** A text whose prompt is exactly `n` tokens (BOS included), the same for every sequence but the first id. */
+function promptOf(engine: Engine, n: number, salt: number): string {
+  const words = ['the', 'cat', 'sat', 'on', 'a', 'mat', 'and', 'then', 'it', 'ran', 'far', 'away'];
+  let text = `${salt}`;
+  let i = salt;
+  while (engine.countPromptTokens(text) < n) text += ` ${words[i++ % words.length]}`;
+  while (engine.countPromptTokens(text) > n) text = text.slice(0, text.lastIndexOf(' '));
+  return text;
+}
+
+async function runPpsd(engine: Engine, n: number, promptTokens: number): Promise<PpsdRow> {
+  const prompts = Array.from({ length: n }, (_, i) => promptOf(engine, promptTokens, i));
+  const noEnd = { 1: -100, 2: -100 }; // random weights: keep every sequence to its full length
+  const before = { ...engine.schedulerStats().stepsByBatchSize };
+  const times: number[][] = prompts.map(() => []);
+  const t0 = performance.now();
+  await Promise.all(
+    prompts.map((p, i) =>
+      engine.generate(p, { maxTokens: gen, temperature: 0, logitBias: noEnd }, (ev) => {
+        const now = performance.now() - t0;
+        for (let k = 0; k < ev.ids.length; k++) times[i].push(now);
+      }),
+    ),
+  );
+  const wall = (performance.now() - t0) / 1000;
+  const firsts = times.map((t) => t[0]);
+  const ends = times.map((t) => t[t.length - 1]);
+  const itl = times.flatMap((t) => t.slice(1).map((x, k) => x - t[k]));
+  const decodeSpan = (Math.max(...ends) - Math.max(...firsts)) / 1000;
+  const after = engine.schedulerStats().stepsByBatchSize;
+  const seen = Object.keys(after)
+    .map(Number)
+    .filter((k) => (after[k] ?? 0) > (before[k] ?? 0));
+  return {
+    wallTokPerS: (n * gen) / wall,
+    decodeTokPerS: (n * (gen - 1)) / decodeSpan,
+    ttftP50Ms: pct(firsts, 50),
+    itlP50Ms: pct(itl, 50),
+    itlP99Ms: pct(itl, 99),
+    maxBatchSeen: Math.max(...seen),
+  };
+}
+
+async function ensureModels(): Promise<{ gguf: string; pkg: string }> {
+  const gguf = path.join(work, 'llama2-110m.q4_0.gguf');
+  const pkg = path.join(work, 'llama2-110m-q4_0');
+  if (!existsSync(gguf) || !existsSync(pkg)) {
+    throw new Error(
+      `missing ${gguf} or ${pkg}: create them with\n` +
+        '  P="node --import tsx workers/engine/src/cli/main.ts"; D=.data/bench-batching\n' +
+        '  $P synth --shape llama2-110m --seq-len 2048 --seed 0 --out $D/llama2-110m-f32\n' +
+        '  $P export-gguf $D/llama2-110m-f32 --type q4_0 --out $D/llama2-110m.q4_0.gguf\n' +
+        '  $P import --from $D/llama2-110m.q4_0.gguf --out $D/llama2-110m-q4_0',
+    );
+  }
+  return { gguf, pkg };
+}
+
+interface Cell {
+  workload: Workload;
+  n: number;
+  ppsd: PpsdRow;
+  llamacpp?: { decodeTokPerS: number; itlMeanMs: number } | { error: string };
+}
+
+async function main(): Promise<void> {
+  await mkdir(work, { recursive: true });
+  const { gguf, pkg } = await ensureModels();
+  const started = Date.now();
+  const load0 = loadavg();
+  if (!values['no-llamacpp']) {
+    const nlc = await ensureNodeLlamaCpp({ log });
+    if (!nlc.ok) throw new Error(nlc.reason);
+  }
+  const maxN = Math.max(...concurrencies);
+  const engine = await Engine.open(pkg, { threadsPerStage: threads, maxBatch: maxN, verified: true });
+  const cells: Cell[] = [];
+  try {
+    for (const w of workloads) {
+      const promptTokens = WORKLOADS[w];
+      // warm every lane bucket's session (each is built on first use)
+      await runPpsd(engine, maxN, 8).catch(() => undefined);
+      for (const n of concurrencies) {
+        log(`${w}: ppsd, ${n} sequences`);
+        const ppsd = await runPpsd(engine, n, promptTokens);
+        const cell: Cell = { workload: w, n, ppsd };
+        if (!values['no-llamacpp']) {
+          log(`${w}: llama.cpp, ${n} sequences`);
+          const r = await runNodeLlamaCpp(gguf, {
+            threads,
+            contextSize: promptTokens + gen + 8, // per sequence (node-llama-cpp gives each its own)
+            promptTokens: 0,
+            decodeDepth: promptTokens,
+            genTokens: gen,
+            sequences: n,
+            warmup: true,
+          });
+          cell.llamacpp =
+            'decodeTokPerS' in r
+              ? { decodeTokPerS: r.decodeTokPerS, itlMeanMs: (1000 * r.decodeSeconds[0]) / gen }
+              : { error: r.reason };
+        }
+        log(JSON.stringify(cell));
+        cells.push(cell);
+      }
+    }
+  } finally {
+    await engine.close();
+  }
+  const md = report(cells, { seconds: (Date.now() - started) / 1000, load0, load1: loadavg() });
+  process.stdout.write(`${md}\n`);
+  await writeFile(path.join(root, 'docs/bench/batching.json'), `${JSON.stringify(cells, null, 2)}\n`);
+  if (values.write) await replaceSection(path.join(root, 'docs/BENCHMARKS.md'), md);
+}
+
+function report(cells: Cell[], run: { seconds: number; load0: number[]; load1: number[] }): string {
+  const f = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '-');
+  const lines = [
+    START,
+    '## Continuous batching (engine, N concurrent greedy sequences)',
+    '',
+    `\`node --import tsx scripts/bench-batching.ts --concurrency ${concurrencies.join(',')} --threads ${threads} --write\``,
+    '',
+    `Random-weight Llama-2 110M shape, Q4_0 (the fastest dtype here), one GGUF for both engines (ppsd imports it block for block). ${threads} threads each. ${cpus()[0]?.model ?? ''}, ${cpus().length} cores, Node ${process.version}, ${new Date().toISOString().slice(0, 16)}Z, ${f(run.seconds, 0)} s; load average before ${run.load0.map((x) => x.toFixed(2)).join(' ')}, after ${run.load1.map((x) => x.toFixed(2)).join(' ')}. One round (a single run per cell).`,
+    '',
+    'ppsd: all N sequences submitted at once to one Engine (maxBatch = the largest N); `wall` = N x 128 / wall time (prefill included); `decode` = tokens after each first token / time from the last first token to the end; TTFT p50; ITL p50 / p99 over every sequence. llama.cpp: node-llama-cpp 3.22 `createContext({ sequences: N })`, all N decoding after the same prefilled context (prefill untimed), so compare its tokens/s with ppsd `decode`; its ITL is the mean step time.',
+    '',
+  ];
+  for (const w of new Set(cells.map((c) => c.workload))) {
+    const rows = cells.filter((c) => c.workload === w);
+    const one = rows.find((c) => c.n === 1)?.ppsd;
+    lines.push(
+      `**${w}: ${WORKLOADS[w]}-token prompts, ${gen} new tokens**`,
+      '',
+      '| N | ppsd wall tok/s | ppsd decode tok/s | x 1 sequence | TTFT p50 ms | ITL p50 ms | ITL p99 ms | ITL p99 / 1-seq ITL | llama.cpp decode tok/s | llama.cpp ITL ms | ppsd / llama.cpp |',
+      '|---|---|---|---|---|---|---|---|---|---|---|',
+    );
+    for (const c of rows) {
+      const l = c.llamacpp && 'decodeTokPerS' in c.llamacpp ? c.llamacpp : undefined;
+      const ratio = l ? c.ppsd.decodeTokPerS / l.decodeTokPerS : Number.NaN;
+      lines.push(
+        `| ${c.n} | ${f(c.ppsd.wallTokPerS)} | ${f(c.ppsd.decodeTokPerS)} | ${one ? f(c.ppsd.decodeTokPerS / one.decodeTokPerS, 2) : '-'} | ${f(c.ppsd.ttftP50Ms, 0)} | ${f(c.ppsd.itlP50Ms)} | ${f(c.ppsd.itlP99Ms)} | ${one ? f(c.ppsd.itlP99Ms / one.itlP50Ms, 2) : '-'} | ${l ? f(l.decodeTokPerS) : ((c.llamacpp as { error?: string } | undefined)?.error ?? '-')} | ${l ? f(l.itlMeanMs) : '-'} | ${ratio >= 1 ? `**${f(ratio, 2)}**` : f(ratio, 2)} |`,
+      );
+    }
+    lines.push('');
+  }
+  lines.push(END);
+  return lines.join('\n');
+}
+
+const START = '<!-- batching-bench:start -->';
+const END = '<!-- batching-bench:end -->';
+
+async function replaceSection(file: string, section: string): Promise<void> {
+  const doc = await readFile(file, 'utf8');
+  const a = doc.indexOf(START);
+  const b = doc.indexOf(END);
+  const next =
+    a >= 0 && b > a
+      ? doc.slice(0, a) + section + doc.slice(b + END.length)
+      : `${doc.trimEnd()}\n\n${section}\n`;
+  await writeFile(file, next);
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
