@@ -185,7 +185,7 @@ function report(cells: Cell[], run: { seconds: number; load0: number[]; load1: n
     '',
     `Random-weight Llama-2 110M shape, Q4_0 (the fastest dtype here), one GGUF for both engines (ppsd imports it block for block). ${threads} threads each. ${cpus()[0]?.model ?? ''}, ${cpus().length} cores, Node ${process.version}, ${new Date().toISOString().slice(0, 16)}Z, ${f(run.seconds, 0)} s; load average before ${run.load0.map((x) => x.toFixed(2)).join(' ')}, after ${run.load1.map((x) => x.toFixed(2)).join(' ')}. One round (a single run per cell).`,
     '',
-    'ppsd: all N sequences submitted at once to one Engine (maxBatch = the largest N); `wall` = N x 128 / wall time (prefill included); `decode` = tokens after each first token / time from the last first token to the end; TTFT p50; ITL p50 / p99 over every sequence. llama.cpp: node-llama-cpp 3.22 `createContext({ sequences: N })`, all N decoding after the same prefilled context (prefill untimed), so compare its tokens/s with ppsd `decode`; its ITL is the mean step time.',
+    'ppsd: all N sequences submitted at once to one Engine (maxBatch = the largest N); `wall` = N x new tokens / wall time (prefill included); `decode` = tokens after each first token / time from the last first token to the end; TTFT p50; ITL p50 / p99 over every sequence. llama.cpp: node-llama-cpp 3.22 `createContext({ sequences: N })`, all N decoding after the same prefilled context (prefill untimed), so compare its tokens/s with ppsd `decode`; its ITL is the mean step time.',
     '',
   ];
   for (const w of new Set(cells.map((c) => c.workload))) {

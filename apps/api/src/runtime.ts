@@ -42,7 +42,8 @@ export async function createRuntime(config: ApiConfig, opts: RuntimeOptions = {}
     (await loadModelRegistry(config, { fetchPackage: (m) => pullPromptFiles(m.s3!, config, log), pool }));
 
   let lastError = '';
-  const redis = new Redis(config.redisUrl, { ...FAIL_FAST, lazyConnect: true });
+  // Auto-pipelining: the event reads of many open streams in one tick go to Redis as one write.
+  const redis = new Redis(config.redisUrl, { ...FAIL_FAST, lazyConnect: true, enableAutoPipelining: true });
   redis.on('error', (err: Error) => {
     if (err.message !== lastError) log(`[api] redis: ${err.message}`);
     lastError = err.message;

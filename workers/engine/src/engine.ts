@@ -131,6 +131,10 @@ export class Engine {
     const pkg = await loadPackage(packageDir, { verify: !options.verified });
     const engine = new Engine(pkg, options);
     await engine.prepare(options.decoder ?? 'ar'); // fail at open, not at the first request
+    // AR is what 'auto' batches under load: its sessions for every lane count are built now, so the
+    // first full batch does not stall the step loop while a session is created
+    const N = pkg.model.config.nLayers;
+    await engine.scheduler?.warm([{ firstLayer: 0, endLayer: N }]);
     return engine;
   }
 

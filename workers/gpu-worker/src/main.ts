@@ -56,7 +56,9 @@ async function main(): Promise<void> {
     log(`device plan: ${(err as Error).message}`);
     process.exit(2);
   }
-  const redis = new Redis(cfg.redisUrl, redisOptions);
+  // Auto-pipelining: the token events every running job publishes in one step (one script call each)
+  // leave in one write to Redis instead of one round trip per job.
+  const redis = new Redis(cfg.redisUrl, { ...redisOptions, enableAutoPipelining: true });
   let redisDown = false;
   redis.on('error', (err: Error) => {
     if (!redisDown) log(`redis: ${err.message} (reconnecting)`);
