@@ -11,6 +11,7 @@
  *   tenant's quota reservation and appends the terminal event (which expires the stream after
  *   EVENTS_TTL_SECONDS). Usage + settlement share the tenant slot (one script); the terminal event and
  *   the stream's expiry share the job slot (another); both are idempotent.
+ * - Logs through a child of `deps.log` per attempt: jobId, tenant and attempt on every line.
  */
 import {
   BLOCK_DECODERS,
@@ -32,6 +33,7 @@ import {
   type UsageRecord,
   withJobScripts,
 } from '@ppsd/contract';
+import type { Logger } from '@ppsd/contract/log';
 import type { SpeculationStats } from '@ppsd/engine';
 import { DelayedError, type Job, UnrecoverableError } from 'bullmq';
 import type { Redis } from 'ioredis';
@@ -50,13 +52,14 @@ export interface RunnerDeps {
    * Makes sure the engine can run `decoder` (opened and warmed on first use); throws JobRejectedError
    * ('unsupported_decoder') when it cannot.
    */
-  ensureDecoder?: (decoder: DecoderName) => Promise<void>;
+  ensureDecoder?: (decoder: DecoderName, log: Logger) => Promise<void>;
   /** Pipeline stages (devices) a generation holds, for device seconds. */
   stages: number;
   /** The deepest pipeline a job may ask for (`speculation.stages`; the engine's maxStages). */
   maxStages?: number;
   cancels: CancelRegistry;
-  log: (msg: string) => void;
+  /** The worker's logger (workerId); each attempt logs through a child with jobId, tenant, attempt. */
+  log: Logger;
   /** When the worker drains past its deadline, in-flight jobs are handed back to the queue. */
   handBack?: () => boolean;
   /** Hard limit on one attempt (ms); 0 = none. */
@@ -157,6 +160,7 @@ export function createProcessor(
     const data = job.data;
     const jobId = job.id ?? data.id;
     const attempt = attemptOf(job);
+    const log = deps.log.child({ jobId, tenant: data.tenant, attempt });
     const started = Date.now();
     const eventsKey = keys.jobEvents(jobId);
     const progressKey = progressKeys.jobProgress(jobId);
@@ -175,7 +179,7 @@ export function createProcessor(
       publisher.push({ ev, kind, tokenEnd, charsEnd });
 
     const [tokensRaw, charsRaw, doneRaw] = await redis.hmget(progressKey, 'tokens', 'chars', 'done');
-    if (doneRaw) return replayTerminal(redis, eventsKey, jobId, deps.log);
+    if (doneRaw) return replayTerminal(redis, eventsKey, jobId, log);
     if (attempt > 1) {
       // The previous attempt ended without a terminal event (its worker died, hung or failed): say so
       // before this attempt starts, so a waiting client knows why the tokens paused.
@@ -184,7 +188,7 @@ export function createProcessor(
     const publishedTokens = Number(tokensRaw ?? 0);
     let publishedChars = Number(charsRaw ?? 0);
 
-    const ac = deps.cancels.register(jobId);
+    const ac = deps.cancels.register(jobId, (m) => log.info(m));
     deps.onBusy?.(1);
     let timer: NodeJS.Timeout | undefined;
     let timedOut = false;
@@ -195,7 +199,7 @@ export function createProcessor(
       try {
         plan = resolveSpeculation(data.speculation, deps.defaultDecoder, deps.decoders, deps.maxStages ?? 2);
         decoder = plan.decoder;
-        await deps.ensureDecoder?.(decoder);
+        await deps.ensureDecoder?.(decoder, log);
       } catch (err) {
         await finish({
           kind: 'error',
@@ -216,7 +220,8 @@ export function createProcessor(
         },
         'start',
       );
-      deps.log(
+      log.info(
+        { decoder, maxTokens: data.params.maxTokens, publishedTokens },
         `job ${jobId} attempt ${attempt}: ${decoder}, max_tokens ${data.params.maxTokens}` +
           (publishedTokens ? `, ${publishedTokens} tokens already published` : ''),
       );
@@ -414,6 +419,17 @@ export function createProcessor(
           ...(end.stats?.draftLength !== undefined ? { draftLength: end.stats.draftLength } : {}),
         },
       };
+      log[end.kind === 'completed' || end.kind === 'cancelled' ? 'info' : 'warn'](
+        {
+          status: end.kind,
+          final: end.final,
+          finishReason,
+          completionTokens: end.completionTokens,
+          wallMs,
+          ...(end.err ? { error: end.err.message } : {}),
+        },
+        `job ${jobId} attempt ${attempt}: ${end.kind} (${finishReason}), ${end.completionTokens} tokens in ${wallMs} ms`,
+      );
       if (!end.final) return result;
       if (end.kind === 'completed' || end.kind === 'cancelled') {
         await publish({ type: 'done', attempt, result }, 'terminal');
@@ -431,9 +447,6 @@ export function createProcessor(
           'terminal',
         );
       }
-      deps.log(
-        `job ${jobId} attempt ${attempt}: ${end.kind} (${finishReason}), ${end.completionTokens} tokens in ${wallMs} ms`,
-      );
       return result;
     }
   };
@@ -517,12 +530,12 @@ async function replayTerminal(
   redis: Redis,
   eventsKey: string,
   jobId: string,
-  log: (m: string) => void,
+  log: Logger,
 ): Promise<JobResult> {
   const last = await redis.xrevrange(eventsKey, '+', '-', 'COUNT', 1);
   const fields = last[0]?.[1];
   const ev = fields ? (JSON.parse(fields[fields.indexOf('e') + 1]) as StreamEvent) : null;
-  log(`job ${jobId}: already ended in its stream, recording that result`);
+  log.info(`job ${jobId}: already ended in its stream, recording that result`);
   if (ev?.type === 'done') return ev.result;
   throw new UnrecoverableError(ev?.type === 'error' ? ev.message : 'job stream ended earlier');
 }
