@@ -23,6 +23,8 @@ export const LOG_FIELDS = {
   /** The job attempt (BullMQ attempts started), from 1. */
   attempt: 'attempt',
   workerId: 'workerId',
+  /** A short error message (a serialized Error with its stack goes under pino's `err`). */
+  error: 'error',
 } as const;
 
 export type LogService = 'api' | 'worker' | 'autoscaler';
