@@ -172,6 +172,7 @@ describe('API logs', () => {
     await api.emit(jobId, doneEvent(' there', 1, 5));
     const res = await pending;
     expect(res.status).toBe(200);
+    expect(res.headers.get('x-request-id')).toBe('join-1');
     expect(((await res.json()) as { id: string }).id).toBe(jobId);
     const lines = ofReq('join-1');
     expectBaseFields(lines, 'api');
@@ -186,6 +187,7 @@ describe('API logs', () => {
     await api.emit(id, doneEvent(' a b', 2, 5));
     const res = await api.req(`/v1/jobs/${id}/stream`, { headers: { 'x-request-id': 'relay-1' } });
     expect(res.status).toBe(200);
+    expect(res.headers.get('x-request-id')).toBe('relay-1');
     await res.text(); // the stream closes after `done`
     const ended = await waitFor('the relay line', () =>
       ofReq('relay-1').find((l) => l.msg === 'stream relay ended'),

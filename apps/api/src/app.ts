@@ -112,8 +112,9 @@ export function createApp(deps: AppDeps): PpsdApp {
     const reqId = incoming && REQUEST_ID.test(incoming) ? incoming : randomUUID();
     c.set('requestId', reqId);
     c.set('log', log.child({ reqId }));
-    c.header('X-Request-Id', reqId);
     await next();
+    // after the handler: also on Responses a route built itself (answers relayed from a job, SSE)
+    c.header('X-Request-Id', reqId);
     const status = c.res.status;
     const line = {
       method: c.req.method,
