@@ -18,15 +18,20 @@
  * kept in .data/bootstrap-key and printed), PPSD_ADMIN_KEYS (none: one admin key is created, kept in
  * .data/admin-key and printed the first time only), PPSD_KEY_SECRET (none: one is generated and kept in
  * .data/key-secret), PPSD_REDIS_PORT, PPSD_S3_PORT, PPSD_DATA_DIR,
- * PPSD_LOCAL_MODEL (= --model), PPSD_LOCAL_MAX_SEQ_LEN (context a --model import serves, default 4096).
+ * PPSD_LOCAL_MODEL (= --model), PPSD_LOCAL_MAX_SEQ_LEN (context a --model import serves, default 4096),
+ * PPSD_LOG_FORMAT (`pretty`, the default: the API's and the worker's JSON log lines are printed as
+ * `12:00:01.234 INFO  [worker w1 job_x#1] msg k=v`; `json`: passed through as they are), PPSD_LOG_LEVEL.
  */
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { join, resolve } from 'node:path';
+import { createInterface } from 'node:readline';
+import type { Readable, Writable } from 'node:stream';
 import { CreateBucketCommand, HeadBucketCommand } from '@aws-sdk/client-s3';
 import { generateApiKey, keyWeakness } from '@ppsd/contract';
+import { prettyLogLine } from '@ppsd/contract/log';
 import S3rver from 's3rver';
 import { makeS3Client } from '../../packages/model-store/src/s3';
 import {
@@ -59,6 +64,19 @@ function modelArg(argv: string[]): string | undefined {
 }
 
 const log = (msg: string) => console.error(`[local] ${msg}`);
+const PRETTY = (process.env.PPSD_LOG_FORMAT ?? 'pretty').trim().toLowerCase() !== 'json';
+
+/** Copies a child's output line by line, JSON log lines pretty-printed unless PPSD_LOG_FORMAT=json. */
+function relayLines(from: Readable | null, to: Writable): void {
+  if (!from) return;
+  if (!PRETTY) {
+    from.pipe(to, { end: false });
+    return;
+  }
+  createInterface({ input: from, crlfDelay: Number.POSITIVE_INFINITY }).on('line', (line) =>
+    to.write(`${prettyLogLine(line)}\n`),
+  );
+}
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function portInUse(port: number): Promise<boolean> {
@@ -139,9 +157,11 @@ function startChild(
     child.proc = spawn(cmd, args, {
       cwd: REPO_ROOT,
       env: { ...process.env, ...env },
-      stdio: ['ignore', 'inherit', 'inherit'],
+      stdio: ['ignore', 'pipe', 'pipe'],
       detached: true, // own process group: Ctrl-C reaches only this script, which stops children in order
     });
+    relayLines(child.proc.stdout, process.stdout);
+    relayLines(child.proc.stderr, process.stderr);
     child.exited = new Promise<number | null>((res) =>
       child.proc.once('exit', (code, signal) => {
         res(code);

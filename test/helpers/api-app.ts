@@ -5,6 +5,7 @@
  */
 import { fileURLToPath } from 'node:url';
 import { EVENTS_MAX_LEN, encodeEvent, keys, QUEUE_PREFIX, queueName, type StreamEvent } from '@ppsd/contract';
+import { createLogger, type Logger } from '@ppsd/contract/log';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { Registry } from 'prom-client';
@@ -54,12 +55,15 @@ export interface TestApi {
   close(): Promise<void>;
 }
 
-/** `extraModels` are served next to the model (stories260K unless `opts.model`), e.g. packages with a chat template. */
+/**
+ * `extraModels` are served next to the model (stories260K unless `opts.model`), e.g. packages with a chat
+ * template. `opts.log`: the app's logger (default: silent unless PPSD_TEST_VERBOSE, so test output stays readable).
+ */
 export async function startApi(
   url: string,
   over: Partial<ApiConfig> = {},
   extraModels: ModelInfo[] = [],
-  opts: { model?: ModelInfo } = {},
+  opts: { model?: ModelInfo; log?: Logger } = {},
 ): Promise<TestApi> {
   const redis = new Redis(url, { ...FAIL_FAST, lazyConnect: true });
   const subscriber = new Redis(url, { maxRetriesPerRequest: null, lazyConnect: true });
@@ -91,6 +95,8 @@ export async function startApi(
     models: staticRegistry([model, ...extraModels]),
     config,
     metrics: new Registry(),
+    log:
+      opts.log ?? createLogger({ service: 'api', level: process.env.PPSD_TEST_VERBOSE ? 'debug' : 'silent' }),
   });
   await app.ctx.tenants.addKey('acme', KEY_A);
   await app.ctx.tenants.addKey('globex', KEY_B);

@@ -24,6 +24,7 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { ensureStoriesPackage, publishIfChanged, REPO_ROOT } from '../../infra/local/seed';
 import { TEST_KEY_SECRET, testKey } from './keys';
+import { logLines } from './logs';
 import { type RedisServer, startRedis } from './redis-server';
 import { startS3, type TestS3 } from './s3-server';
 
@@ -96,6 +97,10 @@ export class Proc {
         res({ code, signal });
       }),
     );
+  }
+  /** The JSON log lines (@ppsd/contract/log) of the output so far. */
+  logs() {
+    return logLines(this.output);
   }
   get running(): boolean {
     return this.child.exitCode === null && this.child.signalCode === null;

@@ -11,6 +11,7 @@ import { createAdminKeyStore, createTenantStore } from '../../apps/api/src/adapt
 import { bootstrapKeys } from '../../apps/api/src/bootstrap';
 import { ConfigError, loadConfig } from '../../apps/api/src/config';
 import { TEST_KEY_SECRET } from '../helpers/keys';
+import { logLines } from '../helpers/logs';
 import { type RedisServer, startRedis } from '../helpers/redis-server';
 import { ROOT } from '../helpers/stack';
 
@@ -155,7 +156,12 @@ describe('configured keys', () => {
       timeout: 60_000,
     });
     expect(r.status).toBe(2);
-    expect(r.stderr).toMatch(/PPSD_BOOTSTRAP_KEYS: the key of tenant 'acme' \(entry 1\) is 14 characters/);
-    expect(r.stderr).not.toContain('sk-acme-test-1');
+    // one JSON log line on stdout naming each problem, never the key itself
+    const fatal = logLines(r.stdout).find((l) => l.level === 'fatal');
+    expect(fatal, r.stdout + r.stderr).toMatchObject({ service: 'api' });
+    expect(((fatal?.problems ?? []) as string[]).join('\n')).toMatch(
+      /PPSD_BOOTSTRAP_KEYS: the key of tenant 'acme' \(entry 1\) is 14 characters/,
+    );
+    expect(r.stdout + r.stderr).not.toContain('sk-acme-test-1');
   });
 });

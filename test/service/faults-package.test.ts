@@ -30,7 +30,9 @@ it('refuses a package whose weights were corrupted in S3 and says why', async ()
   const exit = await Promise.race([w.exited, new Promise<null>((r) => setTimeout(() => r(null), 60_000))]);
   expect(exit, w.output).not.toBeNull();
   expect(exit?.code).toBe(1);
-  expect(w.output).toMatch(/start-up failed: weights\.safetensors: sha256 mismatch/);
+  const fatal = w.logs().find((l) => l.level === 'fatal');
+  expect(fatal?.msg, w.output).toMatch(/^start-up failed: weights\.safetensors: sha256 mismatch/);
+  expect(fatal).toMatchObject({ service: 'worker', workerId: expect.any(String) });
   expect(await stack.readyWorkers()).toHaveLength(0);
   const cached = await readdir(join(stack.cacheDir, BUCKET, MODEL)).catch(() => []);
   expect(cached).toEqual([]);

@@ -58,7 +58,7 @@ describe('faults', () => {
         const evs = await stack.client.xrange(keys.jobEvents(id), '-', '+');
         const start = evs.map(([, f]) => JSON.parse(f[1]) as StreamEvent).find((e) => e.type === 'start');
         const owner = stack.workers.find(
-          (w) => start?.type === 'start' && w.output.includes(`[worker ${start.workerId}]`),
+          (w) => start?.type === 'start' && w.logs().some((l) => l.workerId === start.workerId),
         );
         expect(owner).toBeDefined();
         owner!.child.kill('SIGKILL');

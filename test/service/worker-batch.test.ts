@@ -6,8 +6,10 @@
  * - the worker process takes up to PPSD_MAX_BATCH jobs at once, passes PPSD_KV_MEMORY to the engine,
  *   reports its scheduler in the heartbeat, and refuses a bad PPSD_KV_MEMORY at start.
  */
+
 import { randomUUID } from 'node:crypto';
 import { keys, QUEUE_PREFIX, queueName, SCHEDULER_METRIC_PREFIX, type StreamEvent } from '@ppsd/contract';
+import { createLogger } from '@ppsd/contract/log';
 import { Engine } from '@ppsd/engine';
 import { Queue, Worker } from 'bullmq';
 import { Redis } from 'ioredis';
@@ -99,7 +101,7 @@ describe('a job waiting inside the engine', () => {
         decoders: ['ar'],
         stages: 1,
         cancels: new CancelRegistry(redis),
-        log: () => {},
+        log: createLogger({ service: 'worker', level: 'silent' }),
         jobTimeoutMs: LIMIT_MS,
       }),
       {

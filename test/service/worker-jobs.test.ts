@@ -39,9 +39,11 @@ describe('gpu worker', () => {
     const [hb] = await stack.readyWorkers();
     expect(hb).toMatchObject({ modelId: MODEL, ready: true, devices: ['cpu'] });
     expect(hb.decoders).toContain('ar');
-    const log = stack.workers[0].output;
+    const lines = stack.workers[0].logs();
+    // start-up lines are JSON log lines of the worker, each with its id
+    for (const l of lines) expect(l).toMatchObject({ service: 'worker', workerId: hb.workerId });
     const order = ['verified and cached', 'engine open', 'warm-up generation', 'ready:'].map((s) =>
-      log.indexOf(s),
+      lines.findIndex((l) => l.msg.includes(s)),
     );
     expect(order.every((i) => i >= 0)).toBe(true);
     expect([...order].sort((a, b) => a - b)).toEqual(order);
@@ -164,7 +166,7 @@ describe('gpu worker', () => {
     const last = evs[evs.length - 1].event;
     expect(last.type).toBe('done');
     if (last.type === 'done') expect(['length', 'stop']).toContain(last.result.finishReason);
-    expect(w.output).toMatch(/SIGTERM: draining/);
+    expect(w.logs().some((l) => /^SIGTERM: draining/.test(l.msg))).toBe(true);
     expect(
       await stack.client.hget(keys.workers(MODEL), (await stack.readyWorkers())[0]?.workerId ?? 'none'),
     ).toBeNull();
@@ -184,7 +186,7 @@ describe('gpu worker', () => {
     );
     w.child.kill('SIGTERM');
     expect((await w.exited).code, w.output).toBe(0);
-    expect(w.output).toMatch(/handing 1 job\(s\) back/);
+    expect(w.logs().some((l) => /handing 1 job\(s\) back/.test(l.msg))).toBe(true);
     const partial = await readEvents(stack.client, id);
     expect(partial.some((e) => e.event.type === 'done' || e.event.type === 'error')).toBe(false);
     await stack.startWorker();

@@ -12,6 +12,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { CancelRegistry } from '../../workers/gpu-worker/src/cancel';
 import type { WorkerEngine } from '../../workers/gpu-worker/src/engine-types';
 import { createProcessor } from '../../workers/gpu-worker/src/job-runner';
+import { captureLogger } from '../helpers/logs';
 import { type RedisServer, startRedis } from '../helpers/redis-server';
 import {
   enqueue,
@@ -56,7 +57,7 @@ it('a retried attempt continues the stream without duplicating a token', async (
     },
   };
   const cancels = new CancelRegistry(redis);
-  const logs: string[] = [];
+  const logs = captureLogger('worker', { workerId: 'in-process' });
   const worker = new Worker(
     queueName(MODEL),
     createProcessor({
@@ -68,7 +69,7 @@ it('a retried attempt continues the stream without duplicating a token', async (
       decoders: ['ar'],
       stages: 1,
       cancels,
-      log: (m) => logs.push(m),
+      log: logs.log,
     }),
     { connection: new Redis(redisServer.url, { maxRetriesPerRequest: null }), prefix: QUEUE_PREFIX },
   );
@@ -89,7 +90,8 @@ it('a retried attempt continues the stream without duplicating a token', async (
       if (event.attempt === 1) expect(event.index + event.ids.length).toBeLessThanOrEqual(6);
       else expect(event.index).toBeGreaterThanOrEqual(6);
     }
-    expect(logs.join('\n')).toMatch(/6 tokens already published/);
+    const second = logs.lines().find((l) => /6 tokens already published/.test(l.msg));
+    expect(second).toMatchObject({ jobId: id, tenant: 'acme', attempt: 2, publishedTokens: 6 });
     const usage = await usageOf(redis, 'acme', id);
     expect(usage.map((u) => [u.attempt, u.status])).toEqual([
       [1, 'failed'],

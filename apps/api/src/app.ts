@@ -1,12 +1,13 @@
 /**
  * The one place the API is put together: adapters built from the injected connections, middleware
- * (request id, metrics, auth, OpenAI-shaped errors) and the route modules. Node server and Lambda handler
- * both serve the app this returns.
+ * (request id + request logger + access line, metrics, auth, OpenAI-shaped errors) and the route modules.
+ * Node server and Lambda handler both serve the app this returns.
  */
+import { randomUUID } from 'node:crypto';
 import { OpenAPIHono } from '@hono/zod-openapi';
+import { createLogger, type Logger } from '@ppsd/contract/log';
 import type { Queue } from 'bullmq';
 import { HTTPException } from 'hono/http-exception';
-import { requestId } from 'hono/request-id';
 import type { Redis } from 'ioredis';
 import type { Registry } from 'prom-client';
 import { createAuditLog } from './adapters/audit';
@@ -41,7 +42,14 @@ export interface AppDeps {
   config: ApiConfig;
   metrics: Registry;
   clock?: () => number;
+  /** The service logger (default: createLogger({service: 'api'}), JSON lines on stdout). */
+  log?: Logger;
 }
+
+/** An incoming `x-request-id` is kept when it is a short token like these; anything else gets a UUID. */
+export const REQUEST_ID = /^[A-Za-z0-9][A-Za-z0-9._:=-]{0,127}$/;
+/** Probes and scrapes: their access lines are debug, not info (a load balancer asks every few seconds). */
+const PROBES = new Set(['/healthz', '/readyz', '/metrics']);
 
 export interface PpsdApp extends OpenAPIHono<AppEnv> {
   /** Releases what createApp set up (pub/sub listeners); the caller closes the connections. */
@@ -62,6 +70,7 @@ export const OPENAPI_INFO = {
 export function createApp(deps: AppDeps): PpsdApp {
   const clock = deps.clock ?? Date.now;
   const { redis, config } = deps;
+  const log = deps.log ?? createLogger({ service: 'api' });
   const events: JobEvents = createJobEvents(redis, deps.subscriber, { pollMs: config.pollMs });
   const quota = createQuota(redis, config);
   const tenants = createTenantStore(redis, config.keySecret);
@@ -91,11 +100,32 @@ export function createApp(deps: AppDeps): PpsdApp {
     jobs,
     metrics,
     clock,
+    log,
   };
 
   const app = new OpenAPIHono<AppEnv>();
 
-  app.use('*', requestId({ headerName: 'X-Request-Id' }));
+  // Request id (kept from x-request-id when sane, echoed), the request's logger, one access line.
+  app.use('*', async (c, next) => {
+    const started = performance.now();
+    const incoming = c.req.header('X-Request-Id');
+    const reqId = incoming && REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    c.set('requestId', reqId);
+    c.set('log', log.child({ reqId }));
+    await next();
+    // after the handler: also on Responses a route built itself (answers relayed from a job, SSE)
+    c.header('X-Request-Id', reqId);
+    const status = c.res.status;
+    const line = {
+      method: c.req.method,
+      path: c.req.path,
+      status,
+      ms: Math.round((performance.now() - started) * 10) / 10,
+      ...(c.get('errorCode') ? { code: c.get('errorCode') } : {}),
+    };
+    const level = status >= 500 ? 'warn' : PROBES.has(c.req.path) ? 'debug' : 'info';
+    c.get('log')[level](line, 'request');
+  });
 
   app.use('*', async (c, next) => {
     const started = performance.now();
@@ -117,6 +147,7 @@ export function createApp(deps: AppDeps): PpsdApp {
     const tenant = await tenants.authenticate(m[1]);
     if (!tenant) throw unauthorized('Incorrect or revoked API key provided.');
     c.set('tenant', tenant.id);
+    c.set('log', c.get('log').child({ tenant: tenant.id }));
     await next();
   });
 
@@ -134,12 +165,14 @@ export function createApp(deps: AppDeps): PpsdApp {
         status === 401 ? 'authentication_error' : status >= 500 ? 'server_error' : 'invalid_request_error',
         status === 400 ? 'invalid_request' : null,
       );
-    } else if (isRedisUnavailable(err))
+    } else if (isRedisUnavailable(err)) {
       e = unavailable('The service cannot reach its data store; retry later.');
-    else {
-      console.error(`[api] ${c.req.method} ${c.req.path} (${c.get('requestId')}):`, err);
+      (c.get('log') ?? log).warn({ error: err.message }, 'data store unavailable');
+    } else {
+      (c.get('log') ?? log).error({ err, method: c.req.method, path: c.req.path }, 'unhandled error');
       e = new ApiError(500, 'Internal server error', 'server_error', 'internal_error');
     }
+    if (e.code) c.set('errorCode', e.code);
     return c.json(e.body(), e.status, e.headers);
   });
 

@@ -25,14 +25,12 @@ export async function bootstrapKeys(
 ): Promise<BootstrapResult> {
   const legacyRemoved = (await tenants.keys.removeLegacy()) + ((await admin?.store.removeLegacy()) ?? 0);
   if (legacyRemoved)
-    log(
-      `[api] bootstrap: removed ${legacyRemoved} key records of the old unkeyed format; re-issue those keys`,
-    );
+    log(`bootstrap: removed ${legacyRemoved} key records of the old unkeyed format; re-issue those keys`);
   const added: string[] = [];
   for (const { tenant, key } of keys) {
     if (await tenants.addKey(tenant, key)) added.push(tenant);
   }
-  if (added.length) log(`[api] bootstrap: registered keys for ${added.join(', ')}`);
+  if (added.length) log(`bootstrap: registered keys for ${added.join(', ')}`);
   const result: BootstrapResult = { added, adminAdded: 0, legacyRemoved };
 
   if (admin) {
@@ -40,11 +38,11 @@ export async function bootstrapKeys(
       if ((await admin.store.add(key, { source: 'config', createdBy: 'bootstrap' })).added)
         result.adminAdded++;
     }
-    if (result.adminAdded) log(`[api] bootstrap: registered ${result.adminAdded} admin key(s)`);
+    if (result.adminAdded) log(`bootstrap: registered ${result.adminAdded} admin key(s)`);
     if (admin.keys.length === 0 && (await admin.store.countActive()) === 0) {
       const { key, prefix } = await admin.store.issue({ createdBy: 'bootstrap' });
       result.adminCreated = { key, prefix };
-      log(`[api] bootstrap: no admin key configured; created admin key ${prefix} (shown once):\n${key}`);
+      log(`bootstrap: no admin key configured; created admin key ${prefix} (shown once):\n${key}`);
     }
   }
 
@@ -52,6 +50,6 @@ export async function bootstrapKeys(
   const tenant = 'default';
   await tenants.ensureTenant(tenant);
   const { key } = await tenants.issueKey(tenant, 'bootstrap');
-  log(`[api] bootstrap: no API keys configured; created tenant '${tenant}' with key:\n${key}`);
+  log(`bootstrap: no API keys configured; created tenant '${tenant}' with key:\n${key}`);
   return { ...result, created: { tenant, key } };
 }

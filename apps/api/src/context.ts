@@ -1,5 +1,6 @@
 /** The pieces every route gets: built once in createApp from its dependencies. */
 import { OpenAPIHono } from '@hono/zod-openapi';
+import type { Logger } from '@ppsd/contract/log';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { AuditLog } from './adapters/audit';
@@ -16,6 +17,10 @@ export interface AppEnv {
   Variables: {
     tenant: string;
     requestId: string;
+    /** The request's logger: reqId on every line, tenant (or admin) once authenticated. */
+    log: Logger;
+    /** The `code` of the error answer, for the access line. */
+    errorCode?: string;
     /** /admin/: the prefix of the admin key that made the request. */
     admin: string;
     /** /admin/: what the handler did, for the audit entry (action name, target, details). */
@@ -36,6 +41,8 @@ export interface AppContext {
   jobs: JobService;
   metrics: Metrics;
   clock: () => number;
+  /** The service logger (requests use `c.get('log')`, its child). */
+  log: Logger;
 }
 
 /** A router whose validation failures become OpenAI-shaped 400s (thrown to the app's error handler). */

@@ -21,6 +21,7 @@ import {
   WORKER_STALE_MS,
   type WorkerHeartbeat,
 } from '@ppsd/contract';
+import type { Logger } from '@ppsd/contract/log';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { Quota } from './adapters/quota';
@@ -234,7 +235,8 @@ export function createJobService(d: JobServiceDeps) {
     }
   }
 
-  async function admit(input: AdmitInput): Promise<Admitted> {
+  /** `log`: the request's logger; the enqueued job's id is logged with it (joins requests to jobs). */
+  async function admit(input: AdmitInput, log?: Logger): Promise<Admitted> {
     const model = resolveModel(input.model);
     const allowed = await d.allowedModels?.(input.tenant);
     if (allowed && !allowed.includes(model.id)) {
@@ -302,10 +304,13 @@ export function createJobService(d: JobServiceDeps) {
     );
     if (r.kind === 'idem') {
       const raw = await redis.get(jobMetaKey(r.jobId));
-      if (raw) return { meta: JSON.parse(raw) as JobMeta, model, created: false };
+      if (raw) {
+        log?.info({ jobId: r.jobId, model: model.id }, 'idempotent repeat: existing job');
+        return { meta: JSON.parse(raw) as JobMeta, model, created: false };
+      }
       // The mapping outlived its job: drop it and admit afresh.
       await redis.del(keys.idempotency(input.tenant, input.idempotencyKey!));
-      return admit(input);
+      return admit(input, log);
     }
     if (r.kind === 'queue') {
       throw tooMany(
@@ -379,6 +384,10 @@ export function createJobService(d: JobServiceDeps) {
       if (isRedisUnavailable(err)) throw unavailable('The job queue is unavailable; retry later.');
       throw err;
     }
+    log?.info(
+      { jobId, model: model.id, kind: input.kind, promptTokens, maxTokens, speculation },
+      'job enqueued',
+    );
     return { meta, model, created: true };
   }
 

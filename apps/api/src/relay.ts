@@ -3,6 +3,7 @@
  * the job's events as OpenAI SSE chunks (stream). A client that goes away leaves the job running unless
  * the request set `cancel_on_disconnect: true`.
  */
+import type { Logger } from '@ppsd/contract/log';
 import type { StreamEntry } from './adapters/redis-events';
 import type { AppContext } from './context';
 import type { JobMeta } from './jobs';
@@ -15,21 +16,29 @@ export interface RelayOptions {
   includeUsage: boolean;
   cancelOnDisconnect: boolean;
   logprobs: LogprobsRequest;
+  /** The request's logger with the job's id (`c.get('log').child({jobId})`). */
+  log?: Logger;
 }
 
 /** onIdle for followers: at most every 10 s after 5 s of silence, ask BullMQ whether the job is lost. */
-export function lostJobCheck(ctx: AppContext, meta: JobMeta) {
+export function lostJobCheck(ctx: AppContext, meta: JobMeta, log?: Logger) {
   let last = 0;
   return async (idleMs: number): Promise<StreamEntry | undefined> => {
     const now = Date.now();
     if (idleMs < 5_000 || now - last < 10_000) return undefined;
     last = now;
-    return ctx.jobs.lostEnd(meta).catch(() => undefined);
+    return ctx.jobs.lostEnd(meta).catch((err: Error) => {
+      log?.warn({ error: err.message }, 'lost-job check failed');
+      return undefined;
+    });
   };
 }
 
-async function cancelQuietly(ctx: AppContext, meta: JobMeta) {
-  await ctx.jobs.cancel(meta).catch(() => undefined);
+async function cancelQuietly(ctx: AppContext, meta: JobMeta, log?: Logger) {
+  log?.info('client gone: cancelling the job (cancel_on_disconnect)');
+  await ctx.jobs.cancel(meta).catch((err: Error) => {
+    log?.warn({ error: err.message }, 'cancel on disconnect failed');
+  });
 }
 
 /** Follows the job to its end; returns all entries (the last is terminal), or undefined if aborted. */
@@ -38,17 +47,19 @@ export async function waitForEnd(
   meta: JobMeta,
   signal: AbortSignal | undefined,
   cancelOnDisconnect: boolean,
+  log?: Logger,
 ): Promise<StreamEntry[] | undefined> {
   const observe = ctx.metrics.jobObserver(meta.model, meta.createdAt);
   const entries: StreamEntry[] = [];
   let ended = false;
-  for await (const e of ctx.events.follow(meta.id, { signal, onIdle: lostJobCheck(ctx, meta) })) {
+  for await (const e of ctx.events.follow(meta.id, { signal, onIdle: lostJobCheck(ctx, meta, log) })) {
     observe(e);
     entries.push(e);
     if (e.event.type === 'done' || e.event.type === 'error') ended = true;
   }
   if (!ended) {
-    if (cancelOnDisconnect) await cancelQuietly(ctx, meta);
+    log?.info({ events: entries.length }, 'client gone before the job ended');
+    if (cancelOnDisconnect) await cancelQuietly(ctx, meta, log);
     return undefined;
   }
   return entries;
@@ -71,7 +82,7 @@ export function relayStream(
       let ended = false;
       for await (const e of ctx.events.follow(meta.id, {
         signal: w.signal,
-        onIdle: lostJobCheck(ctx, meta),
+        onIdle: lostJobCheck(ctx, meta, o.log),
       })) {
         observe(e);
         entries.push(e);
@@ -105,9 +116,9 @@ export function relayStream(
           w.send('[DONE]');
         }
       }
-      if (!ended && o.cancelOnDisconnect) await cancelQuietly(ctx, meta);
+      if (!ended && o.cancelOnDisconnect) await cancelQuietly(ctx, meta, o.log);
     },
-    { keepAliveMs: ctx.config.keepAliveMs, requestSignal },
+    { keepAliveMs: ctx.config.keepAliveMs, requestSignal, log: o.log },
   );
 }
 
@@ -131,18 +142,22 @@ export async function answerJob(
     chat: boolean;
     logprobs: LogprobsRequest;
     toObject: (meta: JobMeta, outcome: Outcome, logprobs: LogprobsRequest) => unknown;
+    /** The request's logger (`c.get('log')`); its lines about this job carry the job's id. */
+    log?: Logger;
   },
 ): Promise<Response> {
   const cancelOnDisconnect = body.cancel_on_disconnect === true;
+  const log = o.log?.child({ jobId: meta.id });
   if (body.stream) {
     return relayStream(ctx, meta, request.signal, {
       chat: o.chat,
       includeUsage: body.stream_options?.include_usage === true,
       cancelOnDisconnect,
       logprobs: o.logprobs,
+      log,
     });
   }
-  const entries = await waitForEnd(ctx, meta, request.signal, cancelOnDisconnect);
+  const entries = await waitForEnd(ctx, meta, request.signal, cancelOnDisconnect, log);
   if (!entries) return new Response(null, { status: 499 });
   return Response.json(o.toObject(meta, outcomeOf(meta, entries), o.logprobs));
 }

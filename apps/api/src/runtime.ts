@@ -4,6 +4,7 @@
  * one BullMQ queue per model, the model registry, a Prometheus registry, the app, bootstrap keys.
  */
 import { QUEUE_PREFIX, queueName } from '@ppsd/contract';
+import { createLogger, type Logger, lineLogger } from '@ppsd/contract/log';
 import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { collectDefaultMetrics, Registry } from 'prom-client';
@@ -22,7 +23,8 @@ export interface Runtime {
 
 export interface RuntimeOptions {
   models?: ModelRegistry;
-  log?: (msg: string) => void;
+  /** The service logger (default: createLogger({service: 'api'})). */
+  log?: Logger;
   /** Collect Node process metrics (default true). */
   processMetrics?: boolean;
 }
@@ -35,7 +37,8 @@ export const FAIL_FAST = {
 } as const;
 
 export async function createRuntime(config: ApiConfig, opts: RuntimeOptions = {}): Promise<Runtime> {
-  const log = opts.log ?? ((m: string) => console.error(m));
+  const logger = opts.log ?? createLogger({ service: 'api' });
+  const log = lineLogger(logger);
   const pool = opts.models ? undefined : createTokenCountPool(config.tokenizerThreads);
   const models =
     opts.models ??
@@ -45,7 +48,7 @@ export async function createRuntime(config: ApiConfig, opts: RuntimeOptions = {}
   // Auto-pipelining: the event reads of many open streams in one tick go to Redis as one write.
   const redis = new Redis(config.redisUrl, { ...FAIL_FAST, lazyConnect: true, enableAutoPipelining: true });
   redis.on('error', (err: Error) => {
-    if (err.message !== lastError) log(`[api] redis: ${err.message}`);
+    if (err.message !== lastError) logger.warn(`redis: ${err.message}`);
     lastError = err.message;
   });
   redis.on('ready', () => {
@@ -54,7 +57,7 @@ export async function createRuntime(config: ApiConfig, opts: RuntimeOptions = {}
   const subscriber = new Redis(config.redisUrl, { maxRetriesPerRequest: null, lazyConnect: true });
   subscriber.on('error', () => {}); // reconnects and resubscribes by itself; the command connection logs
   await Promise.all([
-    redis.connect().catch((err: Error) => log(`[api] redis not reachable yet (${err.message}); retrying`)),
+    redis.connect().catch((err: Error) => logger.warn(`redis not reachable yet (${err.message}); retrying`)),
     subscriber.connect().catch(() => undefined),
   ]);
 
@@ -63,7 +66,7 @@ export async function createRuntime(config: ApiConfig, opts: RuntimeOptions = {}
     let q = queues.get(model);
     if (!q) {
       q = new Queue(queueName(model), { connection: redis, prefix: QUEUE_PREFIX });
-      q.on('error', (err: Error) => log(`[api] queue ${model}: ${err.message}`));
+      q.on('error', (err: Error) => logger.warn(`queue ${model}: ${err.message}`));
       queues.set(model, q);
     }
     return q;
@@ -71,7 +74,7 @@ export async function createRuntime(config: ApiConfig, opts: RuntimeOptions = {}
 
   const metrics = new Registry();
   if (opts.processMetrics !== false) collectDefaultMetrics({ register: metrics });
-  const app = createApp({ redis, subscriber, queues: queueFor, models, config, metrics });
+  const app = createApp({ redis, subscriber, queues: queueFor, models, config, metrics, log: logger });
 
   // Bootstrap needs Redis; keep trying in the background if it is not up yet.
   const boot = async (attempt = 0): Promise<void> => {
@@ -81,7 +84,7 @@ export async function createRuntime(config: ApiConfig, opts: RuntimeOptions = {}
         keys: config.adminKeys,
       });
     } catch (err) {
-      if (attempt === 0) log(`[api] bootstrap deferred: ${(err as Error).message}`);
+      if (attempt === 0) logger.warn(`bootstrap deferred: ${(err as Error).message}`);
       await new Promise((r) => setTimeout(r, Math.min(10_000, 500 * 2 ** attempt)).unref());
       return boot(attempt + 1);
     }
@@ -114,7 +117,7 @@ export async function pullPromptFiles(
   const pulled = await pullPackage(makeS3Client({ endpoint: config.s3Endpoint }), parseS3Url(url), {
     cacheDir: config.cacheDir,
     only: (manifest) => [manifest.tokenizer.file],
-    log: (m) => log(`[api] ${m}`),
+    log,
   });
   return pulled.dir;
 }

@@ -1,11 +1,15 @@
 /**
  * Node entry: `tsx apps/api/src/server.ts`. Serves the app on PORT (default 8080); on SIGTERM/SIGINT
  * stops accepting connections, lets open requests finish for PPSD_SHUTDOWN_GRACE_SECONDS, then closes
- * Redis and exits. Configuration errors are printed and exit with status 2.
+ * Redis and exits. Configuration errors are logged (one `problems` entry each) and exit with status 2.
+ * Logs: JSON lines on stdout (@ppsd/contract/log, PPSD_LOG_LEVEL).
  */
 import { serve } from '@hono/node-server';
+import { createLogger } from '@ppsd/contract/log';
 import { ConfigError, loadConfig } from './config';
 import { createRuntime } from './runtime';
+
+const log = createLogger({ service: 'api' });
 
 async function main() {
   let config: ReturnType<typeof loadConfig>;
@@ -13,23 +17,23 @@ async function main() {
     config = loadConfig();
   } catch (err) {
     if (err instanceof ConfigError) {
-      console.error(err.message);
+      log.fatal({ problems: err.problems }, err.message);
       process.exit(2);
     }
     throw err;
   }
-  const runtime = await createRuntime(config);
+  const runtime = await createRuntime(config, { log });
   const server = serve({ fetch: runtime.app.fetch, port: config.port, hostname: config.host }, (info) => {
-    console.error(`[api] listening on http://${info.address}:${info.port}`);
+    log.info(`listening on http://${info.address}:${info.port}`);
   });
 
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    console.error(`[api] ${signal}: draining`);
+    log.info(`${signal}: draining`);
     const force = setTimeout(() => {
-      console.error('[api] grace period over, closing remaining connections');
+      log.warn('grace period over, closing remaining connections');
       (server as unknown as { closeAllConnections?: () => void }).closeAllConnections?.();
     }, config.shutdownGraceSeconds * 1000);
     force.unref();
@@ -43,6 +47,6 @@ async function main() {
 }
 
 main().catch((err) => {
-  console.error('[api] failed to start:', err);
+  log.fatal({ err }, `failed to start: ${err instanceof Error ? err.message : String(err)}`);
   process.exit(1);
 });

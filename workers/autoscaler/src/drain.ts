@@ -107,7 +107,7 @@ async function drain(
       log.info('lifecycle action completed', { instanceId });
       return 'drained';
     } catch (err) {
-      log.warn('CompleteLifecycleAction failed', { attempt: i, error: errorMessage(err) });
+      log.warn('CompleteLifecycleAction failed', { try: i, error: errorMessage(err) });
       // After the last attempt the hook's heartbeat timeout ends the wait (default result CONTINUE).
       if (i >= attempts) throw err;
       await sleep(retryDelay);

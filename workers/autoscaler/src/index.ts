@@ -21,7 +21,7 @@ export {
 } from './config';
 export { type DrainOutcome, type DrainWatcherOptions, isTerminating, runDrainWatcher } from './drain';
 export { createImds, DEFAULT_IMDS_ENDPOINT, type Imds, ImdsError, type ImdsOptions } from './imds';
-export { type AwsClientLike, jsonLogger, type Logger, silentLogger } from './log';
+export { type AwsClientLike, fieldsLogger, jsonLogger, type Logger, silentLogger } from './log';
 export {
   createInstanceProtection,
   type InstanceProtection,

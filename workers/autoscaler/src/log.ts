@@ -1,22 +1,29 @@
+import { createLogger, type Logger as ServiceLogger } from '@ppsd/contract/log';
+
 export type LogFields = Record<string, unknown>;
 
+/** What this package's code logs through: a message and its fields (`fieldsLogger` adapts pino). */
 export interface Logger {
   info(msg: string, fields?: LogFields): void;
   warn(msg: string, fields?: LogFields): void;
   error(msg: string, fields?: LogFields): void;
 }
 
-function line(level: string, component: string, msg: string, fields?: LogFields): string {
-  return JSON.stringify({ time: new Date().toISOString(), level, component, msg, ...fields });
+/** A Logger over a service logger of @ppsd/contract/log (the fields go on the JSON line). */
+export function fieldsLogger(log: ServiceLogger): Logger {
+  return {
+    info: (msg, fields) => log.info(fields ?? {}, msg),
+    warn: (msg, fields) => log.warn(fields ?? {}, msg),
+    error: (msg, fields) => log.error(fields ?? {}, msg),
+  };
 }
 
-/** JSON lines on stdout/stderr (journald and CloudWatch Logs both keep them as-is). */
+/**
+ * JSON lines on stdout, `service: 'autoscaler'` and `component` on each (journald and CloudWatch Logs
+ * keep them as-is); level from PPSD_LOG_LEVEL.
+ */
 export function jsonLogger(component: string): Logger {
-  return {
-    info: (msg, fields) => process.stdout.write(`${line('info', component, msg, fields)}\n`),
-    warn: (msg, fields) => process.stderr.write(`${line('warn', component, msg, fields)}\n`),
-    error: (msg, fields) => process.stderr.write(`${line('error', component, msg, fields)}\n`),
-  };
+  return fieldsLogger(createLogger({ service: 'autoscaler', base: { component } }));
 }
 
 export const silentLogger: Logger = { info() {}, warn() {}, error() {} };

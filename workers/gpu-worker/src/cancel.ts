@@ -9,6 +9,8 @@ import { Redis, type RedisOptions } from 'ioredis';
 
 export class CancelRegistry {
   private readonly owned = new Map<string, AbortController>();
+  /** Per job: the job attempt's logger, so its cancel line carries the job's context. */
+  private readonly jobLogs = new Map<string, (msg: string) => void>();
   private sub: Redis | null = null;
 
   constructor(
@@ -32,14 +34,18 @@ export class CancelRegistry {
   }
 
   /** Registers a job this worker now runs; returns the controller whose signal goes to the engine. */
-  register(jobId: string): AbortController {
+  register(jobId: string, log?: (msg: string) => void): AbortController {
     const ac = new AbortController();
     this.owned.set(jobId, ac);
+    if (log) this.jobLogs.set(jobId, log);
+    else this.jobLogs.delete(jobId);
     return ac;
   }
 
   release(jobId: string, ac: AbortController): void {
-    if (this.owned.get(jobId) === ac) this.owned.delete(jobId);
+    if (this.owned.get(jobId) !== ac) return;
+    this.owned.delete(jobId);
+    this.jobLogs.delete(jobId);
   }
 
   /** True when the job was asked to cancel (durable flag set by the API). */
@@ -50,7 +56,7 @@ export class CancelRegistry {
   cancel(jobId: string, why: string): boolean {
     const ac = this.owned.get(jobId);
     if (!ac || ac.signal.aborted) return false;
-    this.log(`job ${jobId}: cancelling (${why})`);
+    (this.jobLogs.get(jobId) ?? this.log)(`job ${jobId}: cancelling (${why})`);
     ac.abort(new Error('cancelled'));
     return true;
   }

@@ -89,8 +89,10 @@ export class DecoderSupport {
     this.log(`warm-up generation with ${this.defaultDecoder} ok (${ms.toFixed(0)} ms)`);
   }
 
-  ensure(decoder: DecoderName): Promise<void> {
+  /** `jobLog`: where the first probe's outcome is logged (the asking job's logger; default the worker's). */
+  ensure(decoder: DecoderName, jobLog?: { info(msg: string): void }): Promise<void> {
     if (this.good.has(decoder)) return Promise.resolve();
+    const log = jobLog ? (m: string) => jobLog.info(m) : this.log;
     const why = this.missing.get(decoder);
     if (why !== undefined) return Promise.reject(unsupported(decoder, why));
     let p = this.probing.get(decoder);
@@ -98,13 +100,13 @@ export class DecoderSupport {
       p = warmUp(this.engine, decoder).then(
         (ms) => {
           this.good.add(decoder);
-          this.log(`decoder ${decoder} opened and warmed (${ms.toFixed(0)} ms)`);
+          log(`decoder ${decoder} opened and warmed (${ms.toFixed(0)} ms)`);
           this.onChange(this.available);
         },
         (err: Error) => {
           const reason = err.message.split('\n')[0];
           this.missing.set(decoder, reason);
-          this.log(`decoder ${decoder} not available: ${reason}`);
+          log(`decoder ${decoder} not available: ${reason}`);
         },
       );
       this.probing.set(decoder, p);

@@ -14,6 +14,7 @@
  *   tenant's quota reservation and appends the terminal event (which expires the stream after
  *   EVENTS_TTL_SECONDS). Usage + settlement share the tenant slot (one script); the terminal event and
  *   the stream's expiry share the job slot (another); both are idempotent.
+ * - Logs through a child of `deps.log` per attempt: jobId, tenant and attempt on every line.
  */
 import {
   BLOCK_DECODERS,
@@ -36,6 +37,7 @@ import {
   type UsageRecord,
   withJobScripts,
 } from '@ppsd/contract';
+import type { Logger } from '@ppsd/contract/log';
 import type { SpeculationStats } from '@ppsd/engine';
 import { DelayedError, type Job, UnrecoverableError } from 'bullmq';
 import type { Redis } from 'ioredis';
@@ -54,13 +56,14 @@ export interface RunnerDeps {
    * Makes sure the engine can run `decoder` (opened and warmed on first use); throws JobRejectedError
    * ('unsupported_decoder') when it cannot.
    */
-  ensureDecoder?: (decoder: DecoderName) => Promise<void>;
+  ensureDecoder?: (decoder: DecoderName, log: Logger) => Promise<void>;
   /** Pipeline stages (devices) a generation holds, for device seconds. */
   stages: number;
   /** The deepest pipeline a job may ask for (`speculation.stages`; the engine's maxStages). */
   maxStages?: number;
   cancels: CancelRegistry;
-  log: (msg: string) => void;
+  /** The worker's logger (workerId); each attempt logs through a child with jobId, tenant, attempt. */
+  log: Logger;
   /** When the worker drains past its deadline, in-flight jobs are handed back to the queue. */
   handBack?: () => boolean;
   /** Hard limit on one attempt (ms); 0 = none. */
@@ -166,6 +169,8 @@ interface AttemptContext {
   data: GenerationJob;
   jobId: string;
   attempt: number;
+  /** This attempt's logger: jobId, tenant and attempt on every line. */
+  log: Logger;
   /** ms epoch the attempt began (wall time, queue time). */
   started: number;
   publisher: EventPublisher;
@@ -203,10 +208,10 @@ export function createProcessor(
   return async function processJob(job, token) {
     const ctx = openAttempt(deps, redis, job);
     const progress = await readProgress(redis, ctx.jobId);
-    if (progress.done) return replayTerminal(redis, keys.jobEvents(ctx.jobId), ctx.jobId, deps.log);
+    if (progress.done) return replayTerminal(redis, keys.jobEvents(ctx.jobId), ctx.jobId, ctx.log);
     if (ctx.attempt > 1) announceRetry(ctx);
 
-    const ac = deps.cancels.register(ctx.jobId);
+    const ac = deps.cancels.register(ctx.jobId, (m) => ctx.log.info(m));
     deps.onBusy?.(1);
     const deadline = new AttemptDeadline(deps.jobTimeoutMs ?? 0, ac);
     try {
@@ -253,6 +258,7 @@ function openAttempt(
     data,
     jobId,
     attempt,
+    log: deps.log.child({ jobId, tenant: data.tenant, attempt }),
     started: Date.now(),
     publisher,
     publish: (ev, kind, tokenEnd = 0, charsEnd = 0) => publisher.push({ ev, kind, tokenEnd, charsEnd }),
@@ -287,7 +293,7 @@ async function resolvePlan(ctx: AttemptContext): Promise<ResolvedSpeculation> {
       deps.maxStages ?? 2,
     );
     decoder = plan.decoder;
-    await deps.ensureDecoder?.(decoder);
+    await deps.ensureDecoder?.(decoder, ctx.log);
     return plan;
   } catch (err) {
     await finishAttempt(ctx, decoder, {
@@ -313,7 +319,8 @@ function announceStart(ctx: AttemptContext, decoder: DecoderName, publishedToken
     },
     'start',
   );
-  ctx.deps.log(
+  ctx.log.info(
+    { decoder, maxTokens: data.params.maxTokens, publishedTokens },
     `job ${ctx.jobId} attempt ${ctx.attempt}: ${decoder}, max_tokens ${data.params.maxTokens}` +
       (publishedTokens ? `, ${publishedTokens} tokens already published` : ''),
   );
@@ -512,11 +519,19 @@ async function finishAttempt(ctx: AttemptContext, decoder: DecoderName, end: Att
   await settleUsage(ctx.redis, usage, end.final);
   await addJobMetrics(ctx, end.kind, usage, stats);
   const result = jobResult(decoder, end, { promptTokens, stats, finishReason });
-  if (!end.final) return result;
-  await publishTerminal(ctx, end, result);
-  ctx.deps.log(
+  ctx.log[end.kind === 'completed' || end.kind === 'cancelled' ? 'info' : 'warn'](
+    {
+      status: end.kind,
+      final: end.final,
+      finishReason,
+      completionTokens: end.completionTokens,
+      wallMs,
+      ...(end.err ? { error: end.err.message } : {}),
+    },
     `job ${ctx.jobId} attempt ${ctx.attempt}: ${end.kind} (${finishReason}), ${end.completionTokens} tokens in ${wallMs} ms`,
   );
+  if (!end.final) return result;
+  await publishTerminal(ctx, end, result);
   return result;
 }
 
@@ -716,12 +731,12 @@ async function replayTerminal(
   redis: Redis,
   eventsKey: string,
   jobId: string,
-  log: (m: string) => void,
+  log: Logger,
 ): Promise<JobResult> {
   const last = await redis.xrevrange(eventsKey, '+', '-', 'COUNT', 1);
   const fields = last[0]?.[1];
   const ev = fields ? (JSON.parse(fields[fields.indexOf('e') + 1]) as StreamEvent) : null;
-  log(`job ${jobId}: already ended in its stream, recording that result`);
+  log.info(`job ${jobId}: already ended in its stream, recording that result`);
   if (ev?.type === 'done') return ev.result;
   throw new UnrecoverableError(ev?.type === 'error' ? ev.message : 'job stream ended earlier');
 }

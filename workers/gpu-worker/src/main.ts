@@ -4,8 +4,11 @@
  * Start-up: heartbeat (not ready) -> pull + verify the model package from S3 (or a local folder) ->
  * open the engine -> one-token warm-up -> heartbeat ready -> consume the model's BullMQ queue.
  * SIGTERM/SIGINT drain (./drain.ts). Exit codes: 0 drained, 1 start-up failure, 2 bad configuration.
+ * Logs: JSON lines on stdout (@ppsd/contract/log, PPSD_LOG_LEVEL), workerId on every line; a job's lines
+ * also carry jobId, tenant and attempt (./job-runner.ts).
  */
 import { DECODER_NAMES, type GenerationJob, type JobResult, QUEUE_PREFIX, queueName } from '@ppsd/contract';
+import { createLogger, type Logger, lineLogger } from '@ppsd/contract/log';
 import { resolveDevicePlan, verifyPackage } from '@ppsd/engine';
 import { pullPackage } from '@ppsd/model-store/package-cache';
 import { verifyPackageFiles } from '@ppsd/model-store/publish';
@@ -18,7 +21,7 @@ import { createDrain, installSignalHandlers } from './drain';
 import { DecoderSupport, openEngine } from './engine';
 import type { WorkerEngine } from './engine-types';
 import { Heartbeat } from './heartbeat';
-import { createProcessor, failUnrun } from './job-runner';
+import { attemptOf, createProcessor, failUnrun } from './job-runner';
 import { createProtection } from './protection';
 
 export const redisOptions: RedisOptions = {
@@ -26,6 +29,9 @@ export const redisOptions: RedisOptions = {
   enableReadyCheck: true,
   retryStrategy: (times) => Math.min(100 * times, 1000),
 };
+
+/** The worker's logger: `service: 'worker'`, then `workerId` once the configuration is read. */
+let logger: Logger = createLogger({ service: 'worker' });
 
 async function main(): Promise<void> {
   // The AWS SDK warns once that its 2027 releases need Node 22: noise in a worker's log.
@@ -35,13 +41,14 @@ async function main(): Promise<void> {
     cfg = loadConfig();
   } catch (err) {
     if (err instanceof ConfigError) {
-      console.error(`[worker] ${err.message}`);
+      logger.fatal(err.message);
       process.exit(2);
     }
     throw err;
   }
-  const log = (msg: string) => console.error(`[worker ${cfg.workerId}] ${msg}`);
-  for (const w of cfg.warnings) log(w);
+  logger = logger.child({ workerId: cfg.workerId });
+  const log = lineLogger(logger);
+  for (const w of cfg.warnings) logger.warn(w);
   // The device plan is checked before anything else: a missing GPU provider, driver or library fails
   // here with what to install (or becomes CPU when PPSD_ALLOW_CPU_FALLBACK allows it, logged).
   let devices: string[];
@@ -53,7 +60,7 @@ async function main(): Promise<void> {
     devices = plan.devices;
     log(`device plan: ${devices.join(',')} (${plan.reason})`);
   } catch (err) {
-    log(`device plan: ${(err as Error).message}`);
+    logger.fatal(`device plan: ${(err as Error).message}`);
     process.exit(2);
   }
   // Auto-pipelining: the token events every running job publishes in one step (one script call each)
@@ -61,7 +68,7 @@ async function main(): Promise<void> {
   const redis = new Redis(cfg.redisUrl, { ...redisOptions, enableAutoPipelining: true });
   let redisDown = false;
   redis.on('error', (err: Error) => {
-    if (!redisDown) log(`redis: ${err.message} (reconnecting)`);
+    if (!redisDown) logger.warn(`redis: ${err.message} (reconnecting)`);
     redisDown = true;
   });
   redis.on('ready', () => {
@@ -77,7 +84,7 @@ async function main(): Promise<void> {
   );
   heartbeat.start();
   const cancels = new CancelRegistry(redis, log);
-  const protection = await createProtection(cfg.asgName, log);
+  const protection = await createProtection(cfg.asgName, logger);
 
   let enginePromise: Promise<WorkerEngine> | null = null;
   let worker: Worker<GenerationJob, JobResult> | null = null;
@@ -161,11 +168,11 @@ async function main(): Promise<void> {
     model: cfg.model,
     defaultDecoder: cfg.decoder,
     decoders: DECODER_NAMES,
-    ensureDecoder: (d) => support.ensure(d),
+    ensureDecoder: (d, jobLog) => support.ensure(d, jobLog),
     stages: devices.length,
     maxStages: opened.maxStages,
     cancels,
-    log,
+    log: logger,
     handBack: () => drain.handingBack,
     jobTimeoutMs: Number(process.env.PPSD_JOB_TIMEOUT_MS ?? 0) || 0,
     tokenDelayMs: Number(process.env.PPSD_FAULT_TOKEN_DELAY_MS ?? 0) || 0,
@@ -187,13 +194,14 @@ async function main(): Promise<void> {
     autorun: true,
   });
   worker.on('error', (err) => {
-    if (!redisDown) log(`queue: ${err.message}`);
+    if (!redisDown) logger.warn(`queue: ${err.message}`);
   });
   worker.on('failed', (job: Job<GenerationJob> | undefined, err: Error) => {
     if (job && /stalled more than allowable limit|started more than allowable limit/.test(err.message)) {
-      log(`job ${job.id}: ${err.message}; ending its stream`);
+      const jobLog = logger.child({ jobId: job.id, tenant: job.data.tenant, attempt: attemptOf(job) });
+      jobLog.warn(`job ${job.id}: ${err.message}; ending its stream`);
       failUnrun(redis, job, `worker lost: ${err.message}`, cfg.model).catch((e: Error) =>
-        log(`job ${job.id}: ${e.message}`),
+        jobLog.error(`job ${job.id}: ${e.message}`),
       );
     }
   });
@@ -203,7 +211,8 @@ async function main(): Promise<void> {
 }
 
 main().catch((err: unknown) => {
-  console.error(`[worker] start-up failed: ${err instanceof Error ? err.message : String(err)}`);
-  if (process.env.PPSD_DEBUG && err instanceof Error) console.error(err.stack);
+  const message = `start-up failed: ${err instanceof Error ? err.message : String(err)}`;
+  // the stack only with PPSD_DEBUG: a refused package is an operator's problem, not a code path
+  logger.fatal(process.env.PPSD_DEBUG && err instanceof Error ? { err } : {}, message);
   process.exit(1);
 });

@@ -3,7 +3,7 @@
  * first job in flight until the last one ends, released when draining. Uses `instanceProtectionFromEnv`
  * of @ppsd/autoscaler (loaded only when PPSD_ASG_NAME is set); failures are logged there, never thrown.
  */
-import type { Logger } from '@ppsd/autoscaler';
+import type { Logger } from '@ppsd/contract/log';
 
 export interface Protection {
   jobStarted(): void;
@@ -14,17 +14,14 @@ export interface Protection {
 
 const none: Protection = { jobStarted: () => {}, jobFinished: () => {}, stop: async () => {} };
 
-export async function createProtection(
-  asgName: string | null,
-  log: (msg: string) => void,
-): Promise<Protection> {
+export async function createProtection(asgName: string | null, log: Logger): Promise<Protection> {
   if (!asgName) return none;
-  const { instanceProtectionFromEnv } = await import('@ppsd/autoscaler');
-  const line = (msg: string, f?: object) =>
-    log(f && Object.keys(f).length ? `${msg} ${JSON.stringify(f)}` : msg);
-  const logger: Logger = { info: line, warn: line, error: line };
-  const p = instanceProtectionFromEnv({ ...process.env, PPSD_ASG_NAME: asgName }, { logger });
-  log(`scale-in protection while busy: Auto Scaling group ${asgName}`);
+  const { fieldsLogger, instanceProtectionFromEnv } = await import('@ppsd/autoscaler');
+  const p = instanceProtectionFromEnv(
+    { ...process.env, PPSD_ASG_NAME: asgName },
+    { logger: fieldsLogger(log) },
+  );
+  log.info(`scale-in protection while busy: Auto Scaling group ${asgName}`);
   return {
     jobStarted: () => void p.jobStarted(),
     jobFinished: () => void p.jobFinished(),

@@ -358,6 +358,7 @@ export function adminAuth(ctx: AppContext): MiddlewareHandler<AppEnv> {
       throw unauthorized('Incorrect or revoked admin key provided.');
     }
     c.set('admin', admin);
+    c.set('log', c.get('log').child({ admin }));
     await next();
     if (c.req.method === 'GET') return;
     const a = c.get('audit');

@@ -35,20 +35,24 @@ export function chatRoutes(ctx: AppContext) {
   return router().openapi(chatRoute, async (c) => {
     const body = c.req.valid('json');
     const sampling = samplingInput(body);
-    const { meta } = await ctx.jobs.admit({
-      tenant: c.get('tenant'),
-      model: body.model,
-      kind: 'chat',
-      prompt: (model) => model.prompts.chat(chatMessages(body.messages)),
-      ...sampling,
-      maxTokens: body.max_completion_tokens ?? sampling.maxTokens,
-      logprobs: chatLogprobs(body),
-      idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
-    });
+    const { meta } = await ctx.jobs.admit(
+      {
+        tenant: c.get('tenant'),
+        model: body.model,
+        kind: 'chat',
+        prompt: (model) => model.prompts.chat(chatMessages(body.messages)),
+        ...sampling,
+        maxTokens: body.max_completion_tokens ?? sampling.maxTokens,
+        logprobs: chatLogprobs(body),
+        idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
+      },
+      c.get('log'),
+    );
     return answerJob(ctx, meta, c.req.raw, body, {
       chat: true,
       logprobs: chatLogprobs(body),
       toObject: chatObject,
+      log: c.get('log'),
     });
   });
 }

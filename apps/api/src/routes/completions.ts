@@ -32,19 +32,23 @@ export const completionsRoute = createRoute({
 export function completionsRoutes(ctx: AppContext) {
   return router().openapi(completionsRoute, async (c) => {
     const body = c.req.valid('json');
-    const { meta } = await ctx.jobs.admit({
-      tenant: c.get('tenant'),
-      model: body.model,
-      kind: 'completion',
-      prompt: typeof body.prompt === 'string' ? body.prompt : body.prompt[0],
-      ...samplingInput(body),
-      logprobs: body.logprobs ?? undefined,
-      idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
-    });
+    const { meta } = await ctx.jobs.admit(
+      {
+        tenant: c.get('tenant'),
+        model: body.model,
+        kind: 'completion',
+        prompt: typeof body.prompt === 'string' ? body.prompt : body.prompt[0],
+        ...samplingInput(body),
+        logprobs: body.logprobs ?? undefined,
+        idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
+      },
+      c.get('log'),
+    );
     return answerJob(ctx, meta, c.req.raw, body, {
       chat: false,
       logprobs: body.logprobs ?? undefined,
       toObject: completionObject,
+      log: c.get('log'),
     });
   });
 }

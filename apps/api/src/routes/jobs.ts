@@ -120,15 +120,18 @@ export function jobsRoutes(ctx: AppContext) {
           : kind === 'chat'
             ? (model: ModelInfo) => model.prompts.chat(chatMessages(body.messages!))
             : (model: ModelInfo) => model.prompts.summarize(body.text!);
-      const { meta, created } = await ctx.jobs.admit({
-        tenant: c.get('tenant'),
-        model: body.model,
-        kind,
-        prompt,
-        ...samplingInput(body),
-        logprobs: body.logprobs ?? undefined,
-        idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
-      });
+      const { meta, created } = await ctx.jobs.admit(
+        {
+          tenant: c.get('tenant'),
+          model: body.model,
+          kind,
+          prompt,
+          ...samplingInput(body),
+          logprobs: body.logprobs ?? undefined,
+          idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
+        },
+        c.get('log'),
+      );
       if (created) return c.json({ id: meta.id, object: 'job' as const, status: 'queued' as const }, 202);
       const view = await ctx.jobs.view(meta);
       return c.json({ id: meta.id, object: 'job' as const, status: view.status }, 200);
@@ -154,21 +157,23 @@ export function jobsRoutes(ctx: AppContext) {
           if (ev.type === 'done' || ev.type === 'error') return c.body(null, 204);
         }
       }
+      const log = c.get('log').child({ jobId: meta.id });
       return sseResponse(
         async (w) => {
           for await (const e of ctx.events.follow(meta.id, {
             after: cursor,
             signal: w.signal,
-            onIdle: lostJobCheck(ctx, meta),
+            onIdle: lostJobCheck(ctx, meta, log),
           })) {
             w.send(JSON.stringify(e.event), e.id);
           }
         },
-        { keepAliveMs: ctx.config.keepAliveMs, requestSignal: c.req.raw.signal },
+        { keepAliveMs: ctx.config.keepAliveMs, requestSignal: c.req.raw.signal, log },
       );
     })
     .openapi(cancelJobRoute, async (c) => {
       const meta = await ctx.jobs.getMeta(c.get('tenant'), c.req.valid('param').id);
+      c.get('log').info({ jobId: meta.id }, 'cancel requested');
       await ctx.jobs.cancel(meta);
       return c.json(await ctx.jobs.view(meta), 200);
     });

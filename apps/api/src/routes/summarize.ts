@@ -33,19 +33,23 @@ export const summarizeRoute = createRoute({
 export function summarizeRoutes(ctx: AppContext) {
   return router().openapi(summarizeRoute, async (c) => {
     const body = c.req.valid('json');
-    const { meta } = await ctx.jobs.admit({
-      tenant: c.get('tenant'),
-      model: body.model,
-      kind: 'summarize',
-      prompt: (model) => model.prompts.summarize(body.text),
-      ...samplingInput(body),
-      logprobs: body.logprobs ?? undefined,
-      idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
-    });
+    const { meta } = await ctx.jobs.admit(
+      {
+        tenant: c.get('tenant'),
+        model: body.model,
+        kind: 'summarize',
+        prompt: (model) => model.prompts.summarize(body.text),
+        ...samplingInput(body),
+        logprobs: body.logprobs ?? undefined,
+        idempotencyKey: idempotencyKeyOf(c.req.valid('header')),
+      },
+      c.get('log'),
+    );
     return answerJob(ctx, meta, c.req.raw, body, {
       chat: false,
       logprobs: body.logprobs ?? undefined,
       toObject: completionObject,
+      log: c.get('log'),
     });
   });
 }
