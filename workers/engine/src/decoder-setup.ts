@@ -15,6 +15,7 @@ import {
   type StageSplit,
   stageMacs,
 } from './decode/pipeline';
+import type { DecoderPlan } from './decode/plan';
 import { loadSpdDrafter, type SpdDrafterWeights } from './decode/spd-drafter';
 import type { ExitHead, SkipSet } from './model/llama';
 import type { LoadedPackage } from './package';
@@ -27,13 +28,8 @@ export function skipSetFromManifest(m: LoadedPackage['manifest']): SkipSet | und
   return { attention: ints(s.attention), mlp: ints(s.mlp) };
 }
 
-/** How a benchmark lays out its pipelines. */
-export interface PlanOptions {
-  /** Equal modelled cost per stage (default) or equal layer counts. */
-  split?: StageSplit;
-  /** Rows of PPSD's cheap draft head (default defaultDraftRows(vocab); >= vocab: the full head). */
-  draftRows?: number;
-}
+/** What of the plan the resolution reads besides k and E (decode/plan.ts). */
+export type PlanOptions = Pick<DecoderPlan, 'split' | 'draftRows'>;
 
 /**
  * The exit layer for k stages: `requested` if given; else the stored head with the best expected

@@ -1,30 +1,10 @@
 import type { Decoder, DecoderName } from './decode/decoder';
-import { createDecoder, type DecoderContext, type StageSplit } from './decode/index';
+import { createDecoder, type DecoderContext, type DecoderPlan } from './decode/index';
 import { resolveSetup } from './decoder-setup';
 import type { LoadedPackage } from './package';
 import type { Device } from './runtime';
 
-/** How a package's layers are laid out on devices; chosen at load time, never baked into the package. */
-export interface DecoderPlan {
-  /** One entry per pipeline stage ('cpu' | 'cuda:N' | 'webgpu'); default one 'cpu'. */
-  devices?: Device[];
-  /** Pipeline depth k for ppsd/spd (and EESD's default exit N/k); default devices.length, at least 2. */
-  stages?: number;
-  /** Early-exit layer E (default: the first stage boundary of the plan's split). */
-  exitLayer?: number;
-  /** ppsd/spd stage boundaries: equal modelled cost per stage (default) or equal layer counts. */
-  split?: StageSplit;
-  /** Rows PPSD's draft head scores: a frequency-ranked vocabulary subset (default defaultDraftRows). */
-  draftRows?: number;
-  /** ORT intra-op threads per stage (default 1: a CPU device is one core). */
-  threadsPerStage?: number;
-  /** EESD/DV draft length: fixed, or adaptive (default). */
-  draftLength?: number | 'adaptive';
-  maxSeqLen?: number;
-  /** Fall back to CPU when a configured GPU provider is unavailable (logged). */
-  allowCpuFallback?: boolean;
-  log?: (message: string) => void;
-}
+export type { DecoderContext, DecoderPlan } from './decode/plan';
 
 /**
  * Builds one decoder over a loaded package according to the plan, with what calibration stored in the
@@ -41,8 +21,9 @@ export async function openDecoder(
 }
 
 /**
- * What `createDecoder` needs for `name` under `plan`: resolved once (it reads calibration from the
- * package), then reused for every decoder of that name, e.g. one per batched sequence.
+ * The plan resolved for `name` (decode/plan.ts DecoderContext, what `createDecoder` takes): the plan's
+ * defaults filled in and what calibration stored in the package. Resolved once (it reads the package),
+ * then reused for every decoder of that name, e.g. one per batched sequence.
  */
 export async function decoderContext(
   name: DecoderName,

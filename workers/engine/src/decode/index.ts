@@ -1,15 +1,14 @@
 /**
- * One entry point for every decoder: `createDecoder(name, ctx)` builds the stages a decoder needs and
- * returns it. All decoders are lossless (greedy: exactly AR's tokens; sampling: AR's distribution).
+ * One entry point for every decoder: `createDecoder(name, ctx)` builds the stages a decoder needs from
+ * a resolved plan (`DecoderContext`, plan.ts) and returns it. All decoders are lossless (greedy:
+ * exactly AR's tokens; sampling: AR's distribution).
  *   ar    one full-model stage, one forward per token (decode/ar.ts)
  *   eesd  early-exit draft [0, E) + exit head, verify [E, N) over the block (eesd.ts, block.ts)
  *   dv    layer-skipping draft with adaptive draft exiting, full-model verify (dv.ts, block.ts)
  *   ppsd  k-stage verify-while-draft pipeline, one Worker per stage, exit head after stage 1 (ppsd.ts)
  *   spd   the same pipeline with the multi-depth feature drafter on the main thread (spd.ts)
  */
-import type { AccuracyLevel } from '../graph/weights';
-import type { ExitHead, LlamaModel, SkipSet } from '../model/llama';
-import type { Stage, StageSpec } from '../model/stage';
+import type { StageSpec } from '../model/stage';
 import { createOrtStage, parseDevice } from '../runtime';
 import { ArDecoder } from './ar';
 import {
@@ -22,48 +21,10 @@ import {
 import { DECODER_NAMES, type Decoder, type DecoderName } from './decoder';
 import { DvSpeculator, defaultSkipSet } from './dv';
 import { EesdSpeculator } from './eesd';
-import { type StageSplit, stageBoundaries } from './pipeline';
+import { stageBoundaries } from './pipeline';
+import type { DecoderContext } from './plan';
 import { createPpsdDecoder } from './ppsd';
 import { createSpdDecoder } from './spd';
-import type { SpdDrafterWeights } from './spd-drafter';
-import type { ControlledAcceptance } from './spec-rule';
-
-export interface DecoderContext {
-  model: LlamaModel;
-  /** k, pipeline stages (ppsd, spd; default 2). Also picks EESD's default exit layer. */
-  stages?: number;
-  /** E, the layer the draft exits after (default round(N / k)); an exit head's afterLayer wins. */
-  exitLayer?: number;
-  /** Early-exit head at E (default: the plain logit lens). */
-  exitHead?: ExitHead;
-  /** PPSD's cheap draft head: the token ids its exit head scores (default: the whole vocabulary). */
-  draftVocab?: Int32Array;
-  /** Pipeline boundaries when E is not fixed: equal modelled cost per stage (default) or equal layer counts. */
-  split?: StageSplit;
-  /** PPSD k = 2: allow a split inside a layer when it balances better (default true; see pipeline.ts sublayerSplit). */
-  sublayer?: boolean;
-  /** DV's skip set (default: both sub-layers of every second inner layer). */
-  skipSet?: SkipSet;
-  /** SPD's fitted drafter (default: identity on the deepest in-flight feature). */
-  spdDrafter?: SpdDrafterWeights;
-  /** EESD / DV block length: fixed, or adaptive (EESD: grow/shrink; DV: confidence exit). */
-  draftLength?: number | 'adaptive';
-  /** One device per pipeline stage ('cpu' default); main-thread decoders use the first. */
-  devices?: string[];
-  /** intra-op threads per stage session (default 1: one core per stage). */
-  threadsPerStage?: number;
-  /** MatMulNBits accuracy_level of q8/q4 matrices (graph/weights.ts; default 4: int8 activations). */
-  accuracyLevel?: AccuracyLevel;
-  maxSeqLen?: number;
-  /** Benchmarks on random-weight models only; results must be labelled as controlled acceptance. */
-  controlledAcceptance?: ControlledAcceptance;
-  /** Stage factory for the main-thread decoders (ar, eesd, dv); default: an ORT session per stage. */
-  createStage?: (spec: StageSpec) => Promise<Stage>;
-  /** Retry on CPU when a stage's device is unavailable (default: when `log` is given). */
-  allowCpuFallback?: boolean;
-  /** Where EP fallbacks are reported. */
-  log?: (msg: string) => void;
-}
 
 export async function createDecoder(name: DecoderName, ctx: DecoderContext): Promise<Decoder> {
   const { model } = ctx;
@@ -81,18 +42,8 @@ export async function createDecoder(name: DecoderName, ctx: DecoderContext): Pro
         allowCpuFallback: ctx.allowCpuFallback ?? !!ctx.log,
         log: ctx.log,
       }));
-  const pipeline = {
-    stages: k,
-    exitLayer,
-    split: ctx.split,
-    devices: ctx.devices,
-    threadsPerStage: ctx.threadsPerStage,
-    accuracyLevel: ctx.accuracyLevel,
-    maxSeqLen: ctx.maxSeqLen,
-    controlledAcceptance: ctx.controlledAcceptance,
-    allowCpuFallback: ctx.allowCpuFallback,
-    log: ctx.log,
-  };
+  // The pipelines read their part of the context (PipelineSetup), with k and E settled as above.
+  const pipeline = { ...ctx, stages: k, exitLayer };
 
   switch (name) {
     case 'ar':
@@ -122,14 +73,9 @@ export async function createDecoder(name: DecoderName, ctx: DecoderContext): Pro
       });
     }
     case 'ppsd':
-      return createPpsdDecoder(model, {
-        ...pipeline,
-        exitHead: ctx.exitHead,
-        draftVocab: ctx.draftVocab,
-        sublayer: ctx.sublayer,
-      });
+      return createPpsdDecoder(model, pipeline);
     case 'spd':
-      return createSpdDecoder(model, { ...pipeline, drafter: ctx.spdDrafter });
+      return createSpdDecoder(model, pipeline);
     default:
       throw new Error(`unknown decoder '${name as string}' (expected one of ${DECODER_NAMES.join(', ')})`);
   }
@@ -153,11 +99,11 @@ export {
   layerMacs,
   PipelineDecoder,
   planBoundaries,
-  type StageSplit,
   stageBoundaries,
   stageMacs,
 } from './pipeline';
-export { createPpsdDecoder, type PipelineSetup } from './ppsd';
+export type { DecoderContext, DecoderPlan, PipelineSetup, StageSplit, StageWorkersOptions } from './plan';
+export { createPpsdDecoder } from './ppsd';
 export { createSpdDecoder } from './spd';
 export {
   identitySpdDrafter,

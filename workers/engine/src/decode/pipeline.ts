@@ -23,7 +23,6 @@
  */
 
 import { performance } from 'node:perf_hooks';
-import type { AccuracyLevel } from '../graph/weights';
 import { headDim, type LlamaConfig, type LlamaModel } from '../model/llama';
 import { isBlock } from '../model/matrix';
 import type { StageSpec } from '../model/stage';
@@ -37,6 +36,7 @@ import {
   type SpeculationStats,
   startStats,
 } from './decoder';
+import type { StageSplit, StageWorkersOptions } from './plan';
 import type { Sampler } from './sampling';
 import { type ControlledAcceptance, ControlledDrafts, type Draft, judge } from './spec-rule';
 import type { OutReply } from './stage-protocol';
@@ -66,8 +66,7 @@ export function stageBoundaries(nLayers: number, k: number, exitLayer?: number):
   return b;
 }
 
-/** How a plan's boundaries are chosen: equal modelled cost per stage (default), or equal layer counts. */
-export type StageSplit = 'balanced' | 'equal';
+export type { StageSplit } from './plan';
 
 /** What the stages carry besides their layers, for the cost model. */
 export interface StageCostOptions {
@@ -480,19 +479,6 @@ export class PipelineDecoder implements Decoder {
     })();
     return this.closing;
   }
-}
-
-export interface StageWorkersOptions {
-  /** One device per stage ('cpu' when absent). */
-  devices?: string[];
-  /** intra-op threads per stage session (1: one core per stage). */
-  threadsPerStage?: number;
-  maxSeqLen?: number;
-  /** MatMulNBits accuracy_level of q8/q4 matrices (graph/weights.ts; default 4). */
-  accuracyLevel?: AccuracyLevel;
-  /** Retry on CPU when a stage's device is unavailable (default: when `log` is given). */
-  allowCpuFallback?: boolean;
-  log?: (msg: string) => void;
 }
 
 /** Starts one Worker per stage spec, their sessions created concurrently inside the Workers. */

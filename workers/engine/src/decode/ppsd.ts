@@ -18,8 +18,6 @@ import {
   PipelineDecoder,
   type PipelineDrafter,
   planBoundaries,
-  type StageSplit,
-  type StageWorkersOptions,
   specsOf,
   stageMacs,
   startStageWorkers,
@@ -27,24 +25,10 @@ import {
   sublayerSplit,
   sublayerStageMacs,
 } from './pipeline';
+import type { DecoderContext, PipelineSetup } from './plan';
 import type { Sampler } from './sampling';
-import { type ControlledAcceptance, type Draft, draftFrom } from './spec-rule';
+import { type Draft, draftFrom } from './spec-rule';
 import type { OutReply } from './stage-protocol';
-
-export interface PipelineSetup extends StageWorkersOptions {
-  /** k, the number of stages (default 2). */
-  stages?: number;
-  /** E, the layer the first stage ends at (default: from the plan's split). */
-  exitLayer?: number;
-  /** How the boundaries are chosen when E is not fixed: equal modelled cost (default) or equal layer counts. */
-  split?: StageSplit;
-  /**
-   * PPSD, k = 2, balanced split, logit-lens exit, E not fixed: split inside a layer (its attention in
-   * stage 1, its MLP in stage 2) when that balances the stages better (default true).
-   */
-  sublayer?: boolean;
-  controlledAcceptance?: ControlledAcceptance;
-}
 
 /** Drafts from the exit logits stage 1 returns with each run. */
 export class ExitHeadDrafter implements PipelineDrafter {
@@ -98,7 +82,7 @@ export function withDraftVocab(model: LlamaModel, exit: ExitHead, vocab: Int32Ar
 
 export async function createPpsdDecoder(
   model: LlamaModel,
-  setup: PipelineSetup & { exitHead?: ExitHead; draftVocab?: Int32Array } = {},
+  setup: PipelineSetup & Pick<DecoderContext, 'exitHead' | 'draftVocab' | 'sublayer'> = {},
 ): Promise<PipelineDecoder> {
   const c = model.config;
   const k = setup.stages ?? 2;

@@ -18,15 +18,9 @@ import {
   stageMacs,
   startStageWorkers,
 } from './pipeline';
-import type { PipelineSetup } from './ppsd';
+import type { DecoderContext, PipelineSetup } from './plan';
 import type { Sampler } from './sampling';
-import {
-  identitySpdDrafter,
-  SpdDrafterSession,
-  type SpdDrafterWeights,
-  spdFeatureLags,
-  validateSpdDrafter,
-} from './spd-drafter';
+import { identitySpdDrafter, SpdDrafterSession, spdFeatureLags, validateSpdDrafter } from './spd-drafter';
 import { type Draft, draftFrom } from './spec-rule';
 import type { OutReply } from './stage-protocol';
 
@@ -109,7 +103,7 @@ export class SpdFeatureDrafter implements PipelineDrafter {
 
 export async function createSpdDecoder(
   model: LlamaModel,
-  setup: PipelineSetup & { drafter?: SpdDrafterWeights } = {},
+  setup: PipelineSetup & Pick<DecoderContext, 'spdDrafter'> = {},
 ): Promise<PipelineDecoder> {
   const k = setup.stages ?? 2;
   // no head in stage 1: the drafter runs on the controller
@@ -118,7 +112,8 @@ export async function createSpdDecoder(
   let b = planBoundaries(model.config, k, { ...cost, exitLayer: setup.exitLayer, split });
   // A fitted drafter reads features at the depths of the plan it was fitted for: when the balanced
   // plan lacks one of them and no split was asked for, keep the equal-layer plan it fits.
-  const fits = (bb: number[]) => !setup.drafter || setup.drafter.depths.every((d) => bb.indexOf(d) >= 1);
+  const fits = (bb: number[]) =>
+    !setup.spdDrafter || setup.spdDrafter.depths.every((d) => bb.indexOf(d) >= 1);
   if (!fits(b) && setup.split === undefined) {
     const equal = planBoundaries(model.config, k, { exitLayer: setup.exitLayer, split: 'equal' });
     if (fits(equal)) {
@@ -126,7 +121,7 @@ export async function createSpdDecoder(
       split = 'equal';
     }
   }
-  const weights = setup.drafter ?? identitySpdDrafter(model.config.dim, b[k - 1]);
+  const weights = setup.spdDrafter ?? identitySpdDrafter(model.config.dim, b[k - 1]);
   validateSpdDrafter(weights, model.config.dim);
   const lags = spdFeatureLags(weights.depths, b);
   const specs: StageSpec[] = specsOf(b);
