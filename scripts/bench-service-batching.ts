@@ -181,7 +181,9 @@ async function main(): Promise<void> {
       '',
       `16 greedy completions one by one: ${f(sequentialSeconds, 2)} s; the same 16 at once: ${f(together.seconds, 2)} s (**${f(sequentialSeconds / together.seconds, 2)}x** sooner, target >= 4x); same texts: **${same ? 'yes' : 'NO'}**.`,
       '',
-      `Where the ${f(2 * together.seconds, 2)} core-seconds of the concurrent run went (CPU seconds per process): ${Object.entries(cpu)
+      `Where the ${f(cpus().length * together.seconds, 2)} core-seconds of the concurrent run went (CPU seconds per process): ${Object.entries(
+        cpu,
+      )
         .map(([k, v]) => `${k} ${f(v, 3)}`)
         .join(', ')}.`,
       END,
