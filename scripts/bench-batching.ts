@@ -22,6 +22,7 @@ import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { type ChartSeries, lineChartSvg } from '../workers/engine/src/bench/chart';
 import { ensureNodeLlamaCpp, runNodeLlamaCpp } from '../workers/engine/src/bench/llamacpp';
 import { Engine } from '../workers/engine/src/engine';
 
@@ -33,6 +34,7 @@ const { values } = parseArgs({
     threads: { type: 'string', default: '2' },
     workloads: { type: 'string', default: 'chat,summarize' },
     gen: { type: 'string', default: '128' },
+    format: { type: 'string', default: 'q4_0' },
     write: { type: 'boolean', default: false },
     'no-llamacpp': { type: 'boolean', default: false },
   },
@@ -40,6 +42,7 @@ const { values } = parseArgs({
 const concurrencies = values.concurrency.split(',').map(Number);
 const threads = Number(values.threads);
 const gen = Number(values.gen);
+const format = values.format; // a GGUF type ppsd export-gguf writes: q4_0 (the fastest here), q8_0, f32
 const WORKLOADS = { chat: 64, summarize: 1000 } as const;
 type Workload = keyof typeof WORKLOADS;
 const workloads = values.workloads.split(',') as Workload[];
@@ -104,15 +107,15 @@ async function runPpsd(engine: Engine, n: number, promptTokens: number): Promise
 }
 
 async function ensureModels(): Promise<{ gguf: string; pkg: string }> {
-  const gguf = path.join(work, 'llama2-110m.q4_0.gguf');
-  const pkg = path.join(work, 'llama2-110m-q4_0');
+  const gguf = path.join(work, `llama2-110m.${format}.gguf`);
+  const pkg = path.join(work, `llama2-110m-${format}`);
   if (!existsSync(gguf) || !existsSync(pkg)) {
     throw new Error(
       `missing ${gguf} or ${pkg}: create them with\n` +
         '  P="node --import tsx workers/engine/src/cli/main.ts"; D=.data/bench-batching\n' +
         '  $P synth --shape llama2-110m --seq-len 2048 --seed 0 --out $D/llama2-110m-f32\n' +
-        '  $P export-gguf $D/llama2-110m-f32 --type q4_0 --out $D/llama2-110m.q4_0.gguf\n' +
-        '  $P import --from $D/llama2-110m.q4_0.gguf --out $D/llama2-110m-q4_0',
+        `  $P export-gguf $D/llama2-110m-f32 --type ${format} --out $D/llama2-110m.${format}.gguf\n` +
+        `  $P import --from $D/llama2-110m.${format}.gguf --out $D/llama2-110m-${format}`,
     );
   }
   return { gguf, pkg };
@@ -171,19 +174,21 @@ async function main(): Promise<void> {
   }
   const md = report(cells, { seconds: (Date.now() - started) / 1000, load0, load1: loadavg() });
   process.stdout.write(`${md}\n`);
-  await writeFile(path.join(root, 'docs/bench/batching.json'), `${JSON.stringify(cells, null, 2)}\n`);
-  if (values.write) await replaceSection(path.join(root, 'docs/BENCHMARKS.md'), md);
+  const tag = format === 'q4_0' ? '' : `-${format}`;
+  await writeFile(path.join(root, `docs/bench/batching${tag}.json`), `${JSON.stringify(cells, null, 2)}\n`);
+  await writeFile(path.join(root, `docs/img/batching${tag}.svg`), chart(cells));
+  if (values.write) await replaceSection(path.join(root, 'docs/BENCHMARKS.md'), md, format);
 }
 
 function report(cells: Cell[], run: { seconds: number; load0: number[]; load1: number[] }): string {
   const f = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '-');
   const lines = [
-    START,
-    '## Continuous batching (engine, N concurrent greedy sequences)',
+    START_BASE,
+    `## Continuous batching (engine, N concurrent greedy sequences, ${format.toUpperCase()})`,
     '',
-    `\`node --import tsx scripts/bench-batching.ts --concurrency ${concurrencies.join(',')} --threads ${threads} --write\``,
+    `\`node --import tsx scripts/bench-batching.ts --format ${format} --concurrency ${concurrencies.join(',')} --threads ${threads} --workloads ${workloads.join(',')} --write\``,
     '',
-    `Random-weight Llama-2 110M shape, Q4_0 (the fastest dtype here), one GGUF for both engines (ppsd imports it block for block). ${threads} threads each. ${cpus()[0]?.model ?? ''}, ${cpus().length} cores, Node ${process.version}, ${new Date().toISOString().slice(0, 16)}Z, ${f(run.seconds, 0)} s; load average before ${run.load0.map((x) => x.toFixed(2)).join(' ')}, after ${run.load1.map((x) => x.toFixed(2)).join(' ')}. One round (a single run per cell).`,
+    `Random-weight Llama-2 110M shape, ${format.toUpperCase()}, one GGUF for both engines (ppsd imports it block for block). ${threads} threads each. ${cpus()[0]?.model ?? ''}, ${cpus().length} cores, Node ${process.version}, ${new Date().toISOString().slice(0, 16)}Z, ${f(run.seconds, 0)} s; load average before ${run.load0.map((x) => x.toFixed(2)).join(' ')}, after ${run.load1.map((x) => x.toFixed(2)).join(' ')}. One round (a single run per cell).`,
     '',
     'ppsd: all N sequences submitted at once to one Engine (maxBatch = the largest N); `wall` = N x new tokens / wall time (prefill included); `decode` = tokens after each first token / time from the last first token to the end; TTFT p50; ITL p50 / p99 over every sequence. llama.cpp: node-llama-cpp 3.22 `createContext({ sequences: N })`, all N decoding after the same prefilled context (prefill untimed), so compare its tokens/s with ppsd `decode`; its ITL is the mean step time.',
     '',
@@ -206,14 +211,50 @@ function report(cells: Cell[], run: { seconds: number; load0: number[]; load1: n
     }
     lines.push('');
   }
-  lines.push(END);
+  const tag = format === 'q4_0' ? '' : `-${format}`;
+  lines.push(`![aggregate decode tokens/s vs concurrency](img/batching${tag}.svg)`, '', END_BASE);
   return lines.join('\n');
 }
 
-const START = '<!-- batching-bench:start -->';
-const END = '<!-- batching-bench:end -->';
+const START_BASE = '<!-- batching-bench:start -->';
+const END_BASE = '<!-- batching-bench:end -->';
 
-async function replaceSection(file: string, section: string): Promise<void> {
+/** Aggregate decode tokens/s against concurrency (log2 axis), ppsd and llama.cpp per workload. */
+function chart(cells: Cell[]): string {
+  const colors = { chat: ['#1f77b4', '#9ecae1'], summarize: ['#d62728', '#fc9272'] } as const;
+  const series: ChartSeries[] = [];
+  for (const w of new Set(cells.map((c) => c.workload))) {
+    const rows = cells.filter((c) => c.workload === w);
+    const x = (n: number) => Math.log2(n);
+    series.push({
+      name: `ppsd ${w}`,
+      color: colors[w][0],
+      shape: 'circle',
+      points: rows.map((c) => ({ x: x(c.n), y: c.ppsd.decodeTokPerS })),
+    });
+    const l = rows.filter((c) => c.llamacpp && 'decodeTokPerS' in c.llamacpp);
+    series.push({
+      name: `llama.cpp ${w}`,
+      color: colors[w][1],
+      dashed: true,
+      shape: 'square',
+      points: l.map((c) => ({ x: x(c.n), y: (c.llamacpp as { decodeTokPerS: number }).decodeTokPerS })),
+    });
+  }
+  const yMax = Math.max(...series.flatMap((s) => s.points.map((p) => p.y)));
+  return lineChartSvg(series, {
+    title: `Aggregate decode tokens/s vs concurrent sequences (110M shape, ${format.toUpperCase()}, ${threads} threads)`,
+    xLabel: 'log2 of concurrent sequences',
+    yLabel: 'tokens/s',
+    xRange: [0, Math.log2(Math.max(...cells.map((c) => c.n)))],
+    yRange: [0, Math.ceil(yMax / 100) * 100],
+  });
+}
+
+async function replaceSection(file: string, body: string, fmt: string): Promise<void> {
+  const START = `<!-- batching-bench-${fmt}:start -->`;
+  const END = `<!-- batching-bench-${fmt}:end -->`;
+  const section = body.replace(START_BASE, START).replace(END_BASE, END);
   const doc = await readFile(file, 'utf8');
   const a = doc.indexOf(START);
   const b = doc.indexOf(END);
