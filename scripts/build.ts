@@ -4,7 +4,8 @@
  *
  *   dist/api/server.js        Node HTTP server            (+ thread.js: token counting thread)
  *   dist/api/lambda.mjs       Lambda handler (API)        (+ thread.js)
- *   dist/worker/main.js       GPU worker                  (+ stage-worker.js: pipeline stage thread)
+ *   dist/worker/main.js       GPU worker                  (+ engine-thread-worker.js: the engine's thread,
+ *                                                          stage-worker.js: pipeline stage thread)
  *   dist/autoscaler/*.js      backlog publisher, drain watcher, publisher Lambda handler
  *
  * Worker threads start from sibling .js files (see @ppsd/engine/threads), so each thread entry is built
@@ -47,6 +48,7 @@ const targets: { dir: string; entries: Record<string, string> }[] = [
     entries: {
       main: 'workers/gpu-worker/src/main.ts',
       'stage-worker': 'workers/engine/src/decode/stage-worker.ts',
+      'engine-thread-worker': 'workers/engine/src/engine-thread-worker.ts',
     },
   },
   {

@@ -11,6 +11,7 @@ export {
   PromptTooLongError,
   type SchedulerStats,
 } from './engine';
+export { type EngineHandle, EngineThread, type EngineThreadOptions } from './engine-thread';
 export type {
   FinishReason,
   GenerateParams,

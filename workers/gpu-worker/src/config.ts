@@ -27,6 +27,11 @@ export interface WorkerConfig {
   maxBatch: number;
   /** PPSD_KV_MEMORY: bytes the engine's KV pool may hold; undefined = the engine's default. */
   kvMemoryBytes?: number;
+  /**
+   * PPSD_ENGINE_THREAD (default true): the engine runs in its own thread, so its steps never block the
+   * event loop that publishes tokens and renews locks; false runs it on the main thread (debugging).
+   */
+  engineThread: boolean;
   asgName: string | null;
   workerId: string;
   /** BullMQ lock/stall settings (ms): short values let tests see stalled-job recovery within seconds. */
@@ -170,6 +175,7 @@ export function loadConfig(env: Env = process.env): WorkerConfig {
     decoder: decoderRaw as DecoderName,
     maxBatch,
     ...(kvMemoryBytes !== undefined ? { kvMemoryBytes } : {}),
+    engineThread: !['0', 'false', 'no'].includes(str('PPSD_ENGINE_THREAD', 'true').toLowerCase()),
     asgName: env.PPSD_ASG_NAME?.trim() || null,
     workerId: str('PPSD_WORKER_ID', `${hostname()}-${process.pid}`),
     // A killed worker's job comes back within lock + stall interval (about 10 s): the lock is renewed

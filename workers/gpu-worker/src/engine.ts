@@ -1,9 +1,10 @@
 /**
- * Opens the engine (`Engine` from @ppsd/engine), runs the warm-up generation and keeps track of which
- * decoders this package can run.
+ * Opens the engine (`EngineThread` from @ppsd/engine: the Engine in its own thread, so its batched steps
+ * never block this process's event loop, which publishes tokens and renews job locks), runs the warm-up
+ * generation and keeps track of which decoders this package can run.
  */
 import type { DecoderName } from '@ppsd/contract';
-import { Engine } from '@ppsd/engine';
+import { Engine, type EngineHandle, EngineThread } from '@ppsd/engine';
 import type { WorkerEngine } from './engine-types';
 import { JobRejectedError } from './job-runner';
 
@@ -23,13 +24,17 @@ export interface EngineOpenOptions {
   allowCpuFallback: boolean;
   /** The caller verified every checksum moments ago (fresh S3 pull): skip the engine's own pass. */
   verified?: boolean;
+  /** Generations wait for each token callback's promise (PPSD_FAULT_TOKEN_DELAY_MS slows them down). */
+  awaitTokens?: boolean;
+  /** Run the engine in its own thread (PPSD_ENGINE_THREAD, default) or on this one. */
+  thread?: boolean;
   log: (msg: string) => void;
 }
 
 type EngineOptions = NonNullable<Parameters<typeof Engine.open>[1]>;
 
-export async function openEngine(dir: string, opts: EngineOpenOptions): Promise<Engine> {
-  return Engine.open(dir, {
+export async function openEngine(dir: string, opts: EngineOpenOptions): Promise<EngineHandle> {
+  const options: EngineOptions = {
     decoder: opts.decoder,
     devices: opts.devices as EngineOptions['devices'],
     ...(opts.maxSeqLen ? { maxSeqLen: opts.maxSeqLen } : {}),
@@ -38,7 +43,9 @@ export async function openEngine(dir: string, opts: EngineOpenOptions): Promise<
     verified: opts.verified === true,
     allowCpuFallback: opts.allowCpuFallback,
     log: opts.log,
-  });
+  };
+  if (opts.thread === false) return Engine.open(dir, options);
+  return EngineThread.open(dir, options, { awaitTokens: opts.awaitTokens });
 }
 
 const WARMUP_PROMPT = 'Once upon a time';

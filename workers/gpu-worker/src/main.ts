@@ -143,6 +143,8 @@ async function main(): Promise<void> {
     kvMemoryBytes: cfg.kvMemoryBytes,
     allowCpuFallback: cfg.allowCpuFallback,
     verified: freshlyVerified,
+    awaitTokens: (Number(process.env.PPSD_FAULT_TOKEN_DELAY_MS ?? 0) || 0) > 0,
+    thread: cfg.engineThread,
     log,
   });
   enginePromise = opening;
