@@ -70,6 +70,20 @@ describe('EngineThread (stories260K)', () => {
     expect(thread.schedulerStats()).toMatchObject({ running: 0, waiting: 0, maxBatch: 8 });
   });
 
+  it('a generation whose signal fired before the call does not start', async () => {
+    const ac = new AbortController();
+    ac.abort();
+    let admitted = false;
+    const r = await thread.generate('Once upon a time', {
+      maxTokens: 50,
+      signal: ac.signal,
+      onAdmitted: () => (admitted = true),
+    });
+    expect(r.finishReason).toBe('cancelled');
+    expect(r.completionTokens).toBe(0);
+    expect(admitted).toBe(false);
+  });
+
   it("refuses what the engine refuses, with the engine's error kinds", async () => {
     const long = 'Once upon a time '.repeat(400);
     await expect(thread.generate(long, { maxTokens: 8 })).rejects.toBeInstanceOf(PromptTooLongError);

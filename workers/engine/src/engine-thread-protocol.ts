@@ -25,7 +25,15 @@ export interface ThreadError {
 
 export type ToEngineThread =
   | { type: 'open'; packageDir: string; options: ThreadEngineOptions; logs: boolean }
-  | { type: 'generate'; id: number; prompt: string; params: ThreadGenerateParams; ack: boolean }
+  /** `aborted`: the caller's signal had fired already (the generation must not start at all). */
+  | {
+      type: 'generate';
+      id: number;
+      prompt: string;
+      params: ThreadGenerateParams;
+      ack: boolean;
+      aborted: boolean;
+    }
   | { type: 'abort'; id: number }
   /** The caller has handled token event `id`'s latest batch (only when the generation asked for acks). */
   | { type: 'ack'; id: number }

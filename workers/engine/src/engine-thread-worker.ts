@@ -28,6 +28,7 @@ function pushStats(): void {
 
 async function generate(m: Extract<ToEngineThread, { type: 'generate' }>): Promise<void> {
   const ac = new AbortController();
+  if (m.aborted) ac.abort();
   aborts.set(m.id, ac);
   statsTimer ??= setInterval(pushStats, 200);
   try {

@@ -133,12 +133,10 @@ export class EngineThread implements EngineHandle {
     const id = this.nextId++;
     return new Promise<GenerationResult>((resolve, reject) => {
       this.runs.set(id, { resolve, reject, onTokens, onAdmitted, ack: this.awaitTokens });
-      this.post({ type: 'generate', id, prompt, params: rest, ack: this.awaitTokens });
-      if (signal) {
-        const abort = () => this.post({ type: 'abort', id });
-        if (signal.aborted) abort();
-        else signal.addEventListener('abort', abort, { once: true });
-      }
+      const aborted = !!signal?.aborted;
+      this.post({ type: 'generate', id, prompt, params: rest, ack: this.awaitTokens, aborted });
+      if (signal && !aborted)
+        signal.addEventListener('abort', () => this.post({ type: 'abort', id }), { once: true });
     });
   }
 
