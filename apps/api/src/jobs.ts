@@ -409,14 +409,18 @@ export function createJobService(d: JobServiceDeps) {
   }
 
   async function view(meta: JobMeta): Promise<JobView> {
-    const entries = await t(d.events.read(meta.id), 'job events');
-    const acc = accumulate(entries);
+    let entries = await t(d.events.read(meta.id), 'job events');
+    let acc = accumulate(entries);
     let status = statusOf(acc.terminal);
     if (!status) {
       const state = await t(d.queues(meta.model).getJobState(meta.id), 'job state');
-      if (state === 'active') status = 'running';
-      else if (state === 'failed') status = 'failed';
-      else if (state === 'completed') status = 'completed';
+      if (state === 'completed' || state === 'failed') {
+        // The worker writes the terminal event before BullMQ moves the job, so a job that ended between
+        // the two reads above has it now: read again rather than report an end without its result.
+        entries = await t(d.events.read(meta.id), 'job events');
+        acc = accumulate(entries);
+        status = statusOf(acc.terminal) ?? state;
+      } else if (state === 'active') status = 'running';
       else if (state === 'unknown') {
         status = (await redis.exists(keys.jobCancelled(meta.id))) ? 'cancelled' : 'failed';
       } else status = 'queued'; // waiting, delayed (a retry after a lost attempt), prioritized
