@@ -327,6 +327,7 @@ describe('admin keys and stats', () => {
         devices: ['cuda:0', 'cuda:1'],
         busy: 1,
         at: Date.now(),
+        scheduler: { running: 3, waiting: 2, maxBatch: 16, kvUsedBytes: 1024, kvBudgetBytes: 4096 },
       }),
       'old',
       JSON.stringify({
@@ -351,13 +352,21 @@ describe('admin keys and stats', () => {
       models: {
         model: string;
         queue: { waiting: number };
-        workers: { workerId: string; devices: string[] }[];
+        workers: { workerId: string; devices: string[]; scheduler: unknown }[];
         counters: Record<string, number>;
       }[];
     }>(await admin('/admin/stats'), 200);
     expect(s.models).toHaveLength(1);
     expect(s.models[0].queue.waiting).toBe(1);
     expect(s.models[0].workers.map((w) => [w.workerId, w.devices])).toEqual([['w1', ['cuda:0', 'cuda:1']]]);
+    // the engine's batch as the worker's heartbeat reported it
+    expect(s.models[0].workers[0].scheduler).toEqual({
+      running: 3,
+      waiting: 2,
+      max_batch: 16,
+      kv_used_bytes: 1024,
+      kv_budget_bytes: 4096,
+    });
     expect(s.models[0].counters).toMatchObject({
       generation_tokens_total: 42,
       spec_decode_num_accepted_tokens_total: 7,

@@ -103,6 +103,14 @@ export interface ModelStats {
     decoders: string[];
     busy: number;
     age_ms: number;
+    /** The engine's batch at the worker's last beat (null before its engine is open). */
+    scheduler: {
+      running: number;
+      waiting: number;
+      max_batch: number;
+      kv_used_bytes: number;
+      kv_budget_bytes: number;
+    } | null;
   }[];
   /** The worker counters behind /metrics (keys.metrics(model)), as numbers. */
   counters: Record<string, number>;

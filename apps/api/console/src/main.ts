@@ -464,13 +464,26 @@ function modelCard(m: ModelStats, at: number): HTMLElement {
   const workers = el('table', {});
   table(
     workers,
-    ['worker', 'ready', 'device plan', 'decoders', 'busy', 'heartbeat'],
+    [
+      'worker',
+      'ready',
+      'device plan',
+      'decoders',
+      'busy',
+      'batch (running / waiting / max)',
+      'KV pool',
+      'heartbeat',
+    ],
     m.workers.map((w) => [
       w.workerId,
       w.ready ? 'yes' : 'no',
       w.devices.join(' → ') || '-',
       w.decoders.join(', '),
       w.busy,
+      w.scheduler ? `${w.scheduler.running} / ${w.scheduler.waiting} / ${w.scheduler.max_batch}` : '-',
+      w.scheduler?.kv_budget_bytes
+        ? `${fmt((100 * w.scheduler.kv_used_bytes) / w.scheduler.kv_budget_bytes, 1)}% of ${fmt(w.scheduler.kv_budget_bytes / 2 ** 30, 1)} GiB`
+        : '-',
       `${fmt(w.age_ms / 1000, 1)} s ago`,
     ]),
   );

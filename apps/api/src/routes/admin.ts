@@ -132,6 +132,16 @@ const StatsSchema = z
             decoders: z.array(z.string()),
             busy: z.number().int(),
             age_ms: z.number().int(),
+            /** The engine's batch at the last beat: sequences running / waiting, batch size, KV pool use. */
+            scheduler: z
+              .object({
+                running: z.number().int(),
+                waiting: z.number().int(),
+                max_batch: z.number().int(),
+                kv_used_bytes: z.number(),
+                kv_budget_bytes: z.number(),
+              })
+              .nullable(),
           }),
         ),
         counters: z.record(z.string(), z.number()),
@@ -540,6 +550,15 @@ export function adminRoutes(ctx: AppContext) {
               decoders: h.decoders,
               busy: h.busy,
               age_ms: Math.max(0, now - h.at),
+              scheduler: h.scheduler
+                ? {
+                    running: h.scheduler.running,
+                    waiting: h.scheduler.waiting,
+                    max_batch: h.scheduler.maxBatch,
+                    kv_used_bytes: h.scheduler.kvUsedBytes,
+                    kv_budget_bytes: h.scheduler.kvBudgetBytes,
+                  }
+                : null,
             }));
           return {
             model: m.id,
