@@ -194,17 +194,17 @@ function attendStandard(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Ten
  * K/V [P+1, kvH, hd] as [kvH, P+1, hd] through strides (transBatchB), and the past and the new rows are
  * scored separately, so only the scores/softmax ([nH*T, S] values) and the two matmuls scale with P.
  */
-function attendFused(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor, past: AttentionPast = s): Tensor {
+function attendFused(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Tensor {
   const { g, nH, kvH, hd } = s;
-  const kPast = past.pastK[j]; // [P+1, kvH, hd]
-  const vPast = past.pastV[j]; // [P+1, kvH, hd]
+  const kPast = s.pastK[j]; // [P+1, kvH, hd]
+  const vPast = s.pastV[j]; // [P+1, kvH, hd]
   const qh = g.reshape(g.transpose(q, [1, 0, 2]), [kvH, -1, hd]); // [kvH, grp*T, hd]
   const scale = 1 / Math.sqrt(hd);
   const sPast = g.fusedMatMul(qh, kPast, { alpha: scale, transB: 1, transBatchB: 1 }); // [kvH, grp*T, P+1]
   const sNew = g.fusedMatMul(qh, k, { alpha: scale, transB: 1, transBatchB: 1 }); // [kvH, grp*T, T]
-  const att = g.softmax(g.add(g.concat([sPast, sNew], -1), past.groupMask), -1); // [kvH, grp*T, S]
-  const aPast = g.slice(att, g.i64([0]), past.pastRows, [-1]); // [kvH, grp*T, P+1]
-  const aNew = g.slice(att, past.pastRows, g.i64([INT64_MAX]), [-1]); // [kvH, grp*T, T]
+  const att = g.softmax(g.add(g.concat([sPast, sNew], -1), s.groupMask), -1); // [kvH, grp*T, S]
+  const aPast = g.slice(att, g.i64([0]), s.pastRows, [-1]); // [kvH, grp*T, P+1]
+  const aNew = g.slice(att, s.pastRows, g.i64([INT64_MAX]), [-1]); // [kvH, grp*T, T]
   const out = g.add(
     g.fusedMatMul(aPast, vPast, { transBatchB: 1 }),
     g.fusedMatMul(aNew, v, { transBatchB: 1 }),
@@ -213,16 +213,34 @@ function attendFused(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor, past: A
 }
 
 /**
- * Batched attention: each lane attends over its own past with its own rows of q/k/v [T, heads, hd];
- * the lane outputs, in lane order, are the packed rows (unused lanes' dummy rows come last and are cut).
+ * Batched attention: each lane attends over its own past with its own rows, exactly as attendFused does
+ * for one sequence. The head-major layout of q and of the output is made once for all lanes (one
+ * transpose each), so a lane costs only its slices, the four attention matmuls and the softmax; the lane
+ * outputs, in lane order, are the packed rows (unused lanes' dummy rows come last and are cut).
+ * q [T, nH, hd], k/v [T, kvH, hd] -> [T, nH*hd].
  */
 function attendLanes(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Tensor {
-  const { g } = s;
+  const { g, nH, kvH, hd } = s;
+  const grp = nH / kvH;
+  const scale = 1 / Math.sqrt(hd);
+  const qAll = g.reshape(g.transpose(q, [1, 0, 2]), [kvH, grp, -1, hd]); // [kvH, grp, T, hd]
   const outs = s.lanes!.map((lane) => {
-    const rows = (x: Tensor) => g.slice(x, lane.start, lane.end, [0]); // [T_i, heads, hd]
-    return attendFused(s, j, rows(q), rows(k), rows(v), lane); // [T_i, nH*hd]
+    const qh = g.reshape(g.slice(qAll, lane.start, lane.end, [2]), [kvH, -1, hd]); // [kvH, grp*T_i, hd]
+    const kNew = g.slice(k, lane.start, lane.end, [0]); // [T_i, kvH, hd]
+    const vNew = g.slice(v, lane.start, lane.end, [0]); // [T_i, kvH, hd]
+    const sPast = g.fusedMatMul(qh, lane.pastK[j], { alpha: scale, transB: 1, transBatchB: 1 }); // [kvH, grp*T_i, P+1]
+    const sNew = g.fusedMatMul(qh, kNew, { alpha: scale, transB: 1, transBatchB: 1 }); // [kvH, grp*T_i, T_i]
+    const att = g.softmax(g.add(g.concat([sPast, sNew], -1), lane.groupMask), -1); // [kvH, grp*T_i, S_i]
+    const aPast = g.slice(att, g.i64([0]), lane.pastRows, [-1]);
+    const aNew = g.slice(att, lane.pastRows, g.i64([INT64_MAX]), [-1]);
+    const out = g.add(
+      g.fusedMatMul(aPast, lane.pastV[j], { transBatchB: 1 }),
+      g.fusedMatMul(aNew, vNew, { transBatchB: 1 }),
+    ); // [kvH, grp*T_i, hd]
+    return g.reshape(out, [kvH, grp, -1, hd]); // [kvH, grp, T_i, hd]
   });
-  return g.slice(g.concat(outs, 0), g.i64([0]), s.rows!, [0]); // [T, nH*hd]
+  const all = g.slice(g.concat(outs, 2), g.i64([0]), s.rows!, [2]); // [kvH, grp, T, hd]
+  return g.reshape(g.transpose(all, [2, 0, 1, 3]), [-1, nH * hd]); // [T, nH*hd]
 }
 
 /**
