@@ -18,13 +18,14 @@
  * untimed), so its tokens/s is decode-only; compare it with ppsd's decode tokens/s.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { type ChartSeries, lineChartSvg } from '../workers/engine/src/bench/chart';
 import { ensureNodeLlamaCpp, runNodeLlamaCpp } from '../workers/engine/src/bench/llamacpp';
 import { Engine } from '../workers/engine/src/engine';
+import { replaceSection, sectionMarkers } from './doc-section';
 
 const root = path.resolve(import.meta.dirname, '..');
 const work = path.join(root, '.data/bench-batching');
@@ -177,13 +178,13 @@ async function main(): Promise<void> {
   const tag = format === 'q4_0' ? '' : `-${format}`;
   await writeFile(path.join(root, `docs/bench/batching${tag}.json`), `${JSON.stringify(cells, null, 2)}\n`);
   await writeFile(path.join(root, `docs/img/batching${tag}.svg`), chart(cells));
-  if (values.write) await replaceSection(path.join(root, 'docs/BENCHMARKS.md'), md, format);
+  if (values.write) await replaceSection(path.join(root, 'docs/BENCHMARKS.md'), MARKER, md);
 }
 
 function report(cells: Cell[], run: { seconds: number; load0: number[]; load1: number[] }): string {
   const f = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '-');
   const lines = [
-    START_BASE,
+    sectionMarkers(MARKER).start,
     `## Continuous batching (engine, N concurrent greedy sequences, ${format.toUpperCase()})`,
     '',
     `\`node --import tsx scripts/bench-batching.ts --format ${format} --concurrency ${concurrencies.join(',')} --threads ${threads} --workloads ${workloads.join(',')} --write\``,
@@ -212,12 +213,16 @@ function report(cells: Cell[], run: { seconds: number; load0: number[]; load1: n
     lines.push('');
   }
   const tag = format === 'q4_0' ? '' : `-${format}`;
-  lines.push(`![aggregate decode tokens/s vs concurrency](img/batching${tag}.svg)`, '', END_BASE);
+  lines.push(
+    `![aggregate decode tokens/s vs concurrency](img/batching${tag}.svg)`,
+    '',
+    sectionMarkers(MARKER).end,
+  );
   return lines.join('\n');
 }
 
-const START_BASE = '<!-- batching-bench:start -->';
-const END_BASE = '<!-- batching-bench:end -->';
+/** One section per weight format in docs/BENCHMARKS.md. */
+const MARKER = `batching-bench-${format}`;
 
 /** Aggregate decode tokens/s against concurrency (log2 axis), ppsd and llama.cpp per workload. */
 function chart(cells: Cell[]): string {
@@ -249,20 +254,6 @@ function chart(cells: Cell[]): string {
     xRange: [0, Math.log2(Math.max(...cells.map((c) => c.n)))],
     yRange: [0, Math.ceil(yMax / 100) * 100],
   });
-}
-
-async function replaceSection(file: string, body: string, fmt: string): Promise<void> {
-  const START = `<!-- batching-bench-${fmt}:start -->`;
-  const END = `<!-- batching-bench-${fmt}:end -->`;
-  const section = body.replace(START_BASE, START).replace(END_BASE, END);
-  const doc = await readFile(file, 'utf8');
-  const a = doc.indexOf(START);
-  const b = doc.indexOf(END);
-  const next =
-    a >= 0 && b > a
-      ? doc.slice(0, a) + section + doc.slice(b + END.length)
-      : `${doc.trimEnd()}\n\n${section}\n`;
-  await writeFile(file, next);
 }
 
 main().catch((e) => {

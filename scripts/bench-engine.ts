@@ -12,10 +12,11 @@
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs, promisify } from 'node:util';
+import { replaceSection } from './doc-section';
 
 const root = path.resolve(import.meta.dirname, '..');
 const shared = path.resolve(root, '../shared');
@@ -187,12 +188,6 @@ function markdown(results: ModelResult[], command: string): string {
     '<!-- engine-bench:end -->',
   );
   return lines.join('\n');
-}
-
-export async function replaceSection(file: string, marker: string, body: string): Promise<void> {
-  const text = existsSync(file) ? await readFile(file, 'utf8') : '# Benchmarks\n';
-  const re = new RegExp(`<!-- ${marker}:start -->[\\s\\S]*<!-- ${marker}:end -->`);
-  await writeFile(file, re.test(text) ? text.replace(re, body) : `${text.trimEnd()}\n\n${body}\n`);
 }
 
 if (values.child) {

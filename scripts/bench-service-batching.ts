@@ -10,11 +10,12 @@
  * docs/BENCHMARKS.md.
  */
 import { readFileSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { MODEL, ROOT, readSse, startStack, waitFor } from '../test/helpers/stack';
+import { replaceSection, sectionMarkers } from './doc-section';
 
 const { values } = parseArgs({
   options: {
@@ -165,7 +166,7 @@ async function main(): Promise<void> {
     await writeFile(join(ROOT, 'docs/bench/service-batching.json'), `${JSON.stringify(result, null, 2)}\n`);
     const f = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '-');
     const md = [
-      START,
+      sectionMarkers(MARKER).start,
       '## Batching through the service (API + queue + worker)',
       '',
       `\`node --import tsx scripts/bench-service-batching.ts --concurrency ${CONCURRENCY.join(',')} --tokens ${TOKENS} --write\``,
@@ -186,28 +187,16 @@ async function main(): Promise<void> {
       )
         .map(([k, v]) => `${k} ${f(v, 3)}`)
         .join(', ')}.`,
-      END,
+      sectionMarkers(MARKER).end,
     ].join('\n');
     process.stdout.write(`${md}\n`);
-    if (values.write) await writeSection(join(ROOT, 'docs', 'BENCHMARKS.md'), md);
+    if (values.write) await replaceSection(join(ROOT, 'docs', 'BENCHMARKS.md'), MARKER, md);
   } finally {
     await stack.stop();
   }
 }
 
-const START = '<!-- service-batching-bench:start -->';
-const END = '<!-- service-batching-bench:end -->';
-
-async function writeSection(file: string, section: string): Promise<void> {
-  const doc = await readFile(file, 'utf8');
-  const a = doc.indexOf(START);
-  const b = doc.indexOf(END);
-  const next =
-    a >= 0 && b > a
-      ? doc.slice(0, a) + section + doc.slice(b + END.length)
-      : `${doc.trimEnd()}\n\n${section}\n`;
-  await writeFile(file, next);
-}
+const MARKER = 'service-batching-bench';
 
 main().then(
   () => process.exit(0),

@@ -91,6 +91,16 @@ describe('batching config', () => {
     expect(both.warnings.join('\n')).toMatch(/ignored/);
   });
 
+  it('PPSD_ENGINE_THREAD: the engine thread by default, the main thread on false, a clear error otherwise', () => {
+    expect(loadConfig(base).engineThread).toBe(true);
+    expect(loadConfig({ ...base, PPSD_ENGINE_THREAD: 'false' }).engineThread).toBe(false);
+    expect(loadConfig({ ...base, PPSD_ENGINE_THREAD: '0' }).engineThread).toBe(false);
+    expect(loadConfig({ ...base, PPSD_ENGINE_THREAD: 'yes' }).engineThread).toBe(true);
+    expect(() => loadConfig({ ...base, PPSD_ENGINE_THREAD: 'maybe' })).toThrow(
+      /PPSD_ENGINE_THREAD must be true or false \(1\/0, yes\/no\), got 'maybe'/,
+    );
+  });
+
   it('refuses a bad batch size or KV budget with a clear message', () => {
     const msg = (env: Record<string, string>) => {
       try {

@@ -232,14 +232,7 @@ export class Engine {
       params.onAdmitted?.();
       const decoder = await createDecoder(name, { ...ctx, createStage: admission.createStage });
       try {
-        return await runGeneration(
-          decoder,
-          this.tokenizer,
-          ids,
-          params,
-          onTokens,
-          endTokenIds(this.pkg.model.config),
-        );
+        return await this.run(decoder, ids, params, onTokens);
       } finally {
         await decoder.close();
       }
@@ -262,21 +255,18 @@ export class Engine {
       try {
         if (params.signal?.aborted) return cancelledBeforeStart(name, ids.length);
         params.onAdmitted?.();
-        const decoder = await this.pipeline(name, params.stages);
-        return await runGeneration(
-          decoder,
-          this.tokenizer,
-          ids,
-          params,
-          onTokens,
-          endTokenIds(this.pkg.model.config),
-        );
+        return await this.run(await this.pipeline(name, params.stages), ids, params, onTokens);
       } finally {
         this.pipelineRunning--;
       }
     });
     this.pipelineQueue = run.catch(() => undefined);
     return run;
+  }
+
+  /** One generation on `decoder`, ending at the model's end ids. */
+  private run(decoder: Decoder, ids: Int32Array, params: EngineGenerateParams, onTokens?: OnTokens) {
+    return runGeneration(decoder, this.tokenizer, ids, params, onTokens, endTokenIds(this.pkg.model.config));
   }
 
   /** The scheduler's load (batched sequences plus pipeline generations). */

@@ -105,6 +105,15 @@ export function loadConfig(env: Env = process.env): WorkerConfig {
     }
     return n;
   };
+  /** A yes/no setting: 1/true/yes or 0/false/no; anything else is a problem, not a guess. */
+  const bool = (name: string, fallback: boolean): boolean => {
+    const raw = env[name]?.trim().toLowerCase();
+    if (!raw) return fallback;
+    if (['1', 'true', 'yes'].includes(raw)) return true;
+    if (['0', 'false', 'no'].includes(raw)) return false;
+    problems.push(`${name} must be true or false (1/0, yes/no), got '${env[name]}'`);
+    return fallback;
+  };
 
   const redisUrl = str('PPSD_REDIS_URL', 'redis://127.0.0.1:6379');
   if (redisUrl && !/^rediss?:\/\//.test(redisUrl))
@@ -175,7 +184,7 @@ export function loadConfig(env: Env = process.env): WorkerConfig {
     decoder: decoderRaw as DecoderName,
     maxBatch,
     ...(kvMemoryBytes !== undefined ? { kvMemoryBytes } : {}),
-    engineThread: !['0', 'false', 'no'].includes(str('PPSD_ENGINE_THREAD', 'true').toLowerCase()),
+    engineThread: bool('PPSD_ENGINE_THREAD', true),
     asgName: env.PPSD_ASG_NAME?.trim() || null,
     workerId: str('PPSD_WORKER_ID', `${hostname()}-${process.pid}`),
     // A killed worker's job comes back within lock + stall interval (about 10 s): the lock is renewed

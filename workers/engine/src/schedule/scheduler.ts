@@ -50,7 +50,7 @@ interface Waiter extends KvReservation {
 }
 
 export class Scheduler {
-  readonly loop: StepLoop;
+  private readonly loop: StepLoop;
   private readonly hosts = new Map<string, BatchedOrtStage>();
   private readonly exitIds = new Map<ExitHead, number>();
   private readonly waiting: Waiter[] = [];

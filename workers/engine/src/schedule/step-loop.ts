@@ -25,7 +25,6 @@ export class StepLoop {
   private scheduled = false;
   /** stepsByBatchSize[n]: steps that ran n sequences together. */
   readonly stepsByBatchSize: Record<number, number> = {};
-  steps = 0;
 
   constructor(private readonly budget: StepBudget) {}
 
@@ -52,7 +51,6 @@ export class StepLoop {
     const batch = this.pending.filter((_, i) => picked.has(i));
     this.pending = this.pending.filter((_, i) => !picked.has(i));
     this.busy = true;
-    this.steps++;
     this.stepsByBatchSize[batch.length] = (this.stepsByBatchSize[batch.length] ?? 0) + 1;
     try {
       const outs = await batch[0].host.run(batch.map((p) => p.item));
