@@ -1,6 +1,6 @@
 import { totalmem } from 'node:os';
 import { type Decoder, type DecoderName, startStats } from './decode/decoder';
-import { createDecoder, type DecoderContext } from './decode/index';
+import { createDecoder, type DecoderContext, pipelineSetup, planPpsd } from './decode/index';
 import { type DecoderPlan, decoderContext, openDecoder } from './decoders';
 import {
   biasMap,
@@ -12,6 +12,7 @@ import {
 import { endTokenIds } from './model/llama';
 import { type LoadedPackage, loadPackage } from './package';
 import { parseDevice } from './runtime';
+import { PipelineServer, type PipelineServerStats } from './schedule/pipeline-server';
 import { Scheduler } from './schedule/scheduler';
 import type { Tokenizer } from './tokenizer';
 
@@ -36,6 +37,13 @@ export interface EngineOptions extends DecoderPlan {
   maxBatch?: number;
   /** Bytes the KV pool may hold across running sequences (default: DEFAULT_KV_SHARE of RAM). */
   kvMemoryBytes?: number;
+  /**
+   * PPSD generations share one pipeline of batched stage threads (schedule/pipeline-server.ts; default
+   * true). false: each runs alone on the pipeline of Workers, one generation at a time.
+   */
+  servePipelines?: boolean;
+  /** Served PPSD: sequences in flight below which they draft (default: the pipeline depth). */
+  speculateBelow?: number;
 }
 
 export interface EngineGenerateParams extends GenerateParams {
@@ -103,6 +111,8 @@ export class Engine {
   private batchedInFlight = 0;
   private pipelineRunning = 0;
   private pipelineWaiting = 0;
+  /** The served PPSD pipeline (built on first use, or at open when PPSD is the default). */
+  private server?: Promise<PipelineServer>;
   readonly scheduler?: Scheduler;
 
   private constructor(
@@ -130,11 +140,12 @@ export class Engine {
   static async open(packageDir: string, options: EngineOptions = {}): Promise<Engine> {
     const pkg = await loadPackage(packageDir, { verify: !options.verified });
     const engine = new Engine(pkg, options);
-    await engine.prepare(options.decoder ?? 'ar'); // fail at open, not at the first request
-    // AR is what 'auto' batches under load: its sessions for every lane count are built now, so the
-    // first full batch does not stall the step loop while a session is created
+    const name = options.decoder ?? 'ar';
+    await engine.prepare(name); // fail at open, not at the first request
+    // AR is what 'auto' batches under load (unless PPSD is served, which adapts by itself): its sessions
+    // for every lane count are built now, so the first full batch does not stall the step loop
     const N = pkg.model.config.nLayers;
-    await engine.scheduler?.warm([{ firstLayer: 0, endLayer: N }]);
+    if (!engine.serves(name)) await engine.scheduler?.warm([{ firstLayer: 0, endLayer: N }]);
     return engine;
   }
 
@@ -189,9 +200,15 @@ export class Engine {
     }
     const name = this.resolveDecoder(params.decoder);
     this.checkParams(name, params);
-    if (this.scheduler && BATCHED.includes(name)) {
+    const served = this.serves(name, params.stages);
+    if (this.scheduler && (BATCHED.includes(name) || served)) {
+      const scheduler = this.scheduler;
       this.batchedInFlight++;
-      const run = this.generateBatched(this.scheduler, name, ids, params, onTokens).finally(() => {
+      const run = (
+        served
+          ? this.generateServed(scheduler, ids, params, params.decoder === 'auto', onTokens)
+          : this.generateBatched(scheduler, name, ids, params, onTokens)
+      ).finally(() => {
         this.batchedInFlight--;
       });
       this.batched.add(run);
@@ -209,6 +226,8 @@ export class Engine {
    */
   private resolveDecoder(asked: DecoderName | 'auto' | undefined): DecoderName {
     if (asked !== 'auto') return asked ?? this.defaultDecoder;
+    // the served pipeline adapts its speculation to load itself
+    if (this.serves(this.defaultDecoder)) return this.defaultDecoder;
     // every generation accepted and not finished, counted from the call (not from admission)
     const load = this.batchedInFlight + this.pipelineRunning + this.pipelineWaiting;
     return load < AUTO_SPECULATE_BELOW ? this.defaultDecoder : 'ar';
@@ -241,6 +260,60 @@ export class Engine {
     }
   }
 
+  /**
+   * Whether `name` at depth `stages` runs on the served pipeline: PPSD at the plan's depth, with a
+   * scheduler (the batched graphs need CPU or CUDA) unless servePipelines is off.
+   */
+  private serves(name: DecoderName, stages?: number): boolean {
+    if (name !== 'ppsd' || !this.scheduler || this.options.servePipelines === false) return false;
+    return stages === undefined || stages === this.planStages;
+  }
+
+  /**
+   * One PPSD sequence on the served pipeline: admitted like any batched sequence, then pipelined.
+   * `adaptive` (the request said 'auto'): it drafts only while the pipeline is lightly loaded.
+   */
+  private async generateServed(
+    scheduler: Scheduler,
+    ids: Int32Array,
+    params: EngineGenerateParams,
+    adaptive: boolean,
+    onTokens?: OnTokens,
+  ): Promise<GenerationResult> {
+    const server = await this.pipelineServer();
+    const rows = ids.length + params.maxTokens;
+    const admission = await scheduler.admit({ rows, kvBytes: rows * server.bytesPerPosition }, params.signal);
+    if (!admission) return cancelledBeforeStart('ppsd', ids.length);
+    try {
+      params.onAdmitted?.();
+      return await server.withSequence(rows, adaptive, (decoder) => this.run(decoder, ids, params, onTokens));
+    } finally {
+      admission.release();
+    }
+  }
+
+  private pipelineServer(): Promise<PipelineServer> {
+    if (!this.server) {
+      const maxBatch = this.scheduler?.options.maxBatch ?? 1;
+      const server = this.context('ppsd').then((ctx) =>
+        PipelineServer.start(ctx.model, planPpsd(ctx.model, pipelineSetup(ctx)), {
+          maxBatch,
+          devices: ctx.devices,
+          threads: ctx.threadsPerStage ?? 1,
+          maxSeqLen: ctx.maxSeqLen,
+          accuracyLevel: ctx.accuracyLevel,
+          allowCpuFallback: ctx.allowCpuFallback ?? !!ctx.log,
+          speculateBelow: this.options.speculateBelow,
+        }),
+      );
+      this.server = server;
+      server.catch(() => {
+        if (this.server === server) this.server = undefined;
+      });
+    }
+    return this.server;
+  }
+
   /** A pipeline generation (or any generation without a scheduler): one at a time, in arrival order. */
   private generateAlone(
     name: DecoderName,
@@ -267,6 +340,12 @@ export class Engine {
   /** One generation on `decoder`, ending at the model's end ids. */
   private run(decoder: Decoder, ids: Int32Array, params: EngineGenerateParams, onTokens?: OnTokens) {
     return runGeneration(decoder, this.tokenizer, ids, params, onTokens, endTokenIds(this.pkg.model.config));
+  }
+
+  /** What the served PPSD pipeline has run so far (undefined until it is built). */
+  async pipelineServerStats(): Promise<PipelineServerStats | undefined> {
+    const server = await this.server?.catch(() => undefined);
+    return server && structuredClone(server.counts);
   }
 
   /** The scheduler's load (batched sequences plus pipeline generations). */
@@ -303,7 +382,8 @@ export class Engine {
 
   /** Makes `name` ready: its context resolved (batched) or its pipeline built (ppsd, spd). */
   private async prepare(name: DecoderName): Promise<void> {
-    if (this.scheduler && BATCHED.includes(name)) await this.context(name);
+    if (this.serves(name)) await this.pipelineServer();
+    else if (this.scheduler && BATCHED.includes(name)) await this.context(name);
     else await this.pipeline(name);
   }
 
@@ -339,6 +419,9 @@ export class Engine {
     const decoders = await Promise.allSettled(this.pipelines.values());
     this.pipelines.clear();
     await Promise.all(decoders.map((d) => (d.status === 'fulfilled' ? d.value.close() : undefined)));
+    const server = await this.server?.catch(() => undefined);
+    this.server = undefined;
+    await server?.close();
     await this.scheduler?.close();
   }
 }

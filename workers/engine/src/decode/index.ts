@@ -42,8 +42,7 @@ export async function createDecoder(name: DecoderName, ctx: DecoderContext): Pro
         allowCpuFallback: ctx.allowCpuFallback ?? !!ctx.log,
         log: ctx.log,
       }));
-  // The pipelines read their part of the context (PipelineSetup), with k and E settled as above.
-  const pipeline = { ...ctx, stages: k, exitLayer };
+  const pipeline = pipelineSetup(ctx);
 
   switch (name) {
     case 'ar':
@@ -81,6 +80,11 @@ export async function createDecoder(name: DecoderName, ctx: DecoderContext): Pro
   }
 }
 
+/** What the pipelines read of a context (PipelineSetup and heads), with k and E settled. */
+export function pipelineSetup(ctx: DecoderContext) {
+  return { ...ctx, stages: ctx.stages ?? 2, exitLayer: ctx.exitHead?.afterLayer ?? ctx.exitLayer };
+}
+
 function lengthPolicy(draftLength: number | 'adaptive' | undefined, adaptive: () => DraftLengthPolicy) {
   if (draftLength === undefined || draftLength === 'adaptive') return adaptive;
   const gamma = draftLength;
@@ -103,7 +107,7 @@ export {
   stageMacs,
 } from './pipeline';
 export type { DecoderContext, DecoderPlan, PipelineSetup, StageSplit, StageWorkersOptions } from './plan';
-export { createPpsdDecoder } from './ppsd';
+export { createPpsdDecoder, planPpsd } from './ppsd';
 export { createSpdDecoder } from './spd';
 export {
   identitySpdDrafter,

@@ -16,10 +16,12 @@
  * So each tick costs one stage forward plus one message round trip per stage, and emits at most one
  * token: an accepted draft costs 1 tick, a rejection about k (the refill): S = k / (alpha + (1-alpha) k).
  *
- * Prefill: the prompt minus its last token goes through the stages as one block, stage after stage
- * (not pipelined: a single prompt gains little from chunking on a CPU pipeline and it keeps the first
- * token's latency at one full forward). The last prompt token then enters stage 1 as the first in-flight
- * token, so drafting starts at once.
+ * Prefill: the whole prompt goes through the stages as one block, stage after stage (not pipelined: a
+ * single prompt gains little from chunking on a CPU pipeline, and the first token's latency stays one
+ * full forward). The first token comes from the last stage's logits, as in AR: the same blocks, so the
+ * same cache entries even where a quantized matmul's rounding depends on the block's row count (int8
+ * activations, graph/weights.ts consistentRows). That token then enters stage 1 as the first in-flight
+ * token, and drafting starts with it.
  */
 
 import { performance } from 'node:perf_hooks';
@@ -40,7 +42,7 @@ import type { StageSplit, StageWorkersOptions } from './plan';
 import type { Sampler } from './sampling';
 import { type ControlledAcceptance, ControlledDrafts, type Draft, judge } from './spec-rule';
 import type { OutReply } from './stage-protocol';
-import { WorkerStage } from './worker-stage';
+import { type RunRequest, WorkerStage } from './worker-stage';
 
 /**
  * Layer boundaries of a k-stage plan: b[0] = 0 < b[1] = E < ... < b[k] = N. Stage j covers
@@ -282,15 +284,31 @@ export interface PipelineOptions {
   controlledAcceptance?: ControlledAcceptance;
   /** The plan the stages were built for (reported in the stats). */
   plan?: PipelinePlan;
+  /**
+   * Asked each tick before a draft enters stage 1 (default: always draft). When it says no, the token
+   * leaving the last stage is the model's own and (re)enters stage 1 alone: plain pipelined AR for this
+   * sequence, which leaves its idle stages to other sequences (schedule/pipeline-server.ts). Either way
+   * the output is the same.
+   */
+  draftWhen?: () => boolean;
 }
 
-export class PipelineDecoder implements Decoder {
+/**
+ * What the pipeline runs a stage through: a stage Worker of its own (WorkerStage), or one sequence's
+ * place in a batched stage thread shared with other sequences (schedule/pipeline-server.ts).
+ */
+export interface PipelineStage {
+  run(req: RunRequest): Promise<OutReply>;
+  close(): Promise<void>;
+}
+
+export class PipelineDecoder<S extends PipelineStage = WorkerStage> implements Decoder {
   readonly name: 'ppsd' | 'spd';
   private closing?: Promise<void>;
   private readonly single = new SingleGeneration();
 
   constructor(
-    private readonly stages: WorkerStage[],
+    private readonly stages: S[],
     private readonly drafter: PipelineDrafter,
     private readonly opts: PipelineOptions,
   ) {
@@ -302,7 +320,7 @@ export class PipelineDecoder implements Decoder {
    * The stage Workers, for measuring them between generations (`ppsd bench`'s stage probe). Never touch
    * them while a generation runs: their caches belong to it.
    */
-  get stageWorkers(): readonly WorkerStage[] {
+  get stageWorkers(): readonly S[] {
     return this.stages;
   }
 
@@ -340,29 +358,31 @@ export class PipelineDecoder implements Decoder {
         : undefined;
       drafter.reset();
 
-      // ---- prefill: prompt[0, P-1) as one block, stage after stage; every cache starts from 0.
-      const truncateAt: (number | undefined)[] = new Array(k).fill(0);
-      if (P > 1) {
-        let hidden: Float32Array | undefined;
-        for (let s = 0; s < k; s++) {
-          if (this.closing) return finish();
-          const out = await stages[s].run({
-            truncate: 0,
-            position: 0,
-            tokens: s === 0 ? prompt.subarray(0, P - 1).slice() : undefined,
-            hidden,
-            logitRows: 1,
-          });
-          busy[s] += out.busyMs;
-          drafter.observe?.(s, 0, out);
-          hidden = out.hidden;
-          truncateAt[s] = undefined;
-        }
+      // ---- prefill: the whole prompt as one block, stage after stage (every cache starts from 0); the
+      // last stage's logits give the first token, exactly as AR's prefill does.
+      const truncateAt: (number | undefined)[] = new Array(k).fill(undefined);
+      let hidden: Float32Array | undefined;
+      let logits: Float32Array | undefined;
+      for (let s = 0; s < k; s++) {
+        if (this.closing) return finish();
+        const out = await stages[s].run({
+          truncate: 0,
+          position: 0,
+          tokens: s === 0 ? prompt.slice() : undefined,
+          hidden,
+          logitRows: 1,
+        });
+        busy[s] += out.busyMs;
+        drafter.observe?.(s, 0, out);
+        hidden = out.hidden;
+        logits = out.logits;
       }
+      const firstToken = sampler.pick(logits!);
+      stats.verifications++;
 
       // ---- the pipeline: slots[s] is the token stage s runs this tick.
       let slots: (InFlight | null)[] = new Array(k).fill(null);
-      slots[0] = { pos: P - 1, token: prompt[P - 1] };
+      if (P <= lastFed) slots[0] = { pos: P, token: firstToken };
       const runs: (Promise<OutReply> | null)[] = new Array(k).fill(null);
       let drafting: Promise<void> | undefined;
       // Posts every stage's run for `slots` before any other main-thread work (the deepest stage first:
@@ -388,7 +408,15 @@ export class PipelineDecoder implements Decoder {
         drafting = slots[0] ? drafter.beginTick?.(slots[0]) : undefined;
       };
       const loopStart = performance.now();
+      stats.tokens++;
       let posted = false;
+      if (stats.tokens < maxTokens && !signal?.aborted && !this.closing) {
+        post(); // the stages work on the next token while the consumer takes the first
+        posted = true;
+        for (const r of runs) r?.catch(() => {});
+        (drafting as Promise<void> | undefined)?.catch(() => {});
+      }
+      yield [firstToken];
       while (stats.tokens < maxTokens && !signal?.aborted && !this.closing) {
         if (!posted) post();
         posted = false;
@@ -443,7 +471,7 @@ export class PipelineDecoder implements Decoder {
           }
         }
         const newest = slots[0];
-        if (newest && newest.pos + 1 <= lastFed) {
+        if (newest && newest.pos + 1 <= lastFed && (this.opts.draftWhen?.() ?? true)) {
           let draft = drafter.draft(outs[0]!, sampler);
           if (controlled) draft = controlled.apply(newest.pos + 1, draft);
           next[0] = { pos: newest.pos + 1, token: draft.token, draft };

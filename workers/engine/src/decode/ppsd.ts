@@ -12,11 +12,13 @@
  */
 import type { ExitHead, LlamaModel } from '../model/llama';
 import { selectRows } from '../model/matrix';
+import type { StageSpec } from '../model/stage';
 import {
   costOptionsFor,
   forwardMacs,
   PipelineDecoder,
   type PipelineDrafter,
+  type PipelineOptions,
   planBoundaries,
   specsOf,
   stageMacs,
@@ -80,10 +82,28 @@ export function withDraftVocab(model: LlamaModel, exit: ExitHead, vocab: Int32Ar
   return { ...exit, vocab, classifierRows: selectRows(cls, vocab) };
 }
 
-export async function createPpsdDecoder(
-  model: LlamaModel,
-  setup: PipelineSetup & Pick<DecoderContext, 'exitHead' | 'draftVocab' | 'sublayer'> = {},
-): Promise<PipelineDecoder> {
+/** What a PPSD pipeline is built from: its stage specs (stage 1 with the draft head), drafter and options. */
+export interface PpsdPlan {
+  specs: StageSpec[];
+  /** A fresh drafter (one per decoder: a drafter may keep per-generation state). */
+  drafter(): PipelineDrafter;
+  options: PipelineOptions;
+}
+
+export type PpsdSetup = PipelineSetup & Pick<DecoderContext, 'exitHead' | 'draftVocab' | 'sublayer'>;
+
+export async function createPpsdDecoder(model: LlamaModel, setup: PpsdSetup = {}): Promise<PipelineDecoder> {
+  const plan = planPpsd(model, setup);
+  const stages = await startStageWorkers(model, plan.specs, setup);
+  return new PipelineDecoder(stages, plan.drafter(), plan.options);
+}
+
+/**
+ * The PPSD plan: stage boundaries (balanced by modelled cost, possibly inside a layer), the exit head at
+ * the end of stage 1 and the drafter reading it. Pure: nothing is started (createPpsdDecoder starts one
+ * Worker per stage; the engine's PipelineServer runs the same specs as batched stage threads).
+ */
+export function planPpsd(model: LlamaModel, setup: PpsdSetup = {}): PpsdPlan {
   const c = model.config;
   const k = setup.stages ?? 2;
   const E = setup.exitLayer ?? setup.exitHead?.afterLayer;
@@ -113,8 +133,7 @@ export async function createPpsdDecoder(
   const specs = sl === undefined ? specsOf(b) : sublayerSpecs(c.nLayers, sl);
   if (sl !== undefined) b[1] = sl;
   specs[0] = { ...specs[0], exit };
-  const stages = await startStageWorkers(model, specs, setup);
-  return new PipelineDecoder(stages, new ExitHeadDrafter(vocab, c.vocabSize), {
+  const options: PipelineOptions = {
     name: 'ppsd',
     config: c,
     controlledAcceptance: setup.controlledAcceptance,
@@ -126,5 +145,6 @@ export async function createPpsdDecoder(
       forwardMacs: forwardMacs(c, cost),
       splitLayer: sl,
     },
-  });
+  };
+  return { specs, drafter: () => new ExitHeadDrafter(vocab, c.vocabSize), options };
 }

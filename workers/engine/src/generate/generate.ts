@@ -1,4 +1,9 @@
-import { type Decoder, type SpeculationStats, startStats } from '../decode/decoder';
+import {
+  type ControlledAcceptance,
+  type Decoder,
+  type SpeculationStats,
+  startStats,
+} from '../decode/decoder';
 import { type IdLogprob, type IdLogprobs, type TokenLogprob, tokenString } from '../decode/logprobs';
 import { Sampler } from '../decode/sampling';
 import type { Tokenizer } from '../tokenizer';
@@ -19,6 +24,11 @@ export interface GenerateParams {
   logprobs?: number;
   /** EESD / DV: fixed draft block length for this generation. */
   draftLength?: number;
+  /**
+   * Benchmarks on random-weight models only (decode/decoder.ts DecodeRequest): the speculative
+   * decoders' drafts are forced to be accepted at rate alpha. Never set by the service.
+   */
+  controlledAcceptance?: ControlledAcceptance;
 }
 
 /** A batch of verified tokens and the text they complete (UTF-8 safe; may be empty while held back). */
@@ -143,6 +153,7 @@ export async function runGeneration(
     sampler,
     signal: params.signal,
     draftLength: params.draftLength,
+    controlledAcceptance: params.controlledAcceptance,
   };
   const stats: SpeculationStats = startStats(request, decoder.name);
   const steps = decoder.decode({ ...request, stats });

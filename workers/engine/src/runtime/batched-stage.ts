@@ -10,8 +10,9 @@
  */
 import { type InferenceSession, Tensor } from 'onnxruntime-node';
 import { buildStageModel, IO, laneIO, validateStageSpec } from '../graph/llama-graph';
+import type { ExternalModel } from '../graph/onnx';
 import { consistentRows } from '../graph/weights';
-import { headDim, type LlamaModel, stageMatrices } from '../model/llama';
+import { headDim, type LlamaConfig, type LlamaModel, stageMatrices } from '../model/llama';
 import type { StageInput, StageOutput, StageSpec } from '../model/stage';
 import { createSession, type SessionConfig } from './device';
 import type { KvCache } from './kv-cache';
@@ -34,6 +35,23 @@ export function laneBucket(n: number, maxLanes: number): number {
   return Math.min(lanes, maxLanes);
 }
 
+/** Every lane bucket a stage of `maxLanes` lanes builds a graph for. */
+export function laneBuckets(maxLanes: number): number[] {
+  const out = new Set<number>();
+  for (let n = 1; n <= maxLanes; n++) out.add(laneBucket(n, maxLanes));
+  return [...out];
+}
+
+/**
+ * A batched stage's graphs when they do not come from a model in this thread: a stage thread receives
+ * them as bytes (built where the weights are) with what else the stage needs to know.
+ */
+export interface LaneGraphs {
+  config: LlamaConfig;
+  consistentRows?: number;
+  graph(lanes: number): Uint8Array | ExternalModel;
+}
+
 export class BatchedOrtStage {
   private readonly sessions = new Map<number, Promise<InferenceSession>>();
   private readonly first: boolean;
@@ -46,21 +64,26 @@ export class BatchedOrtStage {
   /** See Stage.consistentRows: the largest block whose rows do not depend on the rows beside them. */
   readonly consistentRows?: number;
 
+  readonly config: LlamaConfig;
+  private readonly graphs: LaneGraphs;
+
   constructor(
-    readonly model: LlamaModel,
+    source: LlamaModel | LaneGraphs,
     readonly spec: StageSpec,
     readonly maxLanes: number,
     private readonly opts: OrtStageOptions = {},
   ) {
-    const c = model.config;
+    const c = source.config;
+    this.config = c;
     validateStageSpec(spec, c.nLayers);
+    this.graphs = 'weights' in source ? modelGraphs(source, spec, opts) : source;
     this.first = spec.firstLayer === 0;
     this.last = spec.endLayer === c.nLayers;
     this.kvH = c.nKvHeads;
     this.hd = headDim(c);
     this.L = spec.endLayer - spec.firstLayer;
     this.dummyPast = new Tensor('float32', new Float32Array(this.kvH * this.hd), [1, this.kvH, this.hd]);
-    this.consistentRows = consistentRows(stageMatrices(model, spec), opts.accuracyLevel);
+    this.consistentRows = this.graphs.consistentRows;
   }
 
   /** Floats one cached position takes in this stage's layers (K and V). */
@@ -72,11 +95,7 @@ export class BatchedOrtStage {
   private session(lanes: number): Promise<InferenceSession> {
     let s = this.sessions.get(lanes);
     if (!s) {
-      const graph = buildStageModel(this.model, this.spec, {
-        maxSeqLen: this.opts.maxSeqLen,
-        accuracyLevel: this.opts.accuracyLevel,
-        lanes,
-      });
+      const graph = this.graphs.graph(lanes);
       const cfg: SessionConfig = { ...this.opts };
       s = createSession(graph, cfg).then((r) => r.session);
       this.sessions.set(lanes, s);
@@ -87,9 +106,8 @@ export class BatchedOrtStage {
 
   /** Opens the sessions for every bucket up to `n` lanes now (so the first batches do not pay for it). */
   async warm(n = this.maxLanes): Promise<void> {
-    const want = new Set<number>();
-    for (let k = 1; k <= n; k++) want.add(laneBucket(k, this.maxLanes));
-    await Promise.all([...want].map((lanes) => this.session(lanes)));
+    const want = laneBuckets(this.maxLanes).filter((lanes) => lanes <= laneBucket(n, this.maxLanes));
+    await Promise.all(want.map((lanes) => this.session(lanes)));
   }
 
   /**
@@ -99,7 +117,7 @@ export class BatchedOrtStage {
   async run(items: BatchItem[]): Promise<StageOutput[]> {
     const n = items.length;
     if (n < 1 || n > this.maxLanes) throw new Error(`a batch holds 1..${this.maxLanes} sequences, got ${n}`);
-    const c = this.model.config;
+    const c = this.config;
     const rows = items.map((it) => this.checkInput(it.input, it.cache));
     const logitRows = items.map((it, i) => it.input.logitRows ?? rows[i]);
     const T = rows.reduce((a, b) => a + b, 0);
@@ -144,29 +162,14 @@ export class BatchedOrtStage {
 
   /** The rows of one sequence's forward, after checking everything about it that could fail the batch. */
   checkInput(input: StageInput, cache: KvCache): number {
-    const c = this.model.config;
-    let T: number;
-    if (this.first) {
-      if (!input.tokens) throw new Error('the first stage needs tokens');
-      T = input.tokens.length;
-      for (const t of input.tokens)
-        if (!(t >= 0 && t < c.vocabSize))
-          throw new Error(`token ${t} outside the vocabulary [0, ${c.vocabSize})`);
-    } else {
-      if (!input.hidden) throw new Error("a later stage needs the previous stage's hidden states");
-      T = input.hidden.length / c.dim;
-    }
-    if (!(Number.isInteger(T) && T >= 1))
-      throw new Error(`a forward needs whole rows (at least one), got ${T}`);
-    const R = input.logitRows ?? T;
-    if (!(Number.isInteger(R) && R >= 1 && R <= T)) throw new Error(`logitRows ${R} must lie in [1, ${T}]`);
+    const T = stageInputRows(this.config, this.first, input);
     cache.checkRoom(T);
     return T;
   }
 
   /** The items' tokens [T] (first stage) or hidden rows [T, dim], in lane order. */
   private packInput(items: BatchItem[], T: number): Tensor {
-    const c = this.model.config;
+    const c = this.config;
     if (this.first) {
       const ids = new BigInt64Array(T);
       let at = 0;
@@ -226,4 +229,37 @@ export class BatchedOrtStage {
     this.sessions.clear();
     await Promise.all(all.map((s) => (s.status === 'fulfilled' ? s.value.release() : undefined)));
   }
+}
+
+/**
+ * The rows of one sequence's forward at a stage (the first takes tokens, the others hidden rows), after
+ * checking everything about the input that would otherwise fail a whole batch.
+ */
+export function stageInputRows(c: LlamaConfig, first: boolean, input: StageInput): number {
+  let T: number;
+  if (first) {
+    if (!input.tokens) throw new Error('the first stage needs tokens');
+    T = input.tokens.length;
+    for (const t of input.tokens)
+      if (!(t >= 0 && t < c.vocabSize))
+        throw new Error(`token ${t} outside the vocabulary [0, ${c.vocabSize})`);
+  } else {
+    if (!input.hidden) throw new Error("a later stage needs the previous stage's hidden states");
+    T = input.hidden.length / c.dim;
+  }
+  if (!(Number.isInteger(T) && T >= 1))
+    throw new Error(`a forward needs whole rows (at least one), got ${T}`);
+  const R = input.logitRows ?? T;
+  if (!(Number.isInteger(R) && R >= 1 && R <= T)) throw new Error(`logitRows ${R} must lie in [1, ${T}]`);
+  return T;
+}
+
+/** Graphs built on demand from the model's own arrays (external data: no serialized weight copy). */
+function modelGraphs(model: LlamaModel, spec: StageSpec, opts: OrtStageOptions): LaneGraphs {
+  return {
+    config: model.config,
+    consistentRows: consistentRows(stageMatrices(model, spec), opts.accuracyLevel),
+    graph: (lanes) =>
+      buildStageModel(model, spec, { maxSeqLen: opts.maxSeqLen, accuracyLevel: opts.accuracyLevel, lanes }),
+  };
 }

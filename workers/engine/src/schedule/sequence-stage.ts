@@ -33,7 +33,7 @@ export class SequenceStage implements Stage {
 
   forward(input: StageInput): Promise<StageOutput> {
     if (this.released) return Promise.reject(new Error('stage used after release()'));
-    const T = input.tokens?.length ?? (input.hidden?.length ?? 0) / this.host.model.config.dim;
+    const T = input.tokens?.length ?? (input.hidden?.length ?? 0) / this.host.config.dim;
     return forwardInChunks((chunk) => this.forwardChunk(chunk), input, T, PREFILL_CHUNK_ROWS);
   }
 

@@ -8,28 +8,40 @@
  * come back simply joins the step after). Steps never overlap: each uses every thread the sessions have.
  */
 import type { StageOutput } from '../model/stage';
-import type { BatchedOrtStage, BatchItem } from '../runtime/batched-stage';
+import type { BatchItem } from '../runtime/batched-stage';
 import { planStep, type StepBudget } from './step-plan';
 
-interface Pending {
-  host: BatchedOrtStage;
-  item: BatchItem;
+/** What runs a step: a batched stage here in this thread (BatchedOrtStage) or in its own (StageThread). */
+export interface StepHost<Item, Out extends StageOutput = StageOutput> {
+  run(items: Item[]): Promise<Out[]>;
+}
+
+interface Pending<Item, Out extends StageOutput> {
+  host: StepHost<Item, Out>;
+  item: Item;
   rows: number;
-  resolve: (out: StageOutput) => void;
+  resolve: (out: Out) => void;
   reject: (err: unknown) => void;
 }
 
-export class StepLoop {
-  private pending: Pending[] = [];
+export class StepLoop<Item = BatchItem, Out extends StageOutput = StageOutput> {
+  private pending: Pending<Item, Out>[] = [];
   private busy = false;
   private scheduled = false;
   /** stepsByBatchSize[n]: steps that ran n sequences together. */
   readonly stepsByBatchSize: Record<number, number> = {};
 
-  constructor(private readonly budget: StepBudget) {}
+  /**
+   * @param laneCap the most sequences the next step may take, asked at each step (a pipeline stage's
+   *   microbatch); absent: budget.maxLanes
+   */
+  constructor(
+    private readonly budget: StepBudget,
+    private readonly laneCap?: () => number,
+  ) {}
 
   /** One sequence's forward of `rows` rows; resolves when the step that ran it has finished. */
-  submit(host: BatchedOrtStage, item: BatchItem, rows: number): Promise<StageOutput> {
+  submit(host: StepHost<Item, Out>, item: Item, rows: number): Promise<Out> {
     return new Promise((resolve, reject) => {
       this.pending.push({ host, item, rows, resolve, reject });
       this.kick();
@@ -46,7 +58,9 @@ export class StepLoop {
   }
 
   private async step(): Promise<void> {
-    const picked = new Set(planStep(this.pending, this.budget));
+    const cap = this.laneCap?.();
+    const budget = cap ? { ...this.budget, maxLanes: Math.min(this.budget.maxLanes, cap) } : this.budget;
+    const picked = new Set(planStep(this.pending, budget));
     if (picked.size === 0) return;
     const batch = this.pending.filter((_, i) => picked.has(i));
     this.pending = this.pending.filter((_, i) => !picked.has(i));
