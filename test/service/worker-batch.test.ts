@@ -4,7 +4,9 @@
  *   not considered stalled (the worker renews the locks of all its active jobs), and its time limit
  *   starts when the engine admits it, not while it waits;
  * - the worker process takes up to PPSD_MAX_BATCH jobs at once, passes PPSD_KV_MEMORY to the engine,
- *   reports its scheduler in the heartbeat, and refuses a bad PPSD_KV_MEMORY at start.
+ *   reports its scheduler in the heartbeat, and refuses a bad PPSD_KV_MEMORY at start;
+ * - a PPSD worker (PPSD_DECODER=ppsd, one stage per core) serves several jobs at once on its one
+ *   pipeline of stage threads, each job's tokens exactly AR's, metered as PPSD.
  */
 
 import { randomUUID } from 'node:crypto';
@@ -216,6 +218,45 @@ describe('the worker process with PPSD_MAX_BATCH and PPSD_KV_MEMORY', () => {
       f.startsWith(SCHEDULER_METRIC_PREFIX.batchSteps),
     );
     expect(steps.length).toBeGreaterThan(0);
+    w.child.kill('SIGTERM');
+    expect((await w.exited).code, w.output).toBe(0);
+  });
+
+  it('a PPSD worker serves several jobs at once on its one pipeline, each exactly AR', async () => {
+    const w = await stack.startWorker({
+      env: {
+        PPSD_DECODER: 'ppsd',
+        PPSD_DEVICES: 'cpu,cpu',
+        PPSD_MAX_BATCH: '4',
+        PPSD_FAULT_TOKEN_DELAY_MS: '20',
+      },
+    });
+    const jobs = ['Once upon a time', 'The little dog', 'Tom and Sue', 'Lily had a red ball'].map((prompt) =>
+      makeJob(randomUUID(), { prompt, maxTokens: 30, temperature: 0 }),
+    );
+    await Promise.all(jobs.map((j) => enqueue(stack.redis.url, j)));
+    const ends = await Promise.all(jobs.map((j) => waitForEnd(stack.client, j.id)));
+    const queue = new Queue(queueName(MODEL), { connection: stack.client, prefix: QUEUE_PREFIX });
+    try {
+      const done = await Promise.all(jobs.map((j) => queue.getJob(j.id)));
+      const firstFinish = Math.min(...done.map((j) => j!.finishedOn!));
+      for (const j of done) expect(j!.processedOn!).toBeLessThan(firstFinish);
+    } finally {
+      await queue.close();
+    }
+    // generating at once, not queued behind each other in the engine: every job's first token was
+    // published before any job's last (stream ids are Redis milliseconds)
+    const at = (id: string) => Number(id.split('-')[0]);
+    const tokenTimes = ends.map((evs) => evs.filter((e) => e.event.type === 'tokens').map((e) => at(e.id)));
+    const lastFirst = Math.max(...tokenTimes.map((t) => t[0]));
+    const firstLast = Math.min(...tokenTimes.map((t) => t[t.length - 1]));
+    expect(lastFirst).toBeLessThan(firstLast);
+    for (const [i, evs] of ends.entries()) {
+      const direct = await engine.generate(jobs[i].prompt, { ...jobs[i].params, decoder: 'ar' });
+      expect(streamedTokens(evs).ids).toEqual(direct.tokens);
+      const [usage] = await usageOf(stack.client, 'acme', jobs[i].id);
+      expect(usage.decoder).toBe('ppsd');
+    }
     w.child.kill('SIGTERM');
     expect((await w.exited).code, w.output).toBe(0);
   });
