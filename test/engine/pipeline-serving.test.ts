@@ -58,6 +58,7 @@ describe('pipeline-parallel serving (stories260K)', () => {
     const alone: GenerationResult[] = [];
     for (const [i, p] of PROMPTS.entries()) alone.push(await reference(p, 40 + 7 * i));
     const before = (await ppsd.pipelineServerStats())!;
+    const stepsBefore = { ...ppsd.schedulerStats().stepsByBatchSize };
     const together = await Promise.all(PROMPTS.map((p, i) => ppsd.generate(p, greedy(40 + 7 * i))));
     const after = (await ppsd.pipelineServerStats())!;
     for (const [i, r] of together.entries()) {
@@ -71,6 +72,12 @@ describe('pipeline-parallel serving (stories260K)', () => {
     const drafted = together.filter((r) => r.stats.draftTokensProposed > 0).length;
     expect(drafted).toBeLessThanOrEqual(1);
     expect(ppsd.schedulerStats().running).toBe(0);
+    // the pipeline's steps count in the scheduler's batch-size histogram (the metrics' ppsd:batch_size)
+    const stepsAfter = ppsd.schedulerStats().stepsByBatchSize;
+    const multi = Object.entries(stepsAfter).filter(
+      ([n, c]) => Number(n) >= 2 && c > (stepsBefore[Number(n)] ?? 0),
+    );
+    expect(multi.length).toBeGreaterThan(0);
   });
 
   it("'auto' drafts alone; a request naming PPSD drafts under load too, still exactly AR", async () => {

@@ -113,6 +113,8 @@ export class Engine {
   private pipelineWaiting = 0;
   /** The served PPSD pipeline (built on first use, or at open when PPSD is the default). */
   private server?: Promise<PipelineServer>;
+  /** The same server once started (read synchronously by schedulerStats). */
+  private servedPipeline?: PipelineServer;
   readonly scheduler?: Scheduler;
 
   private constructor(
@@ -307,6 +309,12 @@ export class Engine {
         }),
       );
       this.server = server;
+      server.then(
+        (s) => {
+          this.servedPipeline = s;
+        },
+        () => undefined,
+      );
       server.catch(() => {
         if (this.server === server) this.server = undefined;
       });
@@ -359,7 +367,7 @@ export class Engine {
       maxBatch: batch?.maxBatch ?? 1,
       kvUsedBytes: batch?.kvUsedBytes ?? 0,
       kvBudgetBytes: batch?.kvBudgetBytes ?? 0,
-      stepsByBatchSize: batch?.stepsByBatchSize ?? {},
+      stepsByBatchSize: withPipelineSteps(batch?.stepsByBatchSize ?? {}, this.servedPipeline),
     };
   }
 
@@ -421,9 +429,22 @@ export class Engine {
     await Promise.all(decoders.map((d) => (d.status === 'fulfilled' ? d.value.close() : undefined)));
     const server = await this.server?.catch(() => undefined);
     this.server = undefined;
+    this.servedPipeline = undefined;
     await server?.close();
     await this.scheduler?.close();
   }
+}
+
+/**
+ * The batched steps by batch size, plus the served pipeline's: one pipeline step per step of its last
+ * stage (where every token ends), so `ppsd:batch_size` covers both.
+ */
+function withPipelineSteps(steps: Record<number, number>, server?: PipelineServer): Record<number, number> {
+  const last = server?.counts.stepsByBatchSize.at(-1);
+  if (!last) return { ...steps };
+  const out = { ...steps };
+  for (const [n, c] of Object.entries(last)) out[Number(n)] = (out[Number(n)] ?? 0) + c;
+  return out;
 }
 
 /** The result of a generation cancelled while it waited: no tokens, nothing computed. */

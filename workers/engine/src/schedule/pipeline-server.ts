@@ -48,8 +48,10 @@ export interface PipelineServerStats {
   steps: number[];
   /** Steps that started while another stage's step was running: the stages really overlapped. */
   overlappedSteps: number;
-  /** Sequences that drafted at least once / that never did. */
+  /** Sequences that drafted at least once. */
   draftingSequences: number;
+  /** Per stage: steps by the number of sequences they ran. */
+  stepsByBatchSize: Record<number, number>[];
 }
 
 export class PipelineServer {
@@ -72,7 +74,12 @@ export class PipelineServer {
     speculateBelow: number | undefined,
   ) {
     this.speculateBelow = speculateBelow ?? threads.length;
-    this.counts = { steps: threads.map(() => 0), overlappedSteps: 0, draftingSequences: 0 };
+    this.counts = {
+      steps: threads.map(() => 0),
+      overlappedSteps: 0,
+      draftingSequences: 0,
+      stepsByBatchSize: loops.map((l) => l.stepsByBatchSize),
+    };
     this.hosts = threads.map((t, j) => this.meter(t, j));
   }
 
