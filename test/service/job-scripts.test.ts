@@ -126,8 +126,7 @@ it('the coalesced script writes several jobs in one call exactly as one call per
   const single = (n: number) => `single-${n}`;
   const batched = (n: number) => `batched-${n}`;
   const one: (string | null)[] = [];
-  for (const w of scenario(single))
-    one.push(await publishJobEvent(r, w.jobId, w.event, w.kind, { attempt: w.attempt, ...w }));
+  for (const w of scenario(single)) one.push(await publishJobEvent(r, w.jobId, w.event, w.kind, w));
   await publishJobEvents(r, []); // loads nothing, sends nothing
   await publishJobEvents(r, scenario(batched).slice(0, 1)); // loads the script (EVAL once)
   await redis.config('RESETSTAT');
