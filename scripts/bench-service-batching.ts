@@ -103,22 +103,51 @@ async function concurrent(url: string, key: string, n: number) {
   };
 }
 
-/** CPU seconds (user + system) so far of the worker, the API, Redis and this client process. */
-async function cpuSeconds(stack: Awaited<ReturnType<typeof startStack>>): Promise<Record<string, number>> {
+/** utime + stime of a /proc stat file, in seconds. */
+function statSeconds(path: string): number {
   const tick = 100; // USER_HZ on Linux
-  const proc = (pid: number | undefined) => {
-    if (!pid) return Number.NaN;
-    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-    return (Number(f[11]) + Number(f[12])) / tick; // utime, stime
-  };
+  const st = readFileSync(path, 'utf8');
+  const f = st.slice(st.lastIndexOf(') ') + 2).split(' '); // the name may hold spaces
+  return (Number(f[11]) + Number(f[12])) / tick;
+}
+
+/**
+ * CPU seconds (user + system) so far of the worker, the API, Redis and this client process. The
+ * worker's are also split: its main thread (token publishing, job locks, the queue) and the rest (the
+ * engine thread, whose batched steps are the compute, and Node's helper threads).
+ */
+async function cpuSeconds(stack: Awaited<ReturnType<typeof startStack>>): Promise<Record<string, number>> {
+  const proc = (pid: number | undefined) => (pid ? statSeconds(`/proc/${pid}/stat`) : Number.NaN);
+  const workerPid = stack.workers[0]?.child.pid;
   const info = String(await stack.client.info('cpu'));
   const num = (k: string) => Number(new RegExp(`${k}:([\\d.]+)`).exec(info)?.[1] ?? Number.NaN);
   const me = process.cpuUsage();
+  const worker = proc(workerPid);
+  const workerMain = workerPid ? statSeconds(`/proc/${workerPid}/task/${workerPid}/stat`) : Number.NaN;
   return {
-    worker: proc(stack.workers[0]?.child.pid),
+    worker,
+    workerMain,
+    workerOtherThreads: worker - workerMain,
     api: proc(stack.api?.child.pid),
     redis: num('used_cpu_user') + num('used_cpu_sys'),
     client: (me.user + me.system) / 1e6,
+  };
+}
+
+/**
+ * Redis commands since the last CONFIG RESETSTAT that carry the job streams: script calls (the worker's
+ * event writes; BullMQ's and the usage scripts count too), stream reads (the API's followers and job
+ * views) and PUBLISH (one wake-up per stream entry, so about the number of entries written).
+ */
+async function streamCommands(
+  stack: Awaited<ReturnType<typeof startStack>>,
+): Promise<Record<string, number>> {
+  const info = String(await stack.client.info('commandstats'));
+  const calls = (cmd: string) => Number(new RegExp(`cmdstat_${cmd}:calls=(\\d+)`).exec(info)?.[1] ?? 0);
+  return {
+    scriptCalls: calls('evalsha') + calls('eval'),
+    reads: calls('xrange') + calls('xread'),
+    publish: calls('publish'),
   };
 }
 
@@ -146,11 +175,19 @@ async function main(): Promise<void> {
     for (let i = 0; i < 16; i++) oneByOne.push((await complete(stack.apiUrl, stack.apiKey, prompt(i))).text);
     const sequentialSeconds = (performance.now() - t0) / 1000;
     const cpu0 = await cpuSeconds(stack);
+    await stack.client.config('RESETSTAT');
     const together = await concurrent(stack.apiUrl, stack.apiKey, 16);
+    const redisCommands = await streamCommands(stack);
     const cpu1 = await cpuSeconds(stack);
     const cpu = Object.fromEntries(Object.keys(cpu0).map((k) => [k, cpu1[k] - cpu0[k]]));
     const same = together.texts.every((t, i) => t === oneByOne[i]);
-    const check = { same, sequentialSeconds, concurrentSeconds: together.seconds, cpuSeconds: cpu };
+    const check = {
+      same,
+      sequentialSeconds,
+      concurrentSeconds: together.seconds,
+      cpuSeconds: cpu,
+      redisCommands,
+    };
     const result = {
       when: new Date().toISOString(),
       cpu: cpus()[0]?.model,
@@ -186,7 +223,11 @@ async function main(): Promise<void> {
         cpu,
       )
         .map(([k, v]) => `${k} ${f(v, 3)}`)
-        .join(', ')}.`,
+        .join(
+          ', ',
+        )} (workerMain: the worker's main thread, publishing; workerOtherThreads: its engine thread and Node's helpers).`,
+      '',
+      `Redis commands of the concurrent run (INFO commandstats): ${redisCommands.publish} PUBLISH (one per stream entry written), ${redisCommands.scriptCalls} script calls (the worker's coalesced event writes, plus BullMQ's and the usage scripts), ${redisCommands.reads} stream reads (XREAD / XRANGE).`,
       sectionMarkers(MARKER).end,
     ].join('\n');
     process.stdout.write(`${md}\n`);

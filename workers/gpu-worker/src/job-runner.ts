@@ -7,6 +7,8 @@
  *   after a reconnect duplicates nothing either.
  * - Publishes each batch of verified tokens as it comes: XADD to keys.jobEvents (MAXLEN ~) plus a
  *   PUBLISH on keys.jobWake, in order, through a per-job ordered queue that never blocks the engine (pending token batches merge).
+ *   The writes of all the processor's jobs that are ready in one event-loop turn share one script call
+ *   (`EventCoalescer`): a batched step's tokens cost one Redis command, not one per job.
  * - The attempt's time limit (`jobTimeoutMs`) runs from the engine's admission (`onAdmitted`): a job
  *   waiting inside the engine for a batch slot or KV memory is not timed (its BullMQ lock is renewed
  *   meanwhile, as for every active job).
@@ -43,6 +45,7 @@ import { DelayedError, type Job, UnrecoverableError } from 'bullmq';
 import type { Redis } from 'ioredis';
 import type { CancelRegistry } from './cancel';
 import { type DraftStats, draftStats, type WorkerEngine, type WorkerTokenEvent } from './engine-types';
+import { EventCoalescer } from './event-coalescer';
 
 export interface RunnerDeps {
   redis: Redis;
@@ -204,9 +207,11 @@ export function createProcessor(
   deps: RunnerDeps,
 ): (job: Job<GenerationJob, JobResult>, token?: string) => Promise<JobResult> {
   const redis = withJobScripts(deps.redis);
+  // one per processor (= per worker process): the jobs it runs at once are the ones a step batches
+  const coalescer = new EventCoalescer(redis);
 
   return async function processJob(job, token) {
-    const ctx = openAttempt(deps, redis, job);
+    const ctx = openAttempt(deps, redis, coalescer, job);
     const progress = await readProgress(redis, ctx.jobId);
     if (progress.done) return replayTerminal(redis, keys.jobEvents(ctx.jobId), ctx.jobId, ctx.log);
     if (ctx.attempt > 1) announceRetry(ctx);
@@ -235,17 +240,22 @@ export function createProcessor(
  * The attempt's context and its publication queue: strictly ordered, idempotent, never blocks the
  * engine. Token batches that pile up while a write is in flight are merged into one event (contiguous
  * indexes), so a slow Redis (AOF fsync always, a reconnect) costs fewer round trips, not a backlog.
+ * The queue's writes go through the processor's coalescer, together with the other jobs' writes.
  */
 function openAttempt(
   deps: RunnerDeps,
   redis: ScriptedRedis,
+  coalescer: EventCoalescer,
   job: Job<GenerationJob, JobResult>,
 ): AttemptContext {
   const data = job.data;
   const jobId = job.id ?? data.id;
   const attempt = attemptOf(job);
   const publisher = new EventPublisher((item) =>
-    publishJobEvent(redis, jobId, item.ev, item.kind, {
+    coalescer.write({
+      jobId,
+      event: item.ev,
+      kind: item.kind,
       attempt,
       tokenEnd: item.tokenEnd,
       charsEnd: item.charsEnd,

@@ -3,22 +3,14 @@
  * process carries every wake-up (`keys.jobWake(id)` channels, subscribed while someone follows the job,
  * reference counted); after each wake-up the follower re-reads with XRANGE from its cursor, and a slow
  * timer re-reads anyway in case a wake-up was missed (e.g. during a reconnect). No blocking XREAD per
- * client: hundreds of concurrent streams cost one connection plus short XRANGE calls.
+ * client: hundreds of concurrent streams cost one connection plus short reads, and the reads of all
+ * followers woken in one event-loop turn are one XREAD over their streams (`stream-reads.ts`).
  */
-import {
-  decodeEvent,
-  isTerminal,
-  keys,
-  publishJobEvent,
-  type StreamEvent,
-  withJobScripts,
-} from '@ppsd/contract';
+import { isTerminal, keys, publishJobEvent, type StreamEvent, withJobScripts } from '@ppsd/contract';
 import type { Redis } from 'ioredis';
+import { createStreamReads, readRange, type StreamEntry } from './stream-reads';
 
-export interface StreamEntry {
-  id: string;
-  event: StreamEvent;
-}
+export type { StreamEntry } from './stream-reads';
 
 export const STREAM_ID = /^\d+-\d+$/;
 
@@ -44,6 +36,7 @@ export interface FollowOptions {
 
 export function createJobEvents(redis: Redis, subscriber: Redis, opts: { pollMs: number }) {
   const scripts = withJobScripts(redis);
+  const reads = createStreamReads(redis);
   const watchers = new Map<string, Set<Watch>>();
 
   const onMessage = (channel: string) => {
@@ -81,19 +74,10 @@ export function createJobEvents(redis: Redis, subscriber: Redis, opts: { pollMs:
     };
   }
 
-  const toEntries = (raw: [string, string[]][]): StreamEntry[] =>
-    raw.map(([id, fields]) => ({ id, event: decodeEvent(fields) }));
-
   const api = {
     /** Entries after `after` (exclusive; from the start when absent), oldest first. */
-    async read(jobId: string, after?: string, count?: number): Promise<StreamEntry[]> {
-      const start = after ? `(${after}` : '-';
-      const raw = (
-        count
-          ? await redis.xrange(keys.jobEvents(jobId), start, '+', 'COUNT', count)
-          : await redis.xrange(keys.jobEvents(jobId), start, '+')
-      ) as [string, string[]][];
-      return toEntries(raw);
+    read(jobId: string, after?: string, count?: number): Promise<StreamEntry[]> {
+      return readRange(redis, jobId, after, count);
     },
 
     /** Follows the stream from `after` until (and including) its terminal event, or until aborted. */
@@ -106,7 +90,7 @@ export function createJobEvents(redis: Redis, subscriber: Redis, opts: { pollMs:
         for (;;) {
           if (o.signal?.aborted) return;
           w.pending = false;
-          const entries = await api.read(jobId, cursor, batch);
+          const entries = await reads.read(jobId, cursor, batch);
           for (const e of entries) {
             cursor = e.id;
             yield e;
@@ -129,7 +113,7 @@ export function createJobEvents(redis: Redis, subscriber: Redis, opts: { pollMs:
           });
           if (!woke && o.onIdle) {
             // Re-read first: the end may have landed just now.
-            const late = await api.read(jobId, cursor, batch);
+            const late = await reads.read(jobId, cursor, batch);
             if (late.length === 0) {
               const end = await o.onIdle(Date.now() - idleSince);
               if (end) {
