@@ -138,6 +138,54 @@ describe('pipeline-parallel serving (stories260K)', () => {
     expect(inBatch.tokens).toEqual(alone.tokens);
   });
 
+  it('a stage thread that dies takes its pipeline down; the next PPSD request gets a new one', async () => {
+    const logs: string[] = [];
+    const engine = await Engine.open(pkg, {
+      maxBatch: 4,
+      verified: true,
+      decoder: 'ppsd',
+      devices: ['cpu', 'cpu'],
+      log: (line) => logs.push(line),
+    });
+    try {
+      const alone = await reference(PROMPTS[1], 30);
+      expect((await engine.generate(PROMPTS[1], greedy(30))).tokens).toEqual(alone.tokens);
+      // reach into the served pipeline and kill its last stage's thread while nothing is in flight
+      // biome-ignore lint/suspicious/noExplicitAny: the test crashes a private thread on purpose
+      const first = await (engine as any).server;
+      // biome-ignore lint/suspicious/noExplicitAny: as above
+      const worker = (first.threads.at(-1) as any).worker as import('node:worker_threads').Worker;
+      const exited = new Promise((resolve) => worker.once('exit', resolve));
+      await worker.terminate();
+      await exited;
+      expect(logs.some((l) => /served PPSD pipeline failed .*exited/.test(l))).toBe(true);
+      // the broken pipeline refuses work; the engine builds a fresh one for the next request
+      const again = await engine.generate(PROMPTS[1], greedy(30));
+      expect(again.stats.decoder).toBe('ppsd');
+      expect(again.tokens).toEqual(alone.tokens);
+      // biome-ignore lint/suspicious/noExplicitAny: as above
+      const second = await (engine as any).server;
+      expect(second).not.toBe(first);
+      await expect(first.withSequence(10, true, async () => undefined)).rejects.toThrow(/pipeline is down/);
+
+      // a crash mid-generation fails the sequences in flight (no hang), and the engine recovers again
+      // biome-ignore lint/suspicious/noExplicitAny: as above
+      const worker2 = (second.threads[0] as any).worker as import('node:worker_threads').Worker;
+      let killed = false;
+      const inFlight = engine.generate(PROMPTS[3], greedy(200), (ev) => {
+        if (!killed && ev.index >= 5) {
+          killed = true;
+          void worker2.terminate();
+        }
+      });
+      await expect(inFlight).rejects.toThrow(/exited|pipeline is down|closed/);
+      const third = await engine.generate(PROMPTS[1], greedy(30));
+      expect(third.tokens).toEqual(alone.tokens);
+    } finally {
+      await engine.close();
+    }
+  });
+
   it('served sequences are admitted by the same KV budget, and one that can never fit is refused', async () => {
     const perSequence = (PROMPTS[1].length + 64) * ppsd.scheduler!.bytesPerPosition;
     const small = await Engine.open(pkg, {

@@ -115,6 +115,8 @@ export class Engine {
   private server?: Promise<PipelineServer>;
   /** The same server once started (read synchronously by schedulerStats). */
   private servedPipeline?: PipelineServer;
+  /** Servers whose stage thread died, closing once their sequences have failed (close() waits). */
+  private readonly brokenServers = new Set<PipelineServer>();
   readonly scheduler?: Scheduler;
 
   private constructor(
@@ -306,6 +308,7 @@ export class Engine {
           accuracyLevel: ctx.accuracyLevel,
           allowCpuFallback: ctx.allowCpuFallback ?? !!ctx.log,
           speculateBelow: this.options.speculateBelow,
+          onBroken: (err) => this.retireServer(server, err),
         }),
       );
       this.server = server;
@@ -320,6 +323,16 @@ export class Engine {
       });
     }
     return this.server;
+  }
+
+  /** A served pipeline lost a stage thread: later PPSD sequences get a new one (built on next use). */
+  private retireServer(server: Promise<PipelineServer>, err: Error): void {
+    this.options.log?.(`served PPSD pipeline failed (${err.message}); starting a new one on next use`);
+    void server.then((s) => {
+      this.brokenServers.add(s);
+      if (this.servedPipeline === s) this.servedPipeline = undefined;
+    });
+    if (this.server === server) this.server = undefined;
   }
 
   /** A pipeline generation (or any generation without a scheduler): one at a time, in arrival order. */
@@ -430,7 +443,8 @@ export class Engine {
     const server = await this.server?.catch(() => undefined);
     this.server = undefined;
     this.servedPipeline = undefined;
-    await server?.close();
+    await Promise.all([server?.close(), ...[...this.brokenServers].map((s) => s.close())]);
+    this.brokenServers.clear();
     await this.scheduler?.close();
   }
 }

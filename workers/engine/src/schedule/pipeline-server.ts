@@ -38,6 +38,12 @@ export interface PipelineServerOptions extends Omit<StageThreadOptions, 'device'
   devices?: Device[];
   /** Sequences in flight below which every sequence drafts (default: the pipeline depth k). */
   speculateBelow?: number;
+  /**
+   * Called once when a stage thread exits on its own (a crash): the server is then broken. Sequences in
+   * it fail; it refuses new ones and closes its other threads once the last has ended, so its owner
+   * should start a new server for later sequences.
+   */
+  onBroken?: (err: Error) => void;
 }
 
 type ThreadLoop = StepLoop<StageThreadItem, ThreadStageOutput>;
@@ -64,6 +70,9 @@ export class PipelineServer {
   readonly counts: PipelineServerStats;
   /** Per stage, the one host its step loop batches on (the planner batches forwards of one host). */
   private readonly hosts: SequenceHost[];
+  /** Why the server stopped serving (a stage thread died). */
+  private broken?: Error;
+  private closing?: Promise<void>;
 
   private constructor(
     private readonly model: LlamaModel,
@@ -113,8 +122,10 @@ export class PipelineServer {
           laneCap,
         ),
     );
-    server = new PipelineServer(model, plan, threads, loops, opts.maxBatch, opts.speculateBelow);
-    return server;
+    const built = new PipelineServer(model, plan, threads, loops, opts.maxBatch, opts.speculateBelow);
+    server = built;
+    for (const t of threads) t.onUnexpectedExit((err) => built.breakDown(err, opts.onBroken));
+    return built;
   }
 
   get depth(): number {
@@ -148,9 +159,10 @@ export class PipelineServer {
     adaptive: boolean,
     generate: (decoder: PipelineDecoder<SequenceThreadStage>) => Promise<T>,
   ): Promise<T> {
+    if (this.broken) throw new Error(`the served pipeline is down: ${this.broken.message}`);
     const seq = this.nextSeq++;
     const stages = this.threads.map((t, j) => {
-      t.open(seq, rows);
+      t.openSequence(seq, rows);
       return new SequenceThreadStage(this.hosts[j], this.loops[j], seq, rows, this.model, j === 0);
     });
     let drafted = false;
@@ -171,7 +183,16 @@ export class PipelineServer {
       this.active--;
       if (!adaptive) this.forced--;
       await decoder.close();
+      if (this.broken && this.active === 0) void this.close();
     }
+  }
+
+  /** A stage thread died: fail over to the owner (once), and close the rest when no sequence is left. */
+  private breakDown(err: Error, onBroken?: (err: Error) => void): void {
+    if (this.broken) return;
+    this.broken = err;
+    onBroken?.(err);
+    if (this.active === 0) void this.close();
   }
 
   /** Stage j's thread as its step loop sees it, counting steps and overlaps. */
@@ -191,8 +212,9 @@ export class PipelineServer {
     };
   }
 
-  async close(): Promise<void> {
-    await Promise.all(this.threads.map((t) => t.close()));
+  close(): Promise<void> {
+    this.closing ??= Promise.all(this.threads.map((t) => t.close())).then(() => undefined);
+    return this.closing;
   }
 }
 

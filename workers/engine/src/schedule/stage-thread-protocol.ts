@@ -6,6 +6,7 @@
 import type { LlamaConfig } from '../model/llama';
 import type { StageOutput, StageSpec } from '../model/stage';
 import type { OrtStageOptions } from '../runtime/ort-stage';
+import type { ThreadReply } from '../thread-handle';
 
 export interface StageThreadInit {
   type: 'init';
@@ -63,8 +64,12 @@ export type ToStageThread =
   | StageThreadRelease
   | StageThreadClose;
 
-export type FromStageThread =
-  | { type: 'ready'; device: string }
-  | { type: 'out'; id: number; outs: StageOutput[]; busyMs: number }
-  | { type: 'error'; id?: number; message: string }
-  | { type: 'closed' };
+/** A step's outputs, one per item in order, and the time the thread spent on the step. */
+export interface StageThreadOut {
+  type: 'out';
+  id: number;
+  outs: StageOutput[];
+  busyMs: number;
+}
+
+export type FromStageThread = ThreadReply<StageThreadOut>;

@@ -107,6 +107,10 @@ async function handle(msg: ToStageThread): Promise<void> {
   }
 }
 
+// A message that fails outside a step (an `open` whose cache cannot be allocated) must not stop the
+// queue: later steps then fail on their own ("not open") and the thread lives on.
 port.on('message', (msg: ToStageThread) => {
-  queue = queue.then(() => handle(msg));
+  queue = queue
+    .then(() => handle(msg))
+    .catch((err) => send({ type: 'error', message: `stage thread: ${msg.type}: ${messageOf(err)}` }));
 });
