@@ -24,7 +24,7 @@ import {
 import type { Logger } from '@ppsd/contract/log';
 import type { Queue } from 'bullmq';
 import type { Redis } from 'ioredis';
-import type { Quota } from './adapters/quota';
+import type { Quota, Reservation } from './adapters/quota';
 import type { JobEvents, StreamEntry } from './adapters/redis-events';
 import type { ApiConfig } from './config';
 import {
@@ -161,6 +161,13 @@ function renderFor(model: ModelInfo, prompt: AdmitInput['prompt']): string {
   }
 }
 
+/** A request measured against its model (jobs.ts admit). */
+interface SizedRequest {
+  prompt: string;
+  promptTokens: number;
+  maxTokens: number;
+}
+
 const decoderOf = (s: Speculation): DecoderName => (typeof s === 'object' ? s.decoder : 'ar');
 
 export function createJobService(d: JobServiceDeps) {
@@ -235,17 +242,8 @@ export function createJobService(d: JobServiceDeps) {
     }
   }
 
-  /** `log`: the request's logger; the enqueued job's id is logged with it (joins requests to jobs). */
-  async function admit(input: AdmitInput, log?: Logger): Promise<Admitted> {
-    const model = resolveModel(input.model);
-    const allowed = await d.allowedModels?.(input.tenant);
-    if (allowed && !allowed.includes(model.id)) {
-      throw forbidden(
-        `This API key's tenant may not use the model '${model.id}'.`,
-        'model_not_allowed',
-        'model',
-      );
-    }
+  /** The request sized against the model: its prompt, prompt tokens and max tokens, or the 4xx that says why not. */
+  async function sizeRequest(model: ModelInfo, input: AdmitInput): Promise<SizedRequest> {
     const prompt = renderFor(model, input.prompt);
     if (prompt.length > model.maxPromptChars) {
       throw tooLong(
@@ -275,58 +273,48 @@ export function createJobService(d: JobServiceDeps) {
       );
     }
     if (input.stop?.some((s) => s.length === 0)) throw invalid('stop strings must not be empty', 'stop');
-    await checkRunnable(model, input);
+    return { prompt, promptTokens, maxTokens };
+  }
 
-    const queue = d.queues(model.id);
-    if (config.queueMaxWaiting > 0) {
-      const waiting = await t(queue.getWaitingCount(), 'queue length');
-      if (waiting >= config.queueMaxWaiting) {
-        throw unavailable(
-          `The model '${model.id}' is overloaded; retry later.`,
-          'overloaded',
-          config.retryAfterSeconds,
-        );
-      }
+  /** A 503 while the model's queue already holds `queueMaxWaiting` jobs (0: no limit). */
+  async function checkBacklog(model: ModelInfo, queue: Queue<GenerationJob>): Promise<void> {
+    if (config.queueMaxWaiting <= 0) return;
+    const waiting = await t(queue.getWaitingCount(), 'queue length');
+    if (waiting >= config.queueMaxWaiting) {
+      throw unavailable(
+        `The model '${model.id}' is overloaded; retry later.`,
+        'overloaded',
+        config.retryAfterSeconds,
+      );
     }
+  }
 
-    const now = d.clock();
-    const jobId = newJobId();
-    const reservedTokens = promptTokens + maxTokens;
-    const r = await t(
-      d.quota.reserve({
-        tenant: input.tenant,
-        jobId,
-        tokens: reservedTokens,
-        idempotencyKey: input.idempotencyKey,
-        now,
-      }),
-      'quota',
-    );
-    if (r.kind === 'idem') {
-      const raw = await redis.get(jobMetaKey(r.jobId));
-      if (raw) {
-        log?.info({ jobId: r.jobId, model: model.id }, 'idempotent repeat: existing job');
-        return { meta: JSON.parse(raw) as JobMeta, model, created: false };
-      }
-      // The mapping outlived its job: drop it and admit afresh.
-      await redis.del(keys.idempotency(input.tenant, input.idempotencyKey!));
-      return admit(input, log);
-    }
+  /** The 429 for a refused reservation: the tenant's unfinished-job limit or its token quota. */
+  function refusal(r: Extract<Reservation, { kind: 'queue' | 'quota' }>): Error {
     if (r.kind === 'queue') {
-      throw tooMany(
+      return tooMany(
         `Too many unfinished jobs for this tenant (limit ${r.limit}); retry when some have finished.`,
         'tenant_queue_limit',
         config.retryAfterSeconds,
       );
     }
-    if (r.kind === 'quota') {
-      throw tooMany(
-        'Token quota exceeded for this tenant in the current period.',
-        'quota_exceeded',
-        r.retryAfterMs > 0 ? r.retryAfterMs / 1000 : config.retryAfterSeconds,
-      );
-    }
+    return tooMany(
+      'Token quota exceeded for this tenant in the current period.',
+      'quota_exceeded',
+      r.retryAfterMs > 0 ? r.retryAfterMs / 1000 : config.retryAfterSeconds,
+    );
+  }
 
+  /** The job's meta (what the API answers about it) and the job itself (what the worker runs). */
+  function describeJob(
+    jobId: string,
+    model: ModelInfo,
+    input: AdmitInput,
+    sized: SizedRequest,
+    now: number,
+  ): { meta: JobMeta; job: GenerationJob } {
+    const { prompt, promptTokens, maxTokens } = sized;
+    const reservedTokens = promptTokens + maxTokens;
     const speculation = input.speculation ?? 'auto';
     const meta: JobMeta = {
       id: jobId,
@@ -366,11 +354,16 @@ export function createJobService(d: JobServiceDeps) {
       reservedTokens,
       enqueuedAt: now,
     };
+    return { meta, job };
+  }
+
+  /** Stores the meta and enqueues the job; on failure, releases the reservation and leaves nothing behind. */
+  async function enqueue(queue: Queue<GenerationJob>, meta: JobMeta, job: GenerationJob): Promise<void> {
     try {
-      await t(redis.set(jobMetaKey(jobId), JSON.stringify(meta), 'EX', config.jobTtlSeconds), 'job meta');
+      await t(redis.set(jobMetaKey(job.id), JSON.stringify(meta), 'EX', config.jobTtlSeconds), 'job meta');
       await t(
         queue.add('generate', job, {
-          jobId,
+          jobId: job.id,
           attempts: config.jobAttempts,
           backoff: { type: 'fixed', delay: 500 },
           removeOnComplete: { age: EVENTS_TTL_SECONDS },
@@ -379,13 +372,62 @@ export function createJobService(d: JobServiceDeps) {
         'enqueue',
       );
     } catch (err) {
-      await d.quota.release(input.tenant, jobId, input.idempotencyKey).catch(() => undefined);
-      await redis.del(jobMetaKey(jobId)).catch(() => undefined);
+      await d.quota.release(meta.tenant, job.id, meta.idempotencyKey).catch(() => undefined);
+      await redis.del(jobMetaKey(job.id)).catch(() => undefined);
       if (isRedisUnavailable(err)) throw unavailable('The job queue is unavailable; retry later.');
       throw err;
     }
+  }
+
+  /**
+   * Admits a request: the tenant may use the model, the request fits it, the queue has room, the
+   * tenant's quota reserves its tokens; then the job is enqueued (or, for a repeated idempotency key,
+   * the existing job is returned). `log`: the request's logger; the job's id is logged with it.
+   */
+  async function admit(input: AdmitInput, log?: Logger): Promise<Admitted> {
+    const model = resolveModel(input.model);
+    const allowed = await d.allowedModels?.(input.tenant);
+    if (allowed && !allowed.includes(model.id)) {
+      throw forbidden(
+        `This API key's tenant may not use the model '${model.id}'.`,
+        'model_not_allowed',
+        'model',
+      );
+    }
+    const sized = await sizeRequest(model, input);
+    await checkRunnable(model, input);
+    const queue = d.queues(model.id);
+    await checkBacklog(model, queue);
+
+    const now = d.clock();
+    const jobId = newJobId();
+    const r = await t(
+      d.quota.reserve({
+        tenant: input.tenant,
+        jobId,
+        tokens: sized.promptTokens + sized.maxTokens,
+        idempotencyKey: input.idempotencyKey,
+        now,
+      }),
+      'quota',
+    );
+    if (r.kind === 'idem') {
+      const raw = await redis.get(jobMetaKey(r.jobId));
+      if (raw) {
+        log?.info({ jobId: r.jobId, model: model.id }, 'idempotent repeat: existing job');
+        return { meta: JSON.parse(raw) as JobMeta, model, created: false };
+      }
+      // The mapping outlived its job: drop it and admit afresh.
+      await redis.del(keys.idempotency(input.tenant, input.idempotencyKey!));
+      return admit(input, log);
+    }
+    if (r.kind !== 'ok') throw refusal(r);
+
+    const { meta, job } = describeJob(jobId, model, input, sized, now);
+    await enqueue(queue, meta, job);
+    const { promptTokens, maxTokens } = sized;
     log?.info(
-      { jobId, model: model.id, kind: input.kind, promptTokens, maxTokens, speculation },
+      { jobId, model: model.id, kind: input.kind, promptTokens, maxTokens, speculation: meta.speculation },
       'job enqueued',
     );
     return { meta, model, created: true };
