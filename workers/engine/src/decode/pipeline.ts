@@ -259,6 +259,77 @@ export interface InFlight {
   hidden?: Float32Array;
 }
 
+/** What one tick's advance reads and updates besides the slots (PipelineDecoder.run's state). */
+interface TickContext {
+  sampler: Sampler;
+  stats: SpeculationStats;
+  /** Per stage, the position its next run truncates its cache to (set on a rejection). */
+  truncateAt: (number | undefined)[];
+  /** The last position ever fed. */
+  lastFed: number;
+  drafter: PipelineDrafter;
+  controlled?: ControlledDrafts;
+  draftWhen?: () => boolean;
+}
+
+/**
+ * Advances the pipeline after a tick: the token leaving the last stage judges the draft behind it
+ * (accepted: everything moves one stage deeper; rejected: the replacement is emitted, newer tokens are
+ * flushed and every stage truncates past it), and the next draft (or the restart token) enters stage 1.
+ * Returns the next tick's slots and the token emitted by this one, if any.
+ */
+function advance(
+  slots: (InFlight | null)[],
+  outs: (OutReply | null)[],
+  t: TickContext,
+): { next: (InFlight | null)[]; emitted?: number } {
+  const k = slots.length;
+  const next: (InFlight | null)[] = new Array(k).fill(null);
+  let emitted: number | undefined;
+  let restart: InFlight | undefined; // a verified token that (re)starts the pipeline at stage 1
+  const leaving = slots[k - 1];
+  const follower = slots[k - 2];
+  if (leaving) {
+    const logits = outs[k - 1]!.logits!;
+    if (follower?.draft) {
+      const verdict = judge(t.sampler, logits, follower.draft);
+      t.stats.draftTokensProposed++;
+      emitted = verdict.token;
+      if (verdict.accepted) {
+        t.stats.draftTokensAccepted++;
+        follower.draft = undefined;
+      } else {
+        // Flush: every token newer than `leaving` is wrong; forget their cache entries everywhere.
+        t.stats.verifications++;
+        for (let s = 0; s < k - 2; s++) if (slots[s]) t.stats.draftTokensDiscarded! += 1;
+        for (let s = 0; s < k - 1; s++) t.truncateAt[s] = leaving.pos + 1;
+        slots = new Array(k).fill(null);
+        restart = { pos: leaving.pos + 1, token: verdict.token };
+      }
+    } else {
+      // Nothing was drafted behind it (the position cap): the model's own token.
+      emitted = t.sampler.pick(logits);
+      t.stats.verifications++;
+      if (!follower) restart = { pos: leaving.pos + 1, token: emitted };
+    }
+  }
+  for (let s = k - 1; s >= 1; s--) {
+    const e = slots[s - 1];
+    if (e) {
+      e.hidden = outs[s - 1]!.hidden;
+      next[s] = e;
+    }
+  }
+  const newest = slots[0];
+  if (newest && newest.pos + 1 <= t.lastFed && (t.draftWhen?.() ?? true)) {
+    let draft = t.drafter.draft(outs[0]!, t.sampler);
+    if (t.controlled) draft = t.controlled.apply(newest.pos + 1, draft);
+    next[0] = { pos: newest.pos + 1, token: draft.token, draft };
+  }
+  if (restart && restart.pos <= t.lastFed) next[0] = restart;
+  return { next, emitted };
+}
+
 /** How the next token entering stage 1 is drafted: PPSD's exit head, or SPD's feature drafter. */
 export interface PipelineDrafter {
   /** Start of a generation: forget cached features. */
@@ -324,6 +395,30 @@ export class PipelineDecoder<S extends PipelineStage = WorkerStage> implements D
     return this.stages;
   }
 
+  /**
+   * Prefill: the whole prompt as one block, stage after stage (every cache starts from 0). Returns the
+   * last stage's logits (the first token's, exactly as AR's prefill), or undefined if closed meanwhile.
+   */
+  private async prefill(prompt: Int32Array, busy: Float64Array): Promise<Float32Array | undefined> {
+    let hidden: Float32Array | undefined;
+    let logits: Float32Array | undefined;
+    for (let s = 0; s < this.stages.length; s++) {
+      if (this.closing) return undefined;
+      const out = await this.stages[s].run({
+        truncate: 0,
+        position: 0,
+        tokens: s === 0 ? prompt.slice() : undefined,
+        hidden,
+        logitRows: 1,
+      });
+      busy[s] += out.busyMs;
+      this.drafter.observe?.(s, 0, out);
+      hidden = out.hidden;
+      logits = out.logits;
+    }
+    return logits;
+  }
+
   decode(request: DecodeRequest): AsyncGenerator<number[], SpeculationStats, void> {
     return this.single.run(
       this.name,
@@ -358,26 +453,10 @@ export class PipelineDecoder<S extends PipelineStage = WorkerStage> implements D
         : undefined;
       drafter.reset();
 
-      // ---- prefill: the whole prompt as one block, stage after stage (every cache starts from 0); the
-      // last stage's logits give the first token, exactly as AR's prefill does.
       const truncateAt: (number | undefined)[] = new Array(k).fill(undefined);
-      let hidden: Float32Array | undefined;
-      let logits: Float32Array | undefined;
-      for (let s = 0; s < k; s++) {
-        if (this.closing) return finish();
-        const out = await stages[s].run({
-          truncate: 0,
-          position: 0,
-          tokens: s === 0 ? prompt.slice() : undefined,
-          hidden,
-          logitRows: 1,
-        });
-        busy[s] += out.busyMs;
-        drafter.observe?.(s, 0, out);
-        hidden = out.hidden;
-        logits = out.logits;
-      }
-      const firstToken = sampler.pick(logits!);
+      const logits = await this.prefill(prompt, busy);
+      if (!logits) return finish();
+      const firstToken = sampler.pick(logits);
       stats.verifications++;
 
       // ---- the pipeline: slots[s] is the token stage s runs this tick.
@@ -407,6 +486,15 @@ export class PipelineDecoder<S extends PipelineStage = WorkerStage> implements D
         }
         drafting = slots[0] ? drafter.beginTick?.(slots[0]) : undefined;
       };
+      const ticking: TickContext = {
+        sampler,
+        stats,
+        truncateAt,
+        lastFed,
+        drafter,
+        controlled,
+        draftWhen: this.opts.draftWhen,
+      };
       const loopStart = performance.now();
       stats.tokens++;
       let posted = false;
@@ -434,49 +522,7 @@ export class PipelineDecoder<S extends PipelineStage = WorkerStage> implements D
         tick.ticks++;
         tick.computeMs += slowest;
 
-        const next: (InFlight | null)[] = new Array(k).fill(null);
-        let emitted: number | undefined;
-        let restart: InFlight | undefined; // a verified token that (re)starts the pipeline at stage 1
-        const leaving = slots[k - 1];
-        const follower = slots[k - 2];
-        if (leaving) {
-          const logits = outs[k - 1]!.logits!;
-          if (follower?.draft) {
-            const verdict = judge(sampler, logits, follower.draft);
-            stats.draftTokensProposed++;
-            emitted = verdict.token;
-            if (verdict.accepted) {
-              stats.draftTokensAccepted++;
-              follower.draft = undefined;
-            } else {
-              // Flush: every token newer than `leaving` is wrong; forget their cache entries everywhere.
-              stats.verifications++;
-              for (let s = 0; s < k - 2; s++) if (slots[s]) stats.draftTokensDiscarded! += 1;
-              for (let s = 0; s < k - 1; s++) truncateAt[s] = leaving.pos + 1;
-              slots = new Array(k).fill(null);
-              restart = { pos: leaving.pos + 1, token: verdict.token };
-            }
-          } else {
-            // Nothing was drafted behind it (the position cap): the model's own token.
-            emitted = sampler.pick(logits);
-            stats.verifications++;
-            if (!follower) restart = { pos: leaving.pos + 1, token: emitted };
-          }
-        }
-        for (let s = k - 1; s >= 1; s--) {
-          const e = slots[s - 1];
-          if (e) {
-            e.hidden = outs[s - 1]!.hidden;
-            next[s] = e;
-          }
-        }
-        const newest = slots[0];
-        if (newest && newest.pos + 1 <= lastFed && (this.opts.draftWhen?.() ?? true)) {
-          let draft = drafter.draft(outs[0]!, sampler);
-          if (controlled) draft = controlled.apply(newest.pos + 1, draft);
-          next[0] = { pos: newest.pos + 1, token: draft.token, draft };
-        }
-        if (restart && restart.pos <= lastFed) next[0] = restart;
+        const { next, emitted } = advance(slots, outs, ticking);
         slots = next;
         tick.tickMs = performance.now() - loopStart;
         if (emitted !== undefined) {
