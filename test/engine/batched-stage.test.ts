@@ -1,12 +1,17 @@
 /**
  * The batched stage graph and the step planner: a sequence's logits are bit for bit the same alone and
- * packed with other sequences (f32 and the quantized dtypes at the default accuracy level), and the
- * planner's step choice (pure logic).
+ * packed with other sequences (f32 and the quantized dtypes at the default accuracy level) and split
+ * across smaller buckets' runs; the lane-run plan and the step planner's choice (pure logic).
  */
 import { describe, expect, it } from 'vitest';
 import { convertModel, type LlamaModel } from '../../workers/engine/src/model/llama';
 import { llamaConfig, randomLlama } from '../../workers/engine/src/model/random';
-import { BatchedOrtStage, laneBucket } from '../../workers/engine/src/runtime/batched-stage';
+import {
+  BatchedOrtStage,
+  laneBucket,
+  planLaneRuns,
+  splitCanPay,
+} from '../../workers/engine/src/runtime/batched-stage';
 import { KvCache } from '../../workers/engine/src/runtime/kv-cache';
 import { planStep } from '../../workers/engine/src/schedule/step-plan';
 
@@ -70,6 +75,127 @@ describe('batched stage', () => {
   it('lane buckets grow by powers of four up to the most lanes', () => {
     expect([1, 2, 4, 5, 16, 17, 64].map((n) => laneBucket(n, 64))).toEqual([1, 4, 4, 16, 16, 64, 64]);
     expect(laneBucket(9, 12)).toBe(12);
+  });
+
+  it('a badly filled bucket runs as runs of one smaller bucket when the measured costs say so (pure logic)', () => {
+    const costs = {
+      fixed: new Map([
+        [1, 1],
+        [4, 2],
+        [16, 6],
+      ]),
+      perLane: 0.1,
+    };
+    // 5 in 16 lanes: 6.4 ms; as 3 + 2 on the 4-lane graph: 4.3
+    expect(planLaneRuns(5, 16, costs)).toEqual({ lanes: 4, runs: [3, 2] });
+    expect(planLaneRuns(8, 16, costs)).toEqual({ lanes: 4, runs: [4, 4] });
+    // 16 in one run: 7.5 ms against 9.2 as four 4-lane runs
+    expect(planLaneRuns(16, 16, costs)).toEqual({ lanes: 16, runs: [16] });
+    // a split must be clearly cheaper: 4 in one 4-lane run (2.3) against 4 one-lane runs (4)
+    expect(planLaneRuns(4, 16, costs)).toEqual({ lanes: 4, runs: [4] });
+    const close = {
+      fixed: new Map([
+        [1, 1],
+        [4, 1.8],
+      ]),
+      perLane: 0.1,
+    };
+    expect(planLaneRuns(2, 4, close)).toEqual({ lanes: 4, runs: [2] }); // 2 against 1.9: not enough
+    // unmeasured, or the whole bucket unmeasured: one run, as before
+    expect(planLaneRuns(5, 16, undefined)).toEqual({ lanes: 16, runs: [5] });
+    expect(planLaneRuns(5, 16, { fixed: new Map([[4, 2]]), perLane: 0.1 })).toEqual({ lanes: 16, runs: [5] });
+    expect(planLaneRuns(1, 16, costs)).toEqual({ lanes: 1, runs: [1] });
+  });
+
+  for (const dtype of ['f32', 'q4'] as const) {
+    it(`${dtype}: sequences split across smaller buckets' runs get the very numbers of one run`, async () => {
+      const model = dtype === 'f32' ? base : convertModel(base, dtype);
+      const c = model.config;
+      const stage = new BatchedOrtStage(model, { firstLayer: 0, endLayer: c.nLayers }, 16, { threads: 1 });
+      const step = async (split: boolean) => {
+        stage.runCosts = split
+          ? {
+              fixed: new Map([
+                [1, 1],
+                [4, 1],
+                [16, 100],
+              ]),
+              perLane: 0,
+            }
+          : undefined;
+        const caches = Array.from(
+          { length: 5 },
+          () => new KvCache(c.maxSeqLen, c.nLayers, c.nKvHeads, c.dim / c.nHeads),
+        );
+        const prompts = caches.map((cache, i) => ({
+          cache,
+          input: { tokens: Int32Array.of(1, 3 + i, 7), logitRows: 1 },
+        }));
+        const first = await stage.run(prompts);
+        const second = await stage.run(
+          caches.map((cache, i) => ({ cache, input: { tokens: Int32Array.of(11 + i) } })),
+        );
+        return { logits: [...first, ...second].map((o) => Array.from(o.logits!)), caches };
+      };
+      try {
+        const one = await step(false);
+        const split = await step(true);
+        expect(planLaneRuns(5, 16, stage.runCosts)).toEqual({ lanes: 4, runs: [3, 2] });
+        expect(split.logits).toEqual(one.logits);
+        for (const [i, cache] of split.caches.entries())
+          for (let j = 0; j < c.nLayers; j++) {
+            expect(Array.from(cache.past(j).k)).toEqual(Array.from(one.caches[i].past(j).k));
+            expect(Array.from(cache.past(j).v)).toEqual(Array.from(one.caches[i].past(j).v));
+          }
+      } finally {
+        await stage.release();
+      }
+    });
+  }
+
+  it('warm() may measure the buckets (timing decides, not asserted); runs of any size still answer each sequence', async () => {
+    const c = base.config;
+    const stage = new BatchedOrtStage(base, { firstLayer: 0, endLayer: c.nLayers }, 16, { threads: 1 });
+    try {
+      await stage.warm();
+      if (stage.runCosts) expect([...stage.runCosts.fixed.keys()].sort((a, b) => a - b)).toEqual([1, 4, 16]);
+      for (const n of [5, 7, 16]) {
+        const caches = Array.from(
+          { length: n },
+          () => new KvCache(c.maxSeqLen, c.nLayers, c.nKvHeads, c.dim / c.nHeads),
+        );
+        const outs = await stage.run(
+          caches.map((cache) => ({ cache, input: { tokens: Int32Array.of(1, 2) } })),
+        );
+        expect(outs.map((o) => o.rows)).toEqual(Array(n).fill(2));
+        for (const cache of caches) expect(cache.length).toBe(2);
+      }
+    } finally {
+      await stage.release();
+    }
+  });
+
+  it('the full-bucket timing is skipped where no split could pay (pure logic)', () => {
+    // stories260K-like: lanes' nodes dominate, two 4-lane runs (1.2) undercut one 16-lane run (1.6)
+    expect(
+      splitCanPay(
+        new Map([
+          [1, 0.33],
+          [4, 0.6],
+          [16, 1.6],
+        ]),
+      ),
+    ).toBe(true);
+    // the 110M shape in Q4_0: the weights dominate every bucket
+    expect(
+      splitCanPay(
+        new Map([
+          [1, 5],
+          [4, 6.2],
+          [16, 11.6],
+        ]),
+      ),
+    ).toBe(false);
   });
 });
 

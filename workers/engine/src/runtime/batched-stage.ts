@@ -6,7 +6,10 @@
  *
  * Graphs are built per lane count on first use (1, 4, 16, ... up to maxLanes): a batch of n sequences runs
  * on the smallest one with n lanes or more, the unused lanes get a 1-row dummy (cut from the output), so a
- * small batch pays no more than its own rows in every matrix multiply.
+ * small batch pays no more than its own rows in every matrix multiply. An unused lane still runs its
+ * attention nodes, though: once `warm()` has measured what each bucket costs, a batch that fills its
+ * bucket badly (5 sequences in 16 lanes) runs as several runs of a smaller bucket in turn when that is
+ * clearly cheaper (planLaneRuns). A sequence's numbers do not depend on which run it is in (test/engine/batched-stage.test.ts).
  */
 import { type InferenceSession, Tensor } from 'onnxruntime-node';
 import { buildStageModel, IO, laneIO, validateStageSpec } from '../graph/llama-graph';
@@ -15,7 +18,7 @@ import { consistentRows } from '../graph/weights';
 import { headDim, type LlamaConfig, type LlamaModel, stageMatrices } from '../model/llama';
 import type { StageInput, StageOutput, StageSpec } from '../model/stage';
 import { createSession, type SessionConfig } from './device';
-import type { KvCache } from './kv-cache';
+import { KvCache } from './kv-cache';
 import type { OrtStageOptions } from './ort-stage';
 
 /** One sequence's part of a batched forward: its cache and its new rows (tokens or hidden). */
@@ -33,6 +36,63 @@ export function laneBucket(n: number, maxLanes: number): number {
   let lanes = 1;
   while (lanes < n) lanes *= 4;
   return Math.min(lanes, maxLanes);
+}
+
+/**
+ * What a forward costs, measured per stage: `fixed[b]` the ms of a one-sequence decode step on the b-lane
+ * graph (its weight reads plus every lane's attention nodes), `perLane` the ms each further sequence adds.
+ */
+export interface LaneRunCosts {
+  fixed: Map<number, number>;
+  perLane: number;
+}
+
+/** A step's runs: `runs[i]` sequences each, one after another, all on the `lanes`-lane graph. */
+export interface LaneRunPlan {
+  lanes: number;
+  runs: number[];
+}
+
+/**
+ * A split must be predicted this much cheaper than one run to be taken: the costs come from short
+ * warm-up steps (a 32-row past) and are off by 10-25% at longer ones (a mispredicted split runs slower).
+ */
+export const SPLIT_MARGIN = 0.9;
+
+/** The past each sequence holds while warm() times the buckets (short: it runs at every engine start). */
+const COST_PAST = 32;
+/** The most lanes the per-sequence timing fills (64 x 32 rows would make engine starts slow). */
+const COST_PROBE_LANES = 16;
+
+/**
+ * How n sequences run: one run on the smallest bucket with n lanes, or, when the measured costs say
+ * ceil(n / b) runs on a smaller bucket b are cheaper (r x fixed[b] + perLane x (n - r)), those. All runs of
+ * a step use one graph: two sessions in turn each keep their own intra-op threads spinning, which
+ * measured far slower on a 2-core CPU (5 sequences as a 4-lane then a 1-lane run: 38 ms against 16).
+ */
+export function planLaneRuns(n: number, maxLanes: number, costs?: LaneRunCosts): LaneRunPlan {
+  const lanes = laneBucket(n, maxLanes);
+  const whole = costs?.fixed.get(lanes);
+  if (!costs || whole === undefined || n <= 1) return { lanes, runs: [n] };
+  let best = { lanes, r: 1, ms: SPLIT_MARGIN * (whole + costs.perLane * (n - 1)) };
+  for (const [b, fixed] of costs.fixed) {
+    if (b >= lanes) continue;
+    const r = Math.ceil(n / b);
+    const ms = r * fixed + costs.perLane * (n - r);
+    if (ms < best.ms) best = { lanes: b, r, ms };
+  }
+  // r runs as even as they can be (the larger first)
+  const runs = Array.from({ length: best.r }, (_, i) => Math.floor(n / best.r) + (i < n % best.r ? 1 : 0));
+  return { lanes: best.lanes, runs };
+}
+
+/**
+ * Whether any split could pay with these fixed costs: where the weights dominate (large models), two
+ * runs of a bucket cost more than one of the next, and warm() skips the full-bucket timing.
+ */
+export function splitCanPay(fixed: Map<number, number>): boolean {
+  const buckets = [...fixed.keys()].sort((a, b) => a - b);
+  return buckets.some((b, i) => i > 0 && 2 * fixed.get(buckets[i - 1])! < SPLIT_MARGIN * fixed.get(b)!);
 }
 
 /** Every lane bucket a stage of `maxLanes` lanes builds a graph for. */
@@ -66,6 +126,8 @@ export class BatchedOrtStage {
 
   readonly config: LlamaConfig;
   private readonly graphs: LaneGraphs;
+  /** Measured by warm(); a batch is split into smaller buckets' runs only once these are known. */
+  runCosts?: LaneRunCosts;
 
   constructor(
     source: LlamaModel | LaneGraphs,
@@ -104,10 +166,51 @@ export class BatchedOrtStage {
     return s;
   }
 
-  /** Opens the sessions for every bucket up to `n` lanes now (so the first batches do not pay for it). */
+  /**
+   * Opens the sessions for every bucket up to `n` lanes now (so the first batches do not pay for it), and
+   * measures what each costs (runCosts) when the buckets up to maxLanes are all open.
+   */
   async warm(n = this.maxLanes): Promise<void> {
     const want = laneBuckets(this.maxLanes).filter((lanes) => lanes <= laneBucket(n, this.maxLanes));
     await Promise.all(want.map((lanes) => this.session(lanes)));
+    if (want.length > 1 && laneBucket(n, this.maxLanes) === this.maxLanes)
+      this.runCosts = await this.measureCosts(want);
+  }
+
+  /**
+   * Times one-row-per-sequence decode steps on throwaway caches holding a short past (COST_PAST rows):
+   * each bucket with one sequence (its fixed cost), then, if a split could pay at all, a bucket of up to
+   * COST_PROBE_LANES lanes full (the per-sequence cost).
+   * Best of 5 steps, after one untimed step (a session's first run allocates its buffers).
+   */
+  private async measureCosts(buckets: number[]): Promise<LaneRunCosts | undefined> {
+    const c = this.config;
+    const past = Math.min(COST_PAST, c.maxSeqLen - 8);
+    const rows = (n: number): StageInput =>
+      this.first ? { tokens: new Int32Array(n) } : { hidden: new Float32Array(n * c.dim) };
+    const time = async (lanes: number, used: number) => {
+      const caches = Array.from({ length: used }, () => new KvCache(past + 8, this.L, this.kvH, this.hd));
+      await this.runOn(
+        lanes,
+        caches.map((cache) => ({ cache, input: { ...rows(past), logitRows: 1 } })),
+      );
+      let ms = Number.POSITIVE_INFINITY;
+      for (let r = -1; r < 5; r++) {
+        const t0 = performance.now();
+        await this.runOn(
+          lanes,
+          caches.map((cache) => ({ cache, input: rows(1) })),
+        );
+        if (r >= 0) ms = Math.min(ms, performance.now() - t0);
+      }
+      return ms;
+    };
+    const fixed = new Map<number, number>();
+    for (const b of buckets) fixed.set(b, await time(b, 1));
+    if (!splitCanPay(fixed)) return undefined;
+    const probe = buckets.filter((b) => b <= COST_PROBE_LANES).at(-1)!;
+    const perLane = Math.max(0, ((await time(probe, probe)) - fixed.get(probe)!) / (probe - 1));
+    return { fixed, perLane };
   }
 
   /**
@@ -117,11 +220,26 @@ export class BatchedOrtStage {
   async run(items: BatchItem[]): Promise<StageOutput[]> {
     const n = items.length;
     if (n < 1 || n > this.maxLanes) throw new Error(`a batch holds 1..${this.maxLanes} sequences, got ${n}`);
+    // every input is checked before any run appends to a cache
+    for (const it of items) this.checkInput(it.input, it.cache);
+    const plan = planLaneRuns(n, this.maxLanes, this.runCosts);
+    if (plan.runs.length === 1) return this.runOn(plan.lanes, items);
+    const outs: StageOutput[] = [];
+    let at = 0;
+    for (const u of plan.runs) {
+      outs.push(...(await this.runOn(plan.lanes, items.slice(at, at + u))));
+      at += u;
+    }
+    return outs;
+  }
+
+  /** One forward of `items` on the `lanes`-lane graph. */
+  private async runOn(lanes: number, items: BatchItem[]): Promise<StageOutput[]> {
+    const n = items.length;
     const c = this.config;
     const rows = items.map((it) => this.checkInput(it.input, it.cache));
     const logitRows = items.map((it, i) => it.input.logitRows ?? rows[i]);
     const T = rows.reduce((a, b) => a + b, 0);
-    const lanes = laneBucket(n, this.maxLanes);
     const feeds: Record<string, Tensor> = {};
     feeds[this.first ? IO.tokens : IO.hiddenIn] = this.packInput(items, T);
     const positions = new BigInt64Array(T);
