@@ -25,7 +25,9 @@
  * runs per lane over that lane's own past, exactly as the single-sequence graph would.
  *   inputs   lane_bounds  int64 [2n]             (start, end) of each lane's rows; the used lanes come first
  *                                              and tile [0, T); an unused lane gets (0, 1) and a 1-row past
- *                                              (attention for a copy of row 0, cut from the output)
+ *            lane_rows    int64 [n+1]           how q/k/v, padded with n zero rows, split into the lanes: the
+ *                                              used lanes' T_i, 1 (a zero row) per unused lane, then the
+ *                                              pad rows left over (an unused lane's output is cut)
  *            past_k.<j>.<i> float [P_i+1, kvH, hd] lane i's cache view (as past_k.<j> above)
  *            past_v.<j>.<i> float [P_i+1, kvH, hd]
  *            logit_index  int64 [R]              the rows that get logits (any rows, any order)
@@ -91,6 +93,7 @@ export const IO = {
   presentV: 'present_v',
   logitRows: 'logit_rows',
   laneBounds: 'lane_bounds',
+  laneRows: 'lane_rows',
   logitIndex: 'logit_index',
   logits: 'logits',
   exitLogits: 'exit_logits',
@@ -136,7 +139,7 @@ interface Ctx {
   /** com.microsoft RotaryEmbedding inputs (contrib-op graphs): positions [1, T], cos/sin [maxSeq, hd/2]. */
   rotary?: { positions: Tensor; cos: Tensor; sin: Tensor; axis: 0 | 1 };
   /** Batched graphs: each lane's rows and past; attention runs once per lane. */
-  lanes?: Lane[];
+  lanes?: Lanes;
   /** [1] T, the packed rows of all lanes. */
   rows?: Tensor;
 }
@@ -153,6 +156,18 @@ interface AttentionPast {
 interface Lane extends AttentionPast {
   start: Tensor; // [1]
   end: Tensor; // [1]
+  /** [2] (P + 1, T_i): how its attention weights split into past and new keys. */
+  keySplit: Tensor;
+}
+
+/** A batched graph's lanes, and how the packed rows split into them. */
+interface Lanes {
+  lanes: Lane[];
+  /** [n+1] the sizes of the per-layer Splits of the padded rows (lane_rows). */
+  rows: Tensor;
+  /** Zero rows, one per lane: [kvH, grp, n, hd] for q, [n, kvH, hd] for k and v. */
+  qPad: Tensor;
+  kvPad: Tensor;
 }
 
 /** RMSNorm, in the Pow/ReduceMean/Add/Sqrt/Div/Mul form ORT fuses into SimplifiedLayerNormalization. */
@@ -215,27 +230,33 @@ function attendFused(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Tensor
 /**
  * Batched attention: each lane attends over its own past with its own rows, exactly as attendFused does
  * for one sequence. The head-major layout of q and of the output is made once for all lanes (one
- * transpose each), so a lane costs only its slices, the four attention matmuls and the softmax; the lane
- * outputs, in lane order, are the packed rows (unused lanes' dummy rows come last and are cut).
+ * transpose each), and q, k, v split into the lanes' rows once per layer, padded with a zero row for
+ * each unused lane (no tensor is ever empty), so a lane costs only the four attention matmuls, its
+ * softmax and the split of its weights into past and new keys. The lane outputs, in lane order, are the
+ * packed rows (the unused lanes' come last and are cut).
  * q [T, nH, hd], k/v [T, kvH, hd] -> [T, nH*hd].
  */
 function attendLanes(s: Ctx, j: number, q: Tensor, k: Tensor, v: Tensor): Tensor {
   const { g, nH, kvH, hd } = s;
+  const { lanes, rows, qPad, kvPad } = s.lanes!;
+  const n = lanes.length;
   const grp = nH / kvH;
   const scale = 1 / Math.sqrt(hd);
   const qAll = g.reshape(g.transpose(q, [1, 0, 2]), [kvH, grp, -1, hd]); // [kvH, grp, T, hd]
-  const outs = s.lanes!.map((lane) => {
-    const qh = g.reshape(g.slice(qAll, lane.start, lane.end, [2]), [kvH, -1, hd]); // [kvH, grp*T_i, hd]
-    const kNew = g.slice(k, lane.start, lane.end, [0]); // [T_i, kvH, hd]
-    const vNew = g.slice(v, lane.start, lane.end, [0]); // [T_i, kvH, hd]
+  const split = (x: Tensor, zeros: Tensor, axis: number) =>
+    g.op('Split', [g.concat([x, zeros], axis), rows], { axis }, n + 1).slice(0, n);
+  const qs = split(qAll, qPad, 2); // per lane [kvH, grp, T_i, hd]
+  const ks = split(k, kvPad, 0); // per lane [T_i, kvH, hd]
+  const vs = split(v, kvPad, 0); // per lane [T_i, kvH, hd]
+  const outs = lanes.map((lane, i) => {
+    const qh = g.reshape(qs[i], [kvH, -1, hd]); // [kvH, grp*T_i, hd]
     const sPast = g.fusedMatMul(qh, lane.pastK[j], { alpha: scale, transB: 1, transBatchB: 1 }); // [kvH, grp*T_i, P+1]
-    const sNew = g.fusedMatMul(qh, kNew, { alpha: scale, transB: 1, transBatchB: 1 }); // [kvH, grp*T_i, T_i]
+    const sNew = g.fusedMatMul(qh, ks[i], { alpha: scale, transB: 1, transBatchB: 1 }); // [kvH, grp*T_i, T_i]
     const att = g.softmax(g.add(g.concat([sPast, sNew], -1), lane.groupMask), -1); // [kvH, grp*T_i, S_i]
-    const aPast = g.slice(att, g.i64([0]), lane.pastRows, [-1]);
-    const aNew = g.slice(att, lane.pastRows, g.i64([INT64_MAX]), [-1]);
+    const [aPast, aNew] = g.op('Split', [att, lane.keySplit], { axis: -1 }, 2);
     const out = g.add(
       g.fusedMatMul(aPast, lane.pastV[j], { transBatchB: 1 }),
-      g.fusedMatMul(aNew, vNew, { transBatchB: 1 }),
+      g.fusedMatMul(aNew, vs[i], { transBatchB: 1 }),
     ); // [kvH, grp*T_i, hd]
     return g.reshape(out, [kvH, grp, -1, hd]); // [kvH, grp, T_i, hd]
   });
@@ -400,7 +421,8 @@ function laneInputs(
   positions: Tensor,
 ) {
   const bounds = g.input(IO.laneBounds, 'int64', [2 * n]);
-  return Array.from({ length: n }, (_, i): Lane => {
+  const rows = g.input(IO.laneRows, 'int64', [n + 1]);
+  const lanes = Array.from({ length: n }, (_, i): Lane => {
     const pastK: Tensor[] = [];
     const pastV: Tensor[] = [];
     for (let j = 0; j < L; j++) {
@@ -410,8 +432,17 @@ function laneInputs(
     const start = g.slice(bounds, g.i64([2 * i]), g.i64([2 * i + 1]), [0]); // [1]
     const end = g.slice(bounds, g.i64([2 * i + 1]), g.i64([2 * i + 2]), [0]); // [1]
     const { mask, pastRows } = pastMask(g, undefined, pastK[0], g.slice(positions, start, end, [0]));
-    return { start, end, pastK, pastV, pastRows, groupMask: g.tile(mask, [grp, 1]) };
+    const keySplit = g.concat([pastRows, g.slice(rows, g.i64([i]), g.i64([i + 1]), [0])], 0); // [2]
+    return { start, end, pastK, pastV, pastRows, keySplit, groupMask: g.tile(mask, [grp, 1]) };
   });
+  const zeros = (name: string, dims: number[]) =>
+    g.initializer(name, 'float32', dims, new Float32Array(dims.reduce((a, b) => a * b, 1)));
+  return {
+    lanes,
+    rows,
+    qPad: zeros('lanes.q_pad', [kvH, grp, n, hd]),
+    kvPad: zeros('lanes.kv_pad', [n, kvH, hd]),
+  };
 }
 
 /** Builds the stage's ONNX model (weights inline as initializers) as one Uint8Array. */

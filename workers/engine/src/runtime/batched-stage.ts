@@ -261,6 +261,7 @@ export class BatchedOrtStage {
       at += rows[i];
     });
     for (let i = n; i < lanes; i++) {
+      // an unused lane: attention for one zero row (cut from the output) over a 1-row dummy past
       bounds[2 * i] = 0n;
       bounds[2 * i + 1] = 1n;
       for (let j = 0; j < this.L; j++) {
@@ -270,6 +271,11 @@ export class BatchedOrtStage {
     }
     feeds[IO.positions] = new Tensor('int64', positions, [T]);
     feeds[IO.laneBounds] = new Tensor('int64', bounds, [2 * lanes]);
+    // the split of the rows padded with `lanes` zero rows: each used lane's, 1 per unused lane, the rest
+    const laneRows = new BigInt64Array(lanes + 1);
+    for (let i = 0; i < lanes; i++) laneRows[i] = i < n ? BigInt(rows[i]) : 1n;
+    laneRows[lanes] = BigInt(n);
+    feeds[IO.laneRows] = new Tensor('int64', laneRows, [lanes + 1]);
     if (this.last || this.spec.exit)
       feeds[IO.logitIndex] = new Tensor('int64', BigInt64Array.from(logitIndex), [logitIndex.length]);
 
