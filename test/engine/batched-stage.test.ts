@@ -13,6 +13,7 @@ import {
   splitCanPay,
 } from '../../workers/engine/src/runtime/batched-stage';
 import { KvCache } from '../../workers/engine/src/runtime/kv-cache';
+import { createOrtStage } from '../../workers/engine/src/runtime/ort-stage';
 import { planStep } from '../../workers/engine/src/schedule/step-plan';
 
 const base = randomLlama(
@@ -70,6 +71,46 @@ describe('batched stage', () => {
         expect(Array.from(cacheB.past(j).v)).toEqual(Array.from(cacheA.past(j).v));
       }
     });
+  }
+
+  // grouped-query (2 query heads per kv head) and plain multi-head attention take different layouts
+  for (const [shape, nKvHeads] of [
+    ['GQA', 2],
+    ['MHA', 4],
+  ] as const) {
+    for (const dtype of ['f32', 'q4'] as const) {
+      it(`${shape} ${dtype}: a packed sequence gets bit for bit what the single-sequence graph gives`, async () => {
+        const m = randomLlama(llamaConfig({ ...base.config, nKvHeads }), 5);
+        const model = dtype === 'f32' ? m : convertModel(m, dtype);
+        const c = model.config;
+        const spec = { firstLayer: 0, endLayer: c.nLayers };
+        const single = await createOrtStage(model, spec, { threads: 1 });
+        const batched = new BatchedOrtStage(model, spec, 4, { threads: 1 });
+        try {
+          const prompt = Int32Array.of(1, 17, 42, 99, 5);
+          const alone = [await single.forward({ tokens: prompt, logitRows: 1 })];
+          alone.push(await single.forward({ tokens: Int32Array.of(7) }));
+          const caches = Array.from(
+            { length: 3 },
+            () => new KvCache(c.maxSeqLen, c.nLayers, c.nKvHeads, c.dim / c.nHeads),
+          );
+          const first = await batched.run([
+            { cache: caches[0], input: { tokens: Int32Array.of(3, 4), logitRows: 1 } },
+            { cache: caches[1], input: { tokens: prompt, logitRows: 1 } },
+          ]);
+          const second = await batched.run([
+            { cache: caches[2], input: { tokens: Int32Array.of(9) } },
+            { cache: caches[0], input: { tokens: Int32Array.of(8) } },
+            { cache: caches[1], input: { tokens: Int32Array.of(7) } },
+          ]);
+          expect(Array.from(first[1].logits!)).toEqual(Array.from(alone[0].logits!));
+          expect(Array.from(second[2].logits!)).toEqual(Array.from(alone[1].logits!));
+        } finally {
+          await single.release();
+          await batched.release();
+        }
+      });
+    }
   }
 
   it('lane buckets grow by powers of four up to the most lanes', () => {
