@@ -190,17 +190,17 @@ export class BatchedOrtStage {
       this.first ? { tokens: new Int32Array(n) } : { hidden: new Float32Array(n * c.dim) };
     const time = async (lanes: number, used: number) => {
       const caches = Array.from({ length: used }, () => new KvCache(past + 8, this.L, this.kvH, this.hd));
-      await this.runOn(
-        lanes,
-        caches.map((cache) => ({ cache, input: { ...rows(past), logitRows: 1 } })),
-      );
+      const step = (T: number, logitRows?: number) =>
+        this.runOn(
+          lanes,
+          caches.map((cache) => ({ cache, input: { ...rows(T), logitRows } })),
+          caches.map(() => T),
+        );
+      await step(past, 1);
       let ms = Number.POSITIVE_INFINITY;
       for (let r = -1; r < 5; r++) {
         const t0 = performance.now();
-        await this.runOn(
-          lanes,
-          caches.map((cache) => ({ cache, input: rows(1) })),
-        );
+        await step(1);
         if (r >= 0) ms = Math.min(ms, performance.now() - t0);
       }
       return ms;
@@ -221,23 +221,22 @@ export class BatchedOrtStage {
     const n = items.length;
     if (n < 1 || n > this.maxLanes) throw new Error(`a batch holds 1..${this.maxLanes} sequences, got ${n}`);
     // every input is checked before any run appends to a cache
-    for (const it of items) this.checkInput(it.input, it.cache);
+    const rows = items.map((it) => this.checkInput(it.input, it.cache));
     const plan = planLaneRuns(n, this.maxLanes, this.runCosts);
-    if (plan.runs.length === 1) return this.runOn(plan.lanes, items);
+    if (plan.runs.length === 1) return this.runOn(plan.lanes, items, rows);
     const outs: StageOutput[] = [];
     let at = 0;
     for (const u of plan.runs) {
-      outs.push(...(await this.runOn(plan.lanes, items.slice(at, at + u))));
+      outs.push(...(await this.runOn(plan.lanes, items.slice(at, at + u), rows.slice(at, at + u))));
       at += u;
     }
     return outs;
   }
 
-  /** One forward of `items` on the `lanes`-lane graph. */
-  private async runOn(lanes: number, items: BatchItem[]): Promise<StageOutput[]> {
+  /** One forward of `items` (of `rows` rows each, checked) on the `lanes`-lane graph. */
+  private async runOn(lanes: number, items: BatchItem[], rows: number[]): Promise<StageOutput[]> {
     const n = items.length;
     const c = this.config;
-    const rows = items.map((it) => this.checkInput(it.input, it.cache));
     const logitRows = items.map((it, i) => it.input.logitRows ?? rows[i]);
     const T = rows.reduce((a, b) => a + b, 0);
     const feeds: Record<string, Tensor> = {};
