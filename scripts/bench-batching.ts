@@ -164,10 +164,12 @@ async function main(): Promise<void> {
   }
   const md = report(cells, { seconds: (Date.now() - started) / 1000, load0, load1: loadavg() });
   process.stdout.write(`${md}\n`);
+  // the committed results change together (data, chart, section), and only when asked to
+  if (!values.write) return;
   const tag = format === 'q4_0' ? '' : `-${format}`;
   await writeFile(path.join(root, `docs/bench/batching${tag}.json`), `${JSON.stringify(cells, null, 2)}\n`);
   await writeFile(path.join(root, `docs/img/batching${tag}.svg`), chart(cells));
-  if (values.write) await replaceSection(path.join(root, 'docs/BENCHMARKS.md'), MARKER, md);
+  await replaceSection(path.join(root, 'docs/BENCHMARKS.md'), MARKER, md);
 }
 
 /** One workload at every concurrency on `engine`; llama.cpp beside it in the first decoder's pass. */
